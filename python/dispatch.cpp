@@ -1,0 +1,81 @@
+#include "dispatch.h"
+
+#include <atomic>
+#include <string>
+
+#if defined(VIDLLM_WITH_CUDA)
+#include "common/cuda_runtime.h"
+#endif
+
+#ifndef VIDLLM_CUDA_ARCHS
+#define VIDLLM_CUDA_ARCHS ""
+#endif
+
+namespace vidllm::binding {
+namespace {
+
+#if defined(VIDLLM_WITH_CUDA)
+// Per-device answer of check_device_supported: 0 unknown, 1 supported, 2 not compiled.
+constexpr int kMaxDevices = 64;
+std::atomic<int> device_support[kMaxDevices];
+
+void require_supported_device(int device) {
+  if (device < 0 || device >= kMaxDevices) {
+    throw py::value_error("CUDA device index " + std::to_string(device) + " is out of range");
+  }
+  int known = device_support[device].load();
+  if (known == 0) {
+    const Status status = cuda::check_device_supported(device);
+    if (status.code == StatusCode::kCudaError) throw_if_failed(status, "device check");
+    known = status.is_ok() ? 1 : 2;
+    device_support[device].store(known);
+  }
+  if (known == 2) {
+    throw std::runtime_error("vidllm_ext has no CUDA kernels for the GPU cuda:" +
+                             std::to_string(device) + "; this build compiled CUDA archs " +
+                             compiled_cuda_archs() +
+                             ". Rebuild with VIDLLM_CUDA_ARCHS naming this GPU's architecture.");
+  }
+  throw_if_failed(cuda::set_device(device), "set_device");
+}
+#endif
+
+}  // namespace
+
+std::string compiled_cuda_archs() { return VIDLLM_CUDA_ARCHS; }
+
+Backend select_backend(const TensorArg& primary) {
+  if (!primary.is_cuda()) {
+    if (primary.device_string() == "cpu") return Backend::kCpu;
+    throw py::value_error(std::string(primary.name()) +
+                          ": expected a CPU or CUDA tensor, got one on " + primary.device_string());
+  }
+#if defined(VIDLLM_WITH_CUDA)
+  require_supported_device(primary.device_id());
+  return Backend::kCuda;
+#else
+  throw std::runtime_error(std::string(primary.name()) +
+                           " is a CUDA tensor, but this build of vidllm_ext has no CUDA kernels "
+                           "(compiled CUDA archs: none). Reinstall with nvcc available, or with "
+                           "VIDLLM_CUDA=1 to make a missing CUDA compiler an error.");
+#endif
+}
+
+void throw_if_failed(const Status& status, const char* kernel) {
+  switch (status.code) {
+    case StatusCode::kOk:
+      return;
+    case StatusCode::kInvalidArgument:
+      throw py::value_error(std::string(kernel) + ": " + status.message);
+    case StatusCode::kNotCompiled:
+      throw std::runtime_error(std::string("vidllm kernel ") + kernel +
+                               " has no code for this GPU (compiled CUDA archs " +
+                               compiled_cuda_archs() + "): " + status.message);
+    case StatusCode::kCudaError:
+    default:
+      throw std::runtime_error(std::string("vidllm kernel ") + kernel +
+                               " failed: " + status.message);
+  }
+}
+
+}  // namespace vidllm::binding

@@ -1,0 +1,284 @@
+// Bindings of the frame-difference token drop kernels (csrc/frame_drop). Every entry point walks
+// the same phases: import, devices, dtypes, layout, shapes, then params, then dispatch.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "dispatch.h"
+#include "frame_drop/frame_drop.h"
+#include "tensor_arg.h"
+
+namespace vidllm::binding {
+namespace {
+
+using frame_drop::Method;
+using frame_drop::Mode;
+
+Method parse_method(const std::string& method) {
+  if (method == "feature") return Method::kFeature;
+  if (method == "pixel") return Method::kPixel;
+  throw py::value_error("method: expected 'feature' or 'pixel', got '" + method + "'");
+}
+
+Mode parse_mode(const std::string& mode) {
+  if (mode == "absolute") return Mode::kAbsolute;
+  if (mode == "relative") return Mode::kRelative;
+  throw py::value_error("mode: expected 'absolute' or 'relative', got '" + mode + "'");
+}
+
+void check_threshold(double threshold, Method method, Mode mode) {
+  const bool relative = mode == Mode::kRelative;
+  const bool feature = method == Method::kFeature;
+  const double low = relative ? 0.0 : (feature ? -1.0 : 0.0);
+  const double high = (relative || feature) ? 1.0 : std::numeric_limits<double>::infinity();
+  if (!std::isfinite(threshold) || threshold < low || threshold > high) {
+    const char* range = relative  ? "a fraction in [0, 1]"
+                        : feature ? "a cosine similarity in [-1, 1]"
+                                  : "a finite mean absolute difference >= 0";
+    throw py::value_error("threshold: expected " + std::string(range) + " for method '" +
+                          (feature ? "feature" : "pixel") + "' in mode '" +
+                          (relative ? "relative" : "absolute") + "', got " +
+                          std::to_string(threshold));
+  }
+}
+
+// frames [steps, tokens, dim], float, feature dimension contiguous.
+DType check_frames(const TensorArg& frames) {
+  frames.expect_ndim(3, "[steps, tokens, dim]");
+  const DType dtype = frames.expect_float();
+  frames.expect_last_dim_contiguous();
+  if (frames.size(2) < 1) {
+    throw py::value_error("frames: expected a non-empty feature dimension, got shape " +
+                          frames.shape_string());
+  }
+  if (frames.size(1) > std::numeric_limits<int32_t>::max()) {
+    throw py::value_error("frames: at most 2^31 - 1 tokens per step are supported, got shape " +
+                          frames.shape_string());
+  }
+  return dtype;
+}
+
+// keep_mask [steps, tokens] bool contiguous and counts [steps] int32 contiguous, on frames' device.
+void check_mask_and_counts(const TensorArg& keep_mask, const TensorArg& counts,
+                           const TensorArg& primary, int64_t steps, int64_t tokens) {
+  keep_mask.expect_same_device(primary);
+  counts.expect_same_device(primary);
+  keep_mask.expect_bool();
+  counts.expect_dtype(kDLInt, 32, "int32");
+  keep_mask.expect_contiguous();
+  counts.expect_contiguous();
+  keep_mask.expect_ndim(2, "[steps, tokens]");
+  keep_mask.expect_size(0, steps, "steps");
+  keep_mask.expect_size(1, tokens, "tokens");
+  counts.expect_ndim(1, "[steps]");
+  counts.expect_size(0, steps, "steps");
+}
+
+void run_decide(const frame_drop::DecideParams& params, Backend backend, uintptr_t stream) {
+  Status status;
+  {
+    py::gil_scoped_release no_gil;
+#if defined(VIDLLM_WITH_CUDA)
+    status = backend == Backend::kCuda ? frame_drop::decide_cuda(params, stream_from_int(stream))
+                                       : frame_drop::decide_cpu(params);
+#else
+    (void)backend;
+    (void)stream;
+    status = frame_drop::decide_cpu(params);
+#endif
+  }
+  throw_if_failed(status, "dtd_decide");
+}
+
+void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj,
+               const std::string& method_name, uintptr_t stream) {
+  const TensorArg frames(frames_obj, "frames");
+  const std::optional<TensorArg> prev = optional_tensor(prev_obj, "prev");
+  const TensorArg scores(scores_obj, "scores");
+  const Method method = parse_method(method_name);
+  // devices
+  const Backend backend = select_backend(frames);
+  scores.expect_same_device(frames);
+  if (prev) prev->expect_same_device(frames);
+  // dtypes
+  const DType dtype = check_frames(frames);
+  scores.expect_dtype(kDLFloat, 32, "float32");
+  if (prev && prev->expect_float() != dtype) {
+    throw py::type_error("prev: expected dtype " + frames.dtype_string() + " like frames, got " +
+                         prev->dtype_string());
+  }
+  // layout and shapes
+  scores.expect_contiguous();
+  scores.expect_ndim(2, "[steps, tokens]");
+  scores.expect_size(0, frames.size(0), "steps of frames");
+  scores.expect_size(1, frames.size(1), "tokens of frames");
+  if (prev) {
+    prev->expect_ndim(2, "[tokens, dim]");
+    prev->expect_size(0, frames.size(1), "tokens of frames");
+    prev->expect_size(1, frames.size(2), "dim of frames");
+    prev->expect_last_dim_contiguous();
+  }
+
+  frame_drop::ScoreParams params;
+  params.frames = frames.data();
+  params.frame_stride_step = frames.stride(0);
+  params.frame_stride_token = frames.stride(1);
+  params.prev = prev ? prev->data() : nullptr;
+  params.prev_stride_token = prev ? prev->stride(0) : 0;
+  params.scores = static_cast<float*>(scores.data());
+  params.steps = frames.size(0);
+  params.tokens = frames.size(1);
+  params.dim = frames.size(2);
+  params.dtype = dtype;
+  params.method = method;
+  params.device = frames.device_id();
+
+  Status status;
+  {
+    py::gil_scoped_release no_gil;
+#if defined(VIDLLM_WITH_CUDA)
+    status = backend == Backend::kCuda ? frame_drop::score_cuda(params, stream_from_int(stream))
+                                       : frame_drop::score_cpu(params);
+#else
+    (void)backend;
+    status = frame_drop::score_cpu(params);
+#endif
+  }
+  throw_if_failed(status, "dtd_score");
+}
+
+void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle counts_obj,
+                const std::string& method_name, const std::string& mode_name, double threshold,
+                uintptr_t stream) {
+  const TensorArg scores(scores_obj, "scores");
+  const TensorArg keep_mask(keep_mask_obj, "keep_mask");
+  const TensorArg counts(counts_obj, "counts");
+  const Method method = parse_method(method_name);
+  const Mode mode = parse_mode(mode_name);
+  check_threshold(threshold, method, mode);
+  const Backend backend = select_backend(scores);
+  scores.expect_dtype(kDLFloat, 32, "float32");
+  scores.expect_contiguous();
+  scores.expect_ndim(2, "[steps, tokens]");
+  check_mask_and_counts(keep_mask, counts, scores, scores.size(0), scores.size(1));
+
+  frame_drop::DecideParams params;
+  params.scores = static_cast<const float*>(scores.data());
+  params.keep_mask = static_cast<uint8_t*>(keep_mask.data());
+  params.counts = static_cast<int32_t*>(counts.data());
+  params.steps = scores.size(0);
+  params.tokens = scores.size(1);
+  params.method = method;
+  params.mode = mode;
+  params.threshold = static_cast<float>(threshold);
+  params.drop_per_step = static_cast<int64_t>(std::floor(static_cast<double>(params.tokens) * threshold));
+  params.device = scores.device_id();
+  run_decide(params, backend, stream);
+}
+
+void dtd_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t stream) {
+  const TensorArg keep_mask(keep_mask_obj, "keep_mask");
+  const TensorArg counts(counts_obj, "counts");
+  const Backend backend = select_backend(keep_mask);
+  keep_mask.expect_ndim(2, "[steps, tokens]");
+  check_mask_and_counts(keep_mask, counts, keep_mask, keep_mask.size(0), keep_mask.size(1));
+
+  frame_drop::DecideParams params;
+  params.keep_mask = static_cast<uint8_t*>(keep_mask.data());
+  params.counts = static_cast<int32_t*>(counts.data());
+  params.steps = keep_mask.size(0);
+  params.tokens = keep_mask.size(1);
+  params.device = keep_mask.device_id();
+  run_decide(params, backend, stream);
+}
+
+void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle counts_obj,
+                 py::handle offsets_obj, py::handle kept_obj, py::handle kept_index_obj,
+                 py::handle total_obj, uintptr_t stream) {
+  const TensorArg frames(frames_obj, "frames");
+  const TensorArg keep_mask(keep_mask_obj, "keep_mask");
+  const TensorArg counts(counts_obj, "counts");
+  const TensorArg offsets(offsets_obj, "offsets");
+  const TensorArg kept(kept_obj, "kept");
+  const TensorArg kept_index(kept_index_obj, "kept_index");
+  const TensorArg total(total_obj, "total");
+  // devices
+  const Backend backend = select_backend(frames);
+  for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total}) arg->expect_same_device(frames);
+  // dtypes, layout, shapes
+  const DType dtype = check_frames(frames);
+  const int64_t steps = frames.size(0);
+  const int64_t tokens = frames.size(1);
+  check_mask_and_counts(keep_mask, counts, frames, steps, tokens);
+  if (kept.expect_float() != dtype) {
+    throw py::type_error("kept: expected dtype " + frames.dtype_string() + " like frames, got " +
+                         kept.dtype_string());
+  }
+  for (const TensorArg* arg : {&offsets, &kept_index, &total}) arg->expect_dtype(kDLInt, 64, "int64");
+  for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total}) arg->expect_contiguous();
+  offsets.expect_ndim(1, "[steps]");
+  offsets.expect_size(0, steps, "steps");
+  kept.expect_ndim(2, "[capacity, dim]");
+  kept.expect_size(1, frames.size(2), "dim of frames");
+  kept_index.expect_ndim(1, "[capacity]");
+  kept_index.expect_size(0, kept.size(0), "capacity, the rows of kept");
+  total.expect_ndim(1, "[1]");
+  total.expect_size(0, 1, "a single count");
+
+  frame_drop::DecideParams count_params;
+  count_params.keep_mask = static_cast<uint8_t*>(keep_mask.data());
+  count_params.counts = static_cast<int32_t*>(counts.data());
+  count_params.steps = steps;
+  count_params.tokens = tokens;
+  count_params.device = frames.device_id();
+  run_decide(count_params, backend, stream);
+
+  frame_drop::CompactParams params;
+  params.frames = frames.data();
+  params.frame_stride_step = frames.stride(0);
+  params.frame_stride_token = frames.stride(1);
+  params.keep_mask = static_cast<const uint8_t*>(keep_mask.data());
+  params.counts = static_cast<const int32_t*>(counts.data());
+  params.offsets = static_cast<int64_t*>(offsets.data());
+  params.kept = kept.data();
+  params.kept_index = static_cast<int64_t*>(kept_index.data());
+  params.total = static_cast<int64_t*>(total.data());
+  params.capacity = kept.size(0);
+  params.steps = steps;
+  params.tokens = tokens;
+  params.dim = frames.size(2);
+  params.dtype = dtype;
+  params.device = frames.device_id();
+  Status status;
+  {
+    py::gil_scoped_release no_gil;
+#if defined(VIDLLM_WITH_CUDA)
+    status = backend == Backend::kCuda ? frame_drop::compact_cuda(params, stream_from_int(stream))
+                                       : frame_drop::compact_cpu(params);
+#else
+    status = frame_drop::compact_cpu(params);
+#endif
+  }
+  throw_if_failed(status, "dtd_compact");
+}
+
+}  // namespace
+
+void register_frame_drop(py::module_& m) {
+  m.def("dtd_score", &dtd_score, py::arg("frames"), py::arg("prev"), py::arg("scores"),
+        py::arg("method"), py::arg("stream") = 0,
+        "Writes the float32 [steps, tokens] redundancy scores of frames into scores.");
+  m.def("dtd_decide", &dtd_decide, py::arg("scores"), py::arg("keep_mask"), py::arg("counts"),
+        py::arg("method"), py::arg("mode"), py::arg("threshold"), py::arg("stream") = 0,
+        "Writes keep_mask (bool [steps, tokens]) and counts (int32 [steps]) from scores.");
+  m.def("dtd_count", &dtd_count, py::arg("keep_mask"), py::arg("counts"), py::arg("stream") = 0,
+        "Writes the kept tokens of every step of keep_mask into counts (int32 [steps]).");
+  m.def("dtd_compact", &dtd_compact, py::arg("frames"), py::arg("keep_mask"), py::arg("counts"),
+        py::arg("offsets"), py::arg("kept"), py::arg("kept_index"), py::arg("total"),
+        py::arg("stream") = 0,
+        "Counts keep_mask into counts, then writes at most capacity kept rows into kept and "
+        "kept_index, and the full kept count into total.");
+}
+
+}  // namespace vidllm::binding

@@ -1,0 +1,15 @@
+"""vidllm-ext: CUDA and C++ kernels that make video LLMs cheaper to run and train.
+
+- :mod:`vidllm_ext.ops`: the kernels as torch ops (frame-difference token drop, ...).
+- :mod:`vidllm_ext.reference`: plain-PyTorch oracles with the same semantics.
+- :class:`DTDStream`: token drop over a live stream, chunk by chunk.
+- :func:`build_info`: what this installation compiled.
+"""
+
+from vidllm_ext import ops, reference
+from vidllm_ext._version import __version__
+from vidllm_ext.build import build_info
+from vidllm_ext.dtd_stream import DTDStream
+from vidllm_ext.results import DTDResult
+
+__all__ = ["DTDResult", "DTDStream", "__version__", "build_info", "ops", "reference"]

@@ -1,0 +1,17 @@
+"""The kernels as torch ops (``torch.ops.vidllm.*`` underneath), CPU and CUDA."""
+
+from vidllm_ext.ops.dtd import (
+    compact_tokens,
+    compact_tokens_into,
+    drop_redundant_tokens,
+    dtd_keep_mask,
+    dtd_scores,
+)
+
+__all__ = [
+    "compact_tokens",
+    "compact_tokens_into",
+    "drop_redundant_tokens",
+    "dtd_keep_mask",
+    "dtd_scores",
+]
