@@ -50,6 +50,18 @@ def drop_mask_relative(redundancy: torch.Tensor, drop_per_step: int) -> torch.Te
     return drop.scatter(-1, order, rank < quota)
 
 
+def keep_mask_from_scores(
+    scores: torch.Tensor, threshold: float, *, method: str = "feature", mode: str = "absolute"
+) -> torch.Tensor:
+    """bool [steps, tokens] from float32 scores [steps, tokens]: the decision half of
+    dtd_keep_mask, exposed so tests can check a kernel's decisions against its own scores."""
+    if mode == "absolute":
+        limit = torch.tensor(threshold, dtype=torch.float32, device=scores.device)
+        return ~(scores > limit if method == "feature" else scores < limit)
+    redundancy = scores if method == "feature" else -scores
+    return ~drop_mask_relative(redundancy, math.floor(scores.shape[1] * threshold))
+
+
 def dtd_keep_mask(
     frames: torch.Tensor,
     threshold: float,
@@ -63,13 +75,7 @@ def dtd_keep_mask(
     floor(tokens * threshold) most redundant tokens of every compared step. NaN never drops."""
     frames, threshold, method, mode, prev = check.check_dtd_args(frames, threshold, method, mode, prev)
     scores = dtd_scores(frames, method=method, prev=prev)
-    if mode == "absolute":
-        limit = torch.tensor(threshold, dtype=torch.float32)
-        drop = scores > limit if method == "feature" else scores < limit
-    else:
-        redundancy = scores if method == "feature" else -scores
-        drop = drop_mask_relative(redundancy, math.floor(frames.shape[1] * threshold))
-    return ~drop
+    return keep_mask_from_scores(scores, threshold, method=method, mode=mode)
 
 
 def compact_tokens(
