@@ -4,7 +4,7 @@
 #include <string>
 
 #if defined(VIDLLM_WITH_CUDA)
-#include "common/cuda_runtime.h"
+#include "common/cuda_device.h"
 #endif
 
 #ifndef VIDLLM_CUDA_ARCHS
@@ -26,7 +26,11 @@ void require_supported_device(int device) {
   int known = device_support[device].load();
   if (known == 0) {
     const Status status = cuda::check_device_supported(device);
-    if (status.code == StatusCode::kCudaError) throw_if_failed(status, "device check");
+    if (status.code == StatusCode::kCudaError) {
+      throw std::runtime_error("cannot use CUDA device cuda:" + std::to_string(device) + ": " +
+                               status.message + " (this build compiled CUDA archs " +
+                               compiled_cuda_archs() + ")");
+    }
     known = status.is_ok() ? 1 : 2;
     device_support[device].store(known);
   }

@@ -6,7 +6,7 @@
 #include "dispatch.h"
 
 #if defined(VIDLLM_WITH_CUDA)
-#include "common/cuda_runtime.h"
+#include "common/cuda_device.h"
 #endif
 
 #ifndef VIDLLM_VERSION

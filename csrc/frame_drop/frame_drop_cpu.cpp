@@ -116,7 +116,7 @@ void decide_relative_step(const float* scores, uint8_t* keep, int64_t tokens, Me
       keys.push_back(rank_key(redundancy(scores[n], method), static_cast<uint32_t>(n)));
   }
   const int64_t drop = std::min<int64_t>(quota, static_cast<int64_t>(keys.size()));
-  if (drop == 0) return;
+  if (drop <= 0) return;
   std::nth_element(keys.begin(), keys.begin() + (drop - 1), keys.end(), std::greater<uint64_t>());
   for (int64_t i = 0; i < drop; ++i) keep[0xffffffffu - static_cast<uint32_t>(keys[i])] = 0;
 }

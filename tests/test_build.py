@@ -1,0 +1,105 @@
+"""The installed module: build facts, linkage, device errors, the CLI."""
+
+import ctypes
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vidllm_ext
+from vidllm_ext import _C
+
+
+def test_build_info_reports_the_build():
+    info = vidllm_ext.build_info()
+    assert set(info) == {
+        "version",
+        "git_commit",
+        "cuda_compiled",
+        "cuda_archs",
+        "cuda_runtime_version",
+        "device_count",
+        "openmp",
+    }
+    assert info["version"] == vidllm_ext.__version__
+    assert isinstance(info["device_count"], int) and info["device_count"] >= 0
+    assert bool(info["cuda_archs"]) == info["cuda_compiled"]
+    assert (info["cuda_runtime_version"] is None) == (not info["cuda_compiled"])
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs readelf")
+def test_module_links_neither_torch_nor_dynamic_cudart():
+    dynamic = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True).stdout
+    needed = [line.split("[")[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+    assert needed, "readelf found no dependencies at all"
+    for library in needed:
+        assert not library.startswith(("libtorch", "libc10", "libcudart", "libpython")), library
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", _DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", _DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+        ("manager_ctx", ctypes.c_void_p),
+        ("deleter", ctypes.c_void_p),
+    ]
+
+
+def fake_cuda_capsule(keepalive, shape):
+    """A DLPack capsule that claims to hold a float32 CUDA tensor (its pointer is never read)."""
+    dims = (ctypes.c_int64 * len(shape))(*shape)
+    tensor = _DLManagedTensor(
+        data=0x1000, device=_DLDevice(2, 0), ndim=len(shape), dtype=_DLDataType(2, 32, 1), shape=dims
+    )
+    keepalive += [dims, tensor]
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype = ctypes.py_object
+    new_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return new_capsule(ctypes.addressof(tensor), b"dltensor", None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU would accept the fake tensor")
+def test_cuda_tensor_without_usable_kernels_names_the_compiled_archs():
+    keepalive = []
+    frames = fake_cuda_capsule(keepalive, (2, 3, 4))
+    scores = fake_cuda_capsule(keepalive, (2, 3))
+    with pytest.raises(RuntimeError, match="compiled CUDA archs"):
+        _C.dtd_score(frames, None, scores, "feature")
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "vidllm_ext", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_info_prints_build_info():
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    assert "cuda_compiled" in result.stdout and vidllm_ext.__version__ in result.stdout
+
+
+def test_cli_demo_drops_tokens():
+    result = run_cli("demo", "--steps", "8")
+    assert result.returncode == 0, result.stderr
+    assert "dropped" in result.stdout
+
+
+def test_cli_rejects_unknown_command():
+    result = run_cli("frobnicate")
+    assert result.returncode != 0 and "invalid choice" in result.stderr

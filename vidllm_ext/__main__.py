@@ -1,0 +1,56 @@
+"""Command line: ``python -m vidllm_ext {info,demo,bench}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def command_info(args: argparse.Namespace) -> int:
+    """Prints build_info() as JSON."""
+    from vidllm_ext import build_info
+
+    print(json.dumps(build_info(), indent=2))
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    """Runs frame-difference token drop on a synthetic clip and reports what it dropped."""
+    from vidllm_ext.demo import run_demo
+
+    return run_demo(steps=args.steps, device=args.device, threshold=args.threshold)
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from vidllm_ext.bench.cli import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vidllm_ext", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="what this installation compiled").set_defaults(
+        run=command_info
+    )
+    demo = commands.add_parser("demo", help="token drop on a synthetic video clip")
+    demo.add_argument("--steps", type=int, default=64, help="temporal steps of the clip")
+    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    demo.add_argument("--threshold", type=float, default=0.9, help="cosine above which to drop")
+    demo.set_defaults(run=command_demo)
+    bench = commands.add_parser(
+        "bench", help="microbenchmarks (python -m vidllm_ext bench --help)", add_help=False
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=command_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
