@@ -95,7 +95,9 @@ class CMakeBuild(build_ext):
         if with_cuda:
             archs = cmake_cuda_archs(os.environ.get("VIDLLM_CUDA_ARCHS", "80;90"))
             args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
-        print(f"vidllm_ext: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels", flush=True)
+        print(
+            f"vidllm_ext: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels", flush=True
+        )
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)

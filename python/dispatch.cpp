@@ -35,10 +35,10 @@ void require_supported_device(int device) {
     device_support[device].store(known);
   }
   if (known == 2) {
-    throw std::runtime_error("vidllm_ext has no CUDA kernels for the GPU cuda:" +
-                             std::to_string(device) + "; this build compiled CUDA archs " +
-                             compiled_cuda_archs() +
-                             ". Rebuild with VIDLLM_CUDA_ARCHS naming this GPU's architecture.");
+    throw std::runtime_error(
+        "vidllm_ext has no CUDA kernels for the GPU cuda:" + std::to_string(device) +
+        "; this build compiled CUDA archs " + compiled_cuda_archs() +
+        ". Rebuild with VIDLLM_CUDA_ARCHS naming this GPU's architecture.");
   }
   throw_if_failed(cuda::set_device(device), "set_device");
 }

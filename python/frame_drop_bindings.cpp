@@ -172,7 +172,8 @@ void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle coun
   params.method = method;
   params.mode = mode;
   params.threshold = static_cast<float>(threshold);
-  params.drop_per_step = static_cast<int64_t>(std::floor(static_cast<double>(params.tokens) * threshold));
+  params.drop_per_step =
+      static_cast<int64_t>(std::floor(static_cast<double>(params.tokens) * threshold));
   params.device = scores.device_id();
   run_decide(params, backend, stream);
 }
@@ -205,7 +206,8 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
   const TensorArg total(total_obj, "total");
   // devices
   const Backend backend = select_backend(frames);
-  for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total}) arg->expect_same_device(frames);
+  for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total})
+    arg->expect_same_device(frames);
   // dtypes, layout, shapes
   const DType dtype = check_frames(frames);
   const int64_t steps = frames.size(0);
@@ -215,7 +217,8 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
     throw py::type_error("kept: expected dtype " + frames.dtype_string() + " like frames, got " +
                          kept.dtype_string());
   }
-  for (const TensorArg* arg : {&offsets, &kept_index, &total}) arg->expect_dtype(kDLInt, 64, "int64");
+  for (const TensorArg* arg : {&offsets, &kept_index, &total})
+    arg->expect_dtype(kDLInt, 64, "int64");
   for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total}) arg->expect_contiguous();
   offsets.expect_ndim(1, "[steps]");
   offsets.expect_size(0, steps, "steps");

@@ -6,14 +6,17 @@
 namespace vidllm::binding {
 namespace {
 
-std::string type_name(py::handle object) { return py::str(py::type::handle_of(object).attr("__name__")); }
+std::string type_name(py::handle object) {
+  return py::str(py::type::handle_of(object).attr("__name__"));
+}
 
 py::object capsule_of(py::handle object, const char* name) {
   if (PyCapsule_CheckExact(object.ptr())) return py::reinterpret_borrow<py::object>(object);
   if (!py::hasattr(object, "__dlpack__")) {
     throw py::type_error(std::string(name) +
                          ": expected a tensor (torch.Tensor, numpy.ndarray or a DLPack capsule), "
-                         "got " + type_name(object));
+                         "got " +
+                         type_name(object));
   }
   bool cuda = false;
   if (py::hasattr(object, "__dlpack_device__")) {
@@ -74,9 +77,7 @@ int64_t TensorArg::numel() const {
   return count;
 }
 
-void* TensorArg::data() const {
-  return static_cast<char*>(tensor_->data) + tensor_->byte_offset;
-}
+void* TensorArg::data() const { return static_cast<char*>(tensor_->data) + tensor_->byte_offset; }
 
 std::string TensorArg::shape_string() const {
   std::string text = "[";

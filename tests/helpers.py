@@ -36,7 +36,9 @@ def scores_float64(frames, method, prev=None):
 def assert_close_to_oracle(actual, torch_result, oracle):
     """Error vs the float64 oracle at most twice PyTorch's own, NaN exactly where the oracle has
     it, and a cosine guard."""
-    actual, torch_result, oracle = (t.detach().cpu().double() for t in (actual, torch_result, oracle))
+    actual, torch_result, oracle = (
+        t.detach().cpu().double() for t in (actual, torch_result, oracle)
+    )
     assert torch.equal(actual.isnan(), oracle.isnan()), "NaN pattern differs from the oracle"
     finite = ~oracle.isnan()
     if not finite.any():

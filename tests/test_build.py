@@ -64,7 +64,11 @@ def fake_cuda_capsule(keepalive, shape):
     """A DLPack capsule that claims to hold a float32 CUDA tensor (its pointer is never read)."""
     dims = (ctypes.c_int64 * len(shape))(*shape)
     tensor = _DLManagedTensor(
-        data=0x1000, device=_DLDevice(2, 0), ndim=len(shape), dtype=_DLDataType(2, 32, 1), shape=dims
+        data=0x1000,
+        device=_DLDevice(2, 0),
+        ndim=len(shape),
+        dtype=_DLDataType(2, 32, 1),
+        shape=dims,
     )
     keepalive += [dims, tensor]
     new_capsule = ctypes.pythonapi.PyCapsule_New

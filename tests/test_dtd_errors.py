@@ -75,16 +75,34 @@ def test_binding_checks_arguments_itself():
     with pytest.raises(TypeError, match="frames: expected a tensor"):
         _C.dtd_score("frames", None, scores, "feature")
     with pytest.raises(ValueError, match="threshold: expected"):
-        _C.dtd_decide(scores, torch.empty(4, 6, dtype=torch.bool), torch.empty(4, dtype=torch.int32),
-                      "feature", "relative", 2.0)
+        _C.dtd_decide(
+            scores,
+            torch.empty(4, 6, dtype=torch.bool),
+            torch.empty(4, dtype=torch.int32),
+            "feature",
+            "relative",
+            2.0,
+        )
     with pytest.raises(ValueError, match=r"kept_index: expected size 3 in dimension 0"):
-        _C.dtd_compact(FRAMES, torch.ones(4, 6, dtype=torch.bool), torch.empty(4, dtype=torch.int32),
-                       torch.empty(4, dtype=torch.int64), torch.empty(3, 8),
-                       torch.empty(2, dtype=torch.int64), torch.empty(1, dtype=torch.int64))
+        _C.dtd_compact(
+            FRAMES,
+            torch.ones(4, 6, dtype=torch.bool),
+            torch.empty(4, dtype=torch.int32),
+            torch.empty(4, dtype=torch.int64),
+            torch.empty(3, 8),
+            torch.empty(2, dtype=torch.int64),
+            torch.empty(1, dtype=torch.int64),
+        )
     with pytest.raises(TypeError, match="kept: expected dtype float32 like frames, got bfloat16"):
-        _C.dtd_compact(FRAMES, torch.ones(4, 6, dtype=torch.bool), torch.empty(4, dtype=torch.int32),
-                       torch.empty(4, dtype=torch.int64), torch.empty(3, 8, dtype=torch.bfloat16),
-                       torch.empty(3, dtype=torch.int64), torch.empty(1, dtype=torch.int64))
+        _C.dtd_compact(
+            FRAMES,
+            torch.ones(4, 6, dtype=torch.bool),
+            torch.empty(4, dtype=torch.int32),
+            torch.empty(4, dtype=torch.int64),
+            torch.empty(3, 8, dtype=torch.bfloat16),
+            torch.empty(3, dtype=torch.int64),
+            torch.empty(1, dtype=torch.int64),
+        )
 
 
 def test_binding_accepts_numpy_arrays():

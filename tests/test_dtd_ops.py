@@ -54,7 +54,9 @@ def assert_decisions_match(frames, threshold, method, mode, prev):
     assert torch.equal(keep, keep_mask_from_scores(own_scores, threshold, method=method, mode=mode))
 
     frames_cpu, prev_cpu = frames.cpu(), None if prev is None else prev.cpu()
-    expected = reference.dtd_keep_mask(frames_cpu, threshold, method=method, mode=mode, prev=prev_cpu)
+    expected = reference.dtd_keep_mask(
+        frames_cpu, threshold, method=method, mode=mode, prev=prev_cpu
+    )
     differs = keep != expected
     if not differs.any():
         return

@@ -54,7 +54,9 @@ def check_prev(prev: object, frames: torch.Tensor) -> torch.Tensor | None:
     if prev.dtype != frames.dtype:
         raise TypeError(f"prev: expected dtype {frames.dtype} like frames, got {prev.dtype}")
     if prev.device != frames.device:
-        raise ValueError(f"prev: expected a tensor on {frames.device} like frames, got {prev.device}")
+        raise ValueError(
+            f"prev: expected a tensor on {frames.device} like frames, got {prev.device}"
+        )
     return prev
 
 
@@ -66,7 +68,8 @@ def check_choice(value: object, choices: tuple, name: str) -> str:
 
 
 def check_dtd_threshold(threshold: object, method: str, mode: str) -> float:
-    """Relative: a fraction in [0, 1]; feature/absolute: a cosine in [-1, 1]; pixel/absolute: >= 0."""
+    """The threshold as a float. Relative mode: a fraction in [0, 1]; feature/absolute: a cosine
+    in [-1, 1]; pixel/absolute: a finite value >= 0."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold: expected a Python float, got {type(threshold).__name__}")
     threshold = float(threshold)
@@ -87,7 +90,13 @@ def check_dtd_args(frames: object, threshold: object, method: object, mode: obje
     frames = check_frames(frames)
     method = check_choice(method, DTD_METHODS, "method")
     mode = check_choice(mode, DTD_MODES, "mode")
-    return frames, check_dtd_threshold(threshold, method, mode), method, mode, check_prev(prev, frames)
+    return (
+        frames,
+        check_dtd_threshold(threshold, method, mode),
+        method,
+        mode,
+        check_prev(prev, frames),
+    )
 
 
 def check_keep_mask(keep_mask: object, frames: torch.Tensor) -> torch.Tensor:

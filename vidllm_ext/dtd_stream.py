@@ -51,7 +51,11 @@ class DTDStream:
 
     def _check_matches_stream(self, chunk: torch.Tensor) -> None:
         last = self._last_step
-        if chunk.shape[1:] != last.shape or chunk.dtype != last.dtype or chunk.device != last.device:
+        if (
+            chunk.shape[1:] != last.shape
+            or chunk.dtype != last.dtype
+            or chunk.device != last.device
+        ):
             raise ValueError(
                 f"chunk: expected [f, {last.shape[0]}, {last.shape[1]}] {last.dtype} on "
                 f"{last.device} like the stream's earlier chunks, got {list(chunk.shape)} "

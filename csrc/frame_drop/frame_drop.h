@@ -51,8 +51,8 @@ struct DecideParams {
   int64_t tokens = 0;
   Method method = Method::kFeature;
   Mode mode = Mode::kAbsolute;
-  float threshold = 0.0f;       // absolute mode: compared with the float32 score
-  int64_t drop_per_step = 0;    // relative mode: floor(tokens * threshold), computed in double
+  float threshold = 0.0f;     // absolute mode: compared with the float32 score
+  int64_t drop_per_step = 0;  // relative mode: floor(tokens * threshold), computed in double
   int device = 0;
 };
 

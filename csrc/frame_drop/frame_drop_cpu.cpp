@@ -21,8 +21,8 @@ constexpr int kLanes = 16;
 constexpr int64_t kStepsPerChunk = 32;
 
 struct RowSums {
-  float cross = 0.0f;   // feature: dot(a, b); pixel: sum |a - b|
-  float self_sq = 0.0f; // feature: sum a * a
+  float cross = 0.0f;    // feature: dot(a, b); pixel: sum |a - b|
+  float self_sq = 0.0f;  // feature: sum a * a
 };
 
 inline float reduce_lanes(float* lanes) {
@@ -69,7 +69,8 @@ RowSums compare_rows(const T* current, const T* previous, int64_t dim, Method me
     for (; i + kLanes <= dim; i += kLanes)
       for (int l = 0; l < kLanes; ++l)
         cross[l] += std::fabs(to_float(current[i + l]) - to_float(previous[i + l]));
-    for (int l = 0; i < dim; ++i, ++l) cross[l] += std::fabs(to_float(current[i]) - to_float(previous[i]));
+    for (int l = 0; i < dim; ++i, ++l)
+      cross[l] += std::fabs(to_float(current[i]) - to_float(previous[i]));
   }
   return {reduce_lanes(cross), reduce_lanes(self_sq)};
 }
@@ -133,10 +134,11 @@ Status score_cpu(const ScoreParams& p) {
   if (p.steps == 0 || p.tokens == 0) return Status::ok();
   const int64_t chunks = (p.steps + kStepsPerChunk - 1) / kStepsPerChunk;
   VIDLLM_DISPATCH_FLOAT_TYPES(p.dtype, parallel_for(chunks * p.tokens, [&](int64_t item) {
-    const int64_t chunk = item / p.tokens;
-    const int64_t first = chunk * kStepsPerChunk;
-    score_chunk<scalar_t>(p, item % p.tokens, first, std::min(first + kStepsPerChunk, p.steps));
-  }));
+                                const int64_t chunk = item / p.tokens;
+                                const int64_t first = chunk * kStepsPerChunk;
+                                score_chunk<scalar_t>(p, item % p.tokens, first,
+                                                      std::min(first + kStepsPerChunk, p.steps));
+                              }));
   return Status::ok();
 }
 

@@ -57,7 +57,13 @@ def _(frames, prev, threshold, method, mode):
 def _compact(frames, keep_mask, kept, kept_index, counts, total) -> None:
     offsets = torch.empty(frames.shape[0], dtype=torch.int64, device=frames.device)
     C.dtd_compact(
-        dl(frames), dl(keep_mask), dl(counts), dl(offsets), dl(kept), dl(kept_index), dl(total),
+        dl(frames),
+        dl(keep_mask),
+        dl(counts),
+        dl(offsets),
+        dl(kept),
+        dl(kept_index),
+        dl(total),
         stream_of(frames),
     )
 
@@ -66,7 +72,12 @@ def _compact(frames, keep_mask, kept, kept_index, counts, total) -> None:
     "vidllm::compact_tokens_into", mutates_args=("kept", "kept_index", "counts", "total")
 )
 def _compact_into_op(
-    frames: Tensor, keep_mask: Tensor, kept: Tensor, kept_index: Tensor, counts: Tensor, total: Tensor
+    frames: Tensor,
+    keep_mask: Tensor,
+    kept: Tensor,
+    kept_index: Tensor,
+    counts: Tensor,
+    total: Tensor,
 ) -> None:
     _compact(frames, keep_mask, kept, kept_index, counts, total)
 
@@ -146,7 +157,9 @@ def dtd_keep_mask(
         >>> keep = vidllm_ext.ops.dtd_keep_mask(frames, 0.9)          # cosine > 0.9 dropped
         >>> keep = vidllm_ext.ops.dtd_keep_mask(frames, 0.8, mode="relative")  # 80% per step
     """
-    frames, threshold, method, mode, prev = check.check_dtd_args(frames, threshold, method, mode, prev)
+    frames, threshold, method, mode, prev = check.check_dtd_args(
+        frames, threshold, method, mode, prev
+    )
     return _keep_mask_op(rows_contiguous(frames), _maybe(prev), threshold, method, mode)[0]
 
 
@@ -197,7 +210,9 @@ def compact_tokens_into(
         counts = torch.empty(frames.shape[0], dtype=torch.int32, device=device)
     if total is None:
         total = torch.empty(1, dtype=torch.int64, device=device)
-    _compact_into_op(rows_contiguous(frames), keep_mask.contiguous(), kept, kept_index, counts, total)
+    _compact_into_op(
+        rows_contiguous(frames), keep_mask.contiguous(), kept, kept_index, counts, total
+    )
     return total
 
 
@@ -219,7 +234,9 @@ def drop_redundant_tokens(
         >>> result = vidllm_ext.ops.drop_redundant_tokens(frames, 0.9)
         >>> result.kept.shape, result.drop_ratio.mean()
     """
-    frames, threshold, method, mode, prev = check.check_dtd_args(frames, threshold, method, mode, prev)
+    frames, threshold, method, mode, prev = check.check_dtd_args(
+        frames, threshold, method, mode, prev
+    )
     frames = rows_contiguous(frames)
     keep_mask, _ = _keep_mask_op(frames, _maybe(prev), threshold, method, mode)
     kept, kept_index, counts = _compact_op(frames, keep_mask)

@@ -28,7 +28,9 @@ def dtd_scores(
     previous = torch.cat([first, current[:-1]])
     if method == "feature":
         dot = (current * previous).sum(-1)
-        norms = current.norm(dim=-1).clamp_min(COSINE_EPS) * previous.norm(dim=-1).clamp_min(COSINE_EPS)
+        norms = current.norm(dim=-1).clamp_min(COSINE_EPS) * previous.norm(dim=-1).clamp_min(
+            COSINE_EPS
+        )
         scores = dot / norms
     else:
         scores = (current - previous).abs().mean(-1)
@@ -42,7 +44,9 @@ def drop_mask_relative(redundancy: torch.Tensor, drop_per_step: int) -> torch.Te
     lower index first)."""
     is_nan = redundancy.isnan()
     # Two stable sorts: by redundancy descending, then NaN last; equal values keep index order.
-    order = torch.sort(redundancy.nan_to_num(nan=-math.inf), dim=-1, descending=True, stable=True)[1]
+    order = torch.sort(redundancy.nan_to_num(nan=-math.inf), dim=-1, descending=True, stable=True)[
+        1
+    ]
     order = order.gather(-1, torch.sort(is_nan.gather(-1, order).byte(), dim=-1, stable=True)[1])
     quota = torch.clamp((~is_nan).sum(-1, keepdim=True), max=drop_per_step)
     rank = torch.arange(redundancy.shape[-1], device=redundancy.device).expand_as(order)
@@ -73,7 +77,9 @@ def dtd_keep_mask(
     """bool [steps, tokens], True where a token is kept. Absolute: drop iff cosine > threshold
     (feature) or mean |difference| < threshold (pixel), compared in float32. Relative: drop the
     floor(tokens * threshold) most redundant tokens of every compared step. NaN never drops."""
-    frames, threshold, method, mode, prev = check.check_dtd_args(frames, threshold, method, mode, prev)
+    frames, threshold, method, mode, prev = check.check_dtd_args(
+        frames, threshold, method, mode, prev
+    )
     scores = dtd_scores(frames, method=method, prev=prev)
     return keep_mask_from_scores(scores, threshold, method=method, mode=mode)
 
@@ -81,7 +87,8 @@ def dtd_keep_mask(
 def compact_tokens(
     frames: torch.Tensor, keep_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(kept [K, dim], kept_index int64 [K] ascending flat step * tokens + token, counts int32 [steps])."""
+    """(kept [K, dim], kept_index int64 [K], counts int32 [steps]); kept_index holds the flat
+    indices step * tokens + token of the kept tokens in ascending order."""
     frames = check.check_frames(frames)
     keep_mask = check.check_keep_mask(keep_mask, frames)
     kept_index = keep_mask.flatten().nonzero().flatten()
