@@ -107,3 +107,40 @@ def test_cli_demo_drops_tokens():
 def test_cli_rejects_unknown_command():
     result = run_cli("frobnicate")
     assert result.returncode != 0 and "invalid choice" in result.stderr
+
+
+@pytest.fixture
+def setup_script(monkeypatch):
+    """setup.py's functions, loaded without running setup()."""
+    import runpy
+    from pathlib import Path
+
+    import setuptools
+
+    path = Path(__file__).resolve().parent.parent / "setup.py"
+    if not path.exists():
+        pytest.skip("needs the source tree's setup.py")
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
+    return runpy.run_path(str(path))
+
+
+def test_setup_cuda_knob(setup_script, monkeypatch):
+    monkeypatch.setitem(setup_script["cuda_setting"].__globals__, "find_nvcc", lambda: None)
+    monkeypatch.setenv("VIDLLM_CUDA", "1")
+    with pytest.raises(RuntimeError, match="VIDLLM_CUDA=1 but no CUDA compiler was found"):
+        setup_script["cuda_setting"]()
+    monkeypatch.setenv("VIDLLM_CUDA", "auto")
+    assert setup_script["cuda_setting"]() == (False, None)
+    monkeypatch.setenv("VIDLLM_CUDA", "0")
+    assert setup_script["cuda_setting"]() == (False, None)
+    monkeypatch.setenv("VIDLLM_CUDA", "yes")
+    with pytest.raises(RuntimeError, match="VIDLLM_CUDA must be auto, 0 or 1"):
+        setup_script["cuda_setting"]()
+
+
+def test_setup_arch_list(setup_script):
+    archs = setup_script["cmake_cuda_archs"]
+    assert archs("80;90") == "80-real;90"
+    assert archs("90,80,86") == "80-real;86-real;90"
+    with pytest.raises(RuntimeError, match="VIDLLM_CUDA_ARCHS must look like"):
+        archs("sm_90")

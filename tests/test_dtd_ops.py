@@ -217,3 +217,27 @@ def test_outputs_are_deterministic(device):
     first = ops.dtd_scores(frames).view(torch.int32)  # bitwise, NaN included
     for _ in range(3):
         assert torch.equal(ops.dtd_scores(frames).view(torch.int32), first)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method,mode", CASES)
+def test_kernels_write_every_output_element(device, method, mode):
+    """Outputs poisoned before the call: NaN scores, mask bytes of 7, counts of -7."""
+    from vidllm_ext import _C
+    from vidllm_ext.ops._backend import dl, stream_of
+
+    frames = video_frames(17, 45, 33, torch.float16, device, seed=12)
+    prev = previous_step(frames)
+    scores = poison_like(torch.empty(17, 45, device=device))
+    _C.dtd_score(dl(frames), dl(prev), dl(scores), method, stream_of(frames))
+    assert not scores.isnan().any()
+    keep_bytes = torch.full((17, 45), 7, dtype=torch.uint8, device=device)
+    counts = poison_like(torch.empty(17, dtype=torch.int32, device=device))
+    threshold = THRESHOLDS[(method, mode)]
+    _C.dtd_decide(
+        dl(scores), dl(keep_bytes), dl(counts), method, mode, threshold, stream_of(frames)
+    )
+    assert ((keep_bytes == 0) | (keep_bytes == 1)).all()
+    assert torch.equal(counts, keep_bytes.sum(-1, dtype=torch.int32))
+    expected = ops.dtd_keep_mask(frames, threshold, method=method, mode=mode, prev=prev)
+    assert torch.equal(keep_bytes.bool(), expected)
