@@ -144,3 +144,17 @@ def test_setup_arch_list(setup_script):
     assert archs("90,80,86") == "80-real;86-real;90"
     with pytest.raises(RuntimeError, match="VIDLLM_CUDA_ARCHS must look like"):
         archs("sm_90")
+
+
+def test_cli_quick_benchmark_prints_the_table_and_targets():
+    result = run_cli("bench", "dtd", "--device", "cpu", "--quick")
+    assert result.returncode == 0, result.stderr
+    assert "GB/s" in result.stdout and "vs ref" in result.stdout
+    assert "target CPU op >= 1.5x faster than the reference" in result.stdout
+
+
+def test_cli_bench_rejects_cuda_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = run_cli("bench", "dtd", "--device", "cuda", "--quick")
+    assert result.returncode == 2 and "--device cuda" in result.stderr

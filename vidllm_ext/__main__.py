@@ -22,12 +22,6 @@ def command_demo(args: argparse.Namespace) -> int:
     return run_demo(steps=args.steps, device=args.device, threshold=args.threshold)
 
 
-def command_bench(args: argparse.Namespace) -> int:
-    from vidllm_ext.bench.cli import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vidllm_ext", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,15 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--threshold", type=float, default=0.9, help="cosine above which to drop")
     demo.set_defaults(run=command_demo)
-    bench = commands.add_parser(
-        "bench", help="microbenchmarks (python -m vidllm_ext bench --help)", add_help=False
-    )
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(run=command_bench)
+    # Listed for --help only: main() hands `bench ...` to vidllm_ext.bench.cli before parsing.
+    commands.add_parser("bench", help="microbenchmarks (python -m vidllm_ext bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # every later word, options included, belongs to the bench CLI
+        from vidllm_ext.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 
