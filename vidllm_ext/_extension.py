@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 try:
     from vidllm_ext import _C
 except ImportError as error:  # pragma: no cover - exercised only on broken installs
+    package_dir = Path(__file__).resolve().parent
+    if (package_dir.parent / "setup.py").exists():
+        hint = (
+            f"Python imported vidllm_ext from the source tree at {package_dir.parent}, which has "
+            "no compiled extension (with `python -m`, the current directory comes first on "
+            "sys.path). Run from another directory, use the `vidllm-ext` command, or install "
+            "in place with `pip install -e .`."
+        )
+    else:
+        hint = "Reinstall the package with `pip install .` from the source tree."
     raise ImportError(
-        "vidllm_ext._C, the compiled kernels, could not be imported "
-        f"({error}). Install the package with `pip install .` from the source tree (it builds "
-        "the extension with CMake); an editable install needs `pip install -e .` again after a "
-        "C++ change."
+        f"vidllm_ext._C, the compiled kernels, could not be imported ({error}). {hint}"
     ) from error
 
 __all__ = ["_C"]
