@@ -3,6 +3,7 @@
 - :mod:`vidllm_ext.ops`: the kernels as torch ops (frame-difference token drop, ...).
 - :mod:`vidllm_ext.reference`: plain-PyTorch oracles with the same semantics.
 - :class:`DTDStream`: token drop over a live stream, chunk by chunk.
+- :func:`patch` / :func:`unpatch`: drop redundant video tokens inside a HuggingFace video LLM.
 - :func:`build_info`: what this installation compiled.
 """
 
@@ -10,6 +11,19 @@ from vidllm_ext import ops, reference
 from vidllm_ext._version import __version__
 from vidllm_ext.build import build_info
 from vidllm_ext.dtd_stream import DTDStream
+from vidllm_ext.integration import DTDConfig, DTDStats, last_stats, patch, unpatch
 from vidllm_ext.results import DTDResult
 
-__all__ = ["DTDResult", "DTDStream", "__version__", "build_info", "ops", "reference"]
+__all__ = [
+    "DTDConfig",
+    "DTDResult",
+    "DTDStats",
+    "DTDStream",
+    "__version__",
+    "build_info",
+    "last_stats",
+    "ops",
+    "patch",
+    "reference",
+    "unpatch",
+]

@@ -1,0 +1,131 @@
+"""Tiny video LLMs with random weights, built in-process (nothing is downloaded), and synthetic
+video inputs laid out the way each family's processor lays them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+VOCAB = 320
+IMAGE, VIDEO, START, END = 300, 301, 302, 303
+PATCH, MERGE, TEMPORAL = 14, 2, 2
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=VOCAB,
+    max_position_embeddings=4096,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+IDS = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START)
+QWEN_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+
+
+def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
+    import transformers
+
+    vision = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE)
+    vision.update(temporal_patch_size=TEMPORAL, in_channels=3)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+        config = transformers.Qwen2VLConfig(
+            text_config=dict(TEXT, rope_parameters=MROPE),
+            vision_config=vision,
+            **IDS,
+            vision_end_token_id=END,
+        )
+        model_class = transformers.Qwen2VLForConditionalGeneration
+    elif family == "qwen2_5_vl":
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=56)
+        vision.update(fullatt_block_indexes=[1], tokens_per_second=2)
+        config = transformers.Qwen2_5_VLConfig(
+            text_config=dict(TEXT, rope_parameters=MROPE),
+            vision_config=vision,
+            **IDS,
+            vision_end_token_id=END,
+        )
+        model_class = transformers.Qwen2_5_VLForConditionalGeneration
+    elif family == "qwen3_vl":
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64)
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
+        rope = dict(MROPE, mrope_interleaved=True)
+        config = transformers.Qwen3VLConfig(
+            text_config=dict(TEXT, rope_parameters=rope),
+            vision_config=vision,
+            **IDS,
+            vision_end_token_id=END,
+        )
+        model_class = transformers.Qwen3VLForConditionalGeneration
+    else:
+        raise ValueError(family)
+    config._attn_implementation = attn_implementation
+    config.text_config._attn_implementation = attn_implementation
+    config.vision_config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return model_class(config).eval()
+
+
+@dataclass
+class SyntheticVideo:
+    """Pixel rows of a static scene where `moving` tokens change at every step."""
+
+    steps: int = 4
+    grid: int = 8  # patches per side; (grid / MERGE)^2 tokens per step
+    moving: tuple = (0, 5, 6)
+    seed: int = 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return (self.grid // MERGE) ** 2
+
+    def pixel_rows(self) -> torch.Tensor:
+        """float32 [steps * grid * grid, 3 * TEMPORAL * PATCH^2], ordered like the Qwen
+        processor: the MERGE^2 patches of one token are consecutive rows."""
+        generator = torch.Generator().manual_seed(self.seed)
+        width = 3 * TEMPORAL * PATCH * PATCH
+        per_token = MERGE * MERGE
+        base = torch.rand(self.tokens_per_step, per_token, width, generator=generator)
+        steps = base.expand(self.steps, -1, -1, -1).clone()
+        for step in range(1, self.steps):
+            for token in self.moving:
+                steps[step, token] = torch.rand(per_token, width, generator=generator)
+        return steps.reshape(-1, width)
+
+    def grid_thw(self) -> list[int]:
+        return [self.steps, self.grid, self.grid]
+
+
+def qwen_inputs(family: str, videos: list[SyntheticVideo], prompt_lengths: list[int]) -> dict:
+    """A left-padded batch, one video per sample: text, the video, text."""
+    rows, types = [], []
+    for video, prompt in zip(videos, prompt_lengths):
+        if family == "qwen3_vl":  # timestamp text between steps, each step in its own block
+            body = []
+            for _ in range(video.steps):
+                body += [40, 41, START] + [VIDEO] * video.tokens_per_step + [END]
+        else:
+            body = [START] + [VIDEO] * (video.steps * video.tokens_per_step) + [END]
+        ids = list(range(10, 10 + prompt)) + body + [50, 51, 52]
+        rows.append(ids)
+    length = max(len(r) for r in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, length - len(ids) :] = torch.tensor(ids)
+        attention_mask[i, length - len(ids) :] = 1
+    mm_token_type_ids = (input_ids == VIDEO).int() * 2
+    types.append(mm_token_type_ids)
+    return dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        mm_token_type_ids=mm_token_type_ids,
+        pixel_values_videos=torch.cat([v.pixel_rows() for v in videos]),
+        video_grid_thw=torch.tensor([v.grid_thw() for v in videos]),
+    )

@@ -1,0 +1,53 @@
+"""The patch API's contract: configs, errors and the registry."""
+
+import pytest
+import torch
+
+import vidllm_ext
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_supported_model_types_are_listed_for_an_unsupported_model():
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=64,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    with pytest.raises(ValueError, match="unsupported model type 'llama'.*qwen2_5_vl"):
+        vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig())
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(threshold=1.5), r"cosine similarity in \[-1, 1\]"),
+        (dict(threshold=-0.5, method="pixel"), "mean absolute difference >= 0"),
+        (dict(threshold=2.0, mode="relative"), r"fraction in \[0, 1\]"),
+        (dict(method="optical-flow"), "method: expected 'feature' or 'pixel'"),
+        (dict(mode="adaptive"), "mode: expected 'absolute' or 'relative'"),
+    ],
+)
+def test_bad_dtd_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        vidllm_ext.DTDConfig(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["merge", "mod", "kv"])
+def test_later_features_raise_not_implemented(name):
+    with pytest.raises(NotImplementedError, match=f"{name}=: .* is not implemented yet"):
+        vidllm_ext.patch(torch.nn.Linear(1, 1), **{name: object()})
+
+
+def test_dtd_must_be_a_config():
+    with pytest.raises(TypeError, match="dtd: expected a vidllm_ext.DTDConfig"):
+        vidllm_ext.patch(torch.nn.Linear(1, 1), dtd=0.5)
+
+
+def test_last_stats_needs_a_patched_model():
+    with pytest.raises(ValueError, match="not patched"):
+        vidllm_ext.last_stats(torch.nn.Linear(1, 1))

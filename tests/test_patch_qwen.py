@@ -1,0 +1,162 @@
+"""vidllm_ext.patch on tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL models with random weights."""
+
+import pytest
+import torch
+from models import QWEN_FAMILIES, VIDEO, SyntheticVideo, build_model, qwen_inputs
+
+import vidllm_ext
+from vidllm_ext import reference
+
+pytest.importorskip("transformers")
+DTD = vidllm_ext.DTDConfig(threshold=0.9)
+
+
+def language_model_inputs(model, inputs):
+    """What the unpatched language model receives for these inputs."""
+    captured = {}
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
+    )
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return captured
+
+
+def reference_reduction(model, inputs, config=DTD):
+    """The spec: DTD's keep decision on each video's input embeddings (reference ops), then the
+    language model's inputs restricted to the kept columns, original position ids included.
+    Batch of one."""
+    captured = language_model_inputs(model, inputs)
+    embeds = captured["inputs_embeds"]
+    keep = torch.ones(embeds.shape[:2], dtype=torch.bool)
+    video_columns = (inputs["input_ids"][0] == VIDEO).nonzero().flatten()
+    steps, height, width = inputs["video_grid_thw"][0].tolist()
+    frames = embeds[0, video_columns].reshape(steps, height * width // 4, -1)
+    video_keep = reference.dtd_keep_mask(
+        frames, config.threshold, method=config.method, mode=config.mode
+    )
+    keep[0, video_columns] = video_keep.flatten()
+    reduced = dict(
+        inputs_embeds=embeds[:, keep[0]],
+        position_ids=captured["position_ids"][..., keep[0]],
+        attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
+    )
+    if captured.get("visual_pos_masks") is not None:  # Qwen3-VL deepstack
+        visual = captured["visual_pos_masks"]
+        reduced["visual_pos_masks"] = visual[:, keep[0]]
+        kept_rows = keep[visual]
+        reduced["deepstack_visual_embeds"] = [
+            e[kept_rows] for e in captured["deepstack_visual_embeds"]
+        ]
+    return reduced, captured["position_ids"]
+
+
+def reference_greedy(model, reduced, positions, new_tokens):
+    """Greedy decoding by hand: the reduced prefill, then one token at a time at the positions
+    an undropped prompt would give it."""
+    from transformers import DynamicCache
+
+    language_model = model.model.language_model
+    cache = DynamicCache(config=model.config.text_config)
+    with torch.no_grad():
+        hidden = language_model(**reduced, past_key_values=cache, use_cache=True).last_hidden_state
+        position = positions[..., -1:].clone()
+        mask = reduced["attention_mask"]
+        tokens = []
+        for _ in range(new_tokens):
+            token = model.lm_head(hidden[:, -1]).argmax(-1)
+            tokens.append(token)
+            position = position + 1
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+            hidden = language_model(
+                inputs_embeds=language_model.embed_tokens(token)[:, None],
+                position_ids=position,
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+    return torch.stack(tokens, dim=1)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_everything_off_is_bitwise_identical_and_unpatch_restores(family):
+    model = build_model(family)
+    inputs = qwen_inputs(family, [SyntheticVideo()], [5])
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        assert torch.equal(vidllm_ext.patch(model)(**inputs).logits, expected)
+        vidllm_ext.patch(model, dtd=DTD)
+        assert model(**inputs).logits.shape[1] < expected.shape[1]
+        vidllm_ext.unpatch(model)
+        assert torch.equal(model(**inputs).logits, expected)
+    for module in model.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("method", ["feature", "pixel"])
+def test_dtd_equals_language_model_on_reduced_embeddings(family, method):
+    model = build_model(family)
+    inputs = qwen_inputs(family, [SyntheticVideo()], [5])
+    config = vidllm_ext.DTDConfig(threshold=0.9 if method == "feature" else 1e-6, method=method)
+    expected_inputs, _ = reference_reduction(model, inputs, DTD)
+    with torch.no_grad():
+        expected = model.lm_head(model.model.language_model(**expected_inputs).last_hidden_state)
+        actual = vidllm_ext.patch(model, dtd=config)(**inputs).logits
+    # Both methods drop exactly the static tokens of this video: 13 of 16 in steps 1..3.
+    stats = vidllm_ext.last_stats(model)
+    assert (stats.video_tokens_before, stats.video_tokens_after) == (64, 25)
+    assert torch.allclose(stats.step_drop_ratios[0], torch.tensor([0.0, 13 / 16, 13 / 16, 13 / 16]))
+    assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_greedy_generate_matches_reference_decoding(family):
+    model = build_model(family)
+    inputs = qwen_inputs(family, [SyntheticVideo()], [5])
+    reduced, positions = reference_reduction(model, inputs)
+    expected = reference_greedy(model, reduced, positions, 8)
+    with torch.no_grad():
+        output = vidllm_ext.patch(model, dtd=DTD).generate(
+            **inputs, max_new_tokens=8, do_sample=False
+        )
+    assert torch.equal(output[:, inputs["input_ids"].shape[1] :], expected)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_padded_batch_with_different_drop_counts(family, attn_implementation):
+    model = vidllm_ext.patch(build_model(family, attn_implementation), dtd=DTD)
+    videos = [
+        SyntheticVideo(moving=(0, 5, 6), seed=1),
+        SyntheticVideo(moving=(1, 2, 3, 9, 10), seed=2),
+    ]
+    prompts = [3, 9]
+    with torch.no_grad():
+        batch = model.generate(
+            **qwen_inputs(family, videos, prompts), max_new_tokens=6, do_sample=False
+        )
+        stats = vidllm_ext.last_stats(model)
+        singles = [
+            model.generate(**qwen_inputs(family, [v], [p]), max_new_tokens=6, do_sample=False)
+            for v, p in zip(videos, prompts)
+        ]
+    assert [int((1 - r).mul(16).sum()) for r in stats.step_drop_ratios] == [25, 31]
+    for row, single in zip(batch, singles):
+        assert torch.equal(row[-6:], single[0, -6:])
+
+
+def test_patching_twice_replaces_and_leaves_other_instances_alone():
+    model, other = build_model("qwen2_5_vl"), build_model("qwen2_5_vl")
+    inputs = qwen_inputs("qwen2_5_vl", [SyntheticVideo()], [5])
+    with torch.no_grad():
+        expected = other(**inputs).logits
+        vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig(threshold=0.9))
+        vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig(threshold=0.5, mode="relative"))
+        assert len(model.model.language_model._forward_pre_hooks) == 1  # replaced, not stacked
+        assert len(model.model._forward_pre_hooks) == 1
+        model(**inputs)
+        assert vidllm_ext.last_stats(model).video_tokens_after == 16 + 3 * 8
+        assert torch.equal(other(**inputs).logits, expected)
+    assert not hasattr(other, "_vidllm_patch")

@@ -1,0 +1,85 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: video tokens from video_grid_thw, M-RoPE position ids.
+
+A video of grid (t, h, w) patches becomes t temporal steps of (h / m) * (w / m) tokens (m the
+spatial merge size), in (step, row, column) order. Qwen2/2.5-VL place a video's tokens in one run;
+Qwen3-VL interleaves timestamp text between steps, so tokens are located by id, not by run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vidllm_ext.integration.adapters.common import (
+    find_multimodal_model,
+    input_ids_of,
+    split_columns,
+)
+from vidllm_ext.integration.sequence import CompactedLayout
+from vidllm_ext.integration.token_drop import VideoSegment
+
+
+class QwenVLAdapter:
+    def __init__(self, model):
+        self.multimodal = find_multimodal_model(model, "visual")
+        self.language_model = self.multimodal.language_model
+        self.video_token_id = model.config.video_token_id
+        self.merge = model.config.vision_config.spatial_merge_size
+
+    def capture(self, args: tuple, kwargs: dict) -> dict:
+        return {
+            "input_ids": input_ids_of(args, kwargs),
+            "video_grid_thw": kwargs.get("video_grid_thw"),
+            "pixel_values_videos": kwargs.get("pixel_values_videos"),
+        }
+
+    def video_segments(self, captured: dict, method: str) -> list[VideoSegment]:
+        input_ids, grids = captured["input_ids"], captured["video_grid_thw"]
+        if input_ids is None or grids is None:
+            return []
+        is_video = input_ids == self.video_token_id
+        grids = [tuple(int(v) for v in grid) for grid in grids.tolist()]
+        pixel_rows = self._pixel_rows(captured, grids, method)
+        segments, video = [], 0
+        for sample in range(input_ids.shape[0]):
+            columns = is_video[sample].nonzero().flatten()
+            sizes = []
+            while sum(sizes) < columns.numel() and video + len(sizes) < len(grids):
+                steps, height, width = grids[video + len(sizes)]
+                sizes.append(steps * height * width // self.merge**2)
+            for video_columns in split_columns(columns, sizes, "video_grid_thw"):
+                steps, height, width = grids[video]
+                tokens = height * width // self.merge**2
+                pixels = (
+                    None if pixel_rows is None else pixel_rows[video].reshape(steps, tokens, -1)
+                )
+                segments.append(VideoSegment(sample, video_columns, steps, tokens, pixels))
+                video += 1
+        return segments
+
+    def _pixel_rows(self, captured: dict, grids: list, method: str):
+        """Per video, its rows of pixel_values_videos: patch rows of one token are consecutive
+        (the processor orders them for the spatial merge)."""
+        if method != "pixel":
+            return None
+        pixels = captured["pixel_values_videos"]
+        if pixels is None:
+            raise ValueError("DTD method 'pixel' needs pixel_values_videos in the forward call")
+        return list(pixels.split([t * h * w for t, h, w in grids]))
+
+    def default_position_ids(self, embeds: torch.Tensor) -> torch.Tensor:
+        batch, length = embeds.shape[:2]
+        return torch.arange(length, device=embeds.device).view(1, 1, -1).expand(3, batch, -1)
+
+    def compact_side_inputs(self, kwargs: dict, keep: torch.Tensor, layout: CompactedLayout):
+        """Qwen3-VL's deepstack: visual features added in early decoder layers at the visual
+        positions; they follow their tokens (rows in batch-major, column order)."""
+        visual = kwargs.get("visual_pos_masks")
+        if visual is None:
+            return
+        kept_rows = keep.to(visual.device)[visual]
+        kwargs["visual_pos_masks"] = layout.gather(visual, 1) & layout.attention_mask.bool().to(
+            visual.device
+        )
+        deepstack = kwargs.get("deepstack_visual_embeds")
+        if deepstack is not None:
+            kwargs["deepstack_visual_embeds"] = [e[kept_rows.to(e.device)] for e in deepstack]

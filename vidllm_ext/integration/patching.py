@@ -1,0 +1,206 @@
+"""patch / unpatch / last_stats: per-instance hooks between the vision tower and the decoder.
+
+Hooks on submodules of the patched instance only:
+- on the multimodal model (the module that receives input_ids and pixel inputs), a pre-hook
+  records what the language model cannot see (token ids, video grids, pixels) for this call;
+  its get_video_features is wrapped (an instance attribute) to record the grids and pixels too,
+  because generate encodes videos before the forward and passes only the features;
+- on the language model (the decoder stack fed inputs_embeds), a pre-hook drops redundant video
+  tokens from a prefill and rewrites embeddings, position ids, side inputs and the attention mask to
+  the shortened layout; on later decode steps it maps generate's growing mask onto that layout.
+Kept tokens keep their original position ids, so every later token's position is unchanged too.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from vidllm_ext.integration.config import DTDConfig
+from vidllm_ext.integration.registry import adapter_for
+from vidllm_ext.integration.sequence import CompactedLayout
+from vidllm_ext.integration.token_drop import DTDStats, drop_video_tokens
+
+STATE_ATTRIBUTE = "_vidllm_patch"
+LATER_ISSUES = {
+    "merge": "hierarchical token merging (merge=MergeConfig)",
+    "mod": "layer-skip routing (mod=MoDConfig)",
+    "kv": "the sub-2-bit KV cache (kv=KVQuantConfig)",
+}
+
+
+@dataclass
+class PatchState:
+    adapter: object
+    dtd: DTDConfig | None
+    handles: list = field(default_factory=list)
+    captured: dict | None = None  # the multimodal model's inputs during its forward
+    encoded_videos: dict | None = None  # get_video_features' inputs, until a prefill uses them
+    layout: CompactedLayout | None = None  # the last dropped prefill, for its decode steps
+    cache: object = None  # weak reference to the cache that prefill filled
+    stats: DTDStats | None = None
+
+
+def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
+    """Patches a HuggingFace video LLM instance in place and returns it.
+
+    Args:
+        model: a loaded ``*ForConditionalGeneration`` of a supported family (qwen2_5_vl,
+            qwen3_vl, qwen2_vl, llava_onevision); other instances and transformers' classes are
+            never touched.
+        dtd: :class:`DTDConfig` to drop redundant video tokens before the first decoder layer, or
+            None. ``merge``, ``mod``, ``kv``: reserved for later features (NotImplementedError).
+
+    Patching twice replaces the configuration; with every technique off the model computes
+    exactly what it did unpatched.
+
+    Example:
+        >>> model = vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig(threshold=0.5))
+        >>> out = model.generate(**inputs, max_new_tokens=32)
+        >>> vidllm_ext.last_stats(model).drop_ratio
+    """
+    for name, value in (("merge", merge), ("mod", mod), ("kv", kv)):
+        if value is not None:
+            raise NotImplementedError(f"{name}=: {LATER_ISSUES[name]} is not implemented yet")
+    if dtd is not None and not isinstance(dtd, DTDConfig):
+        raise TypeError(f"dtd: expected a vidllm_ext.DTDConfig or None, got {type(dtd).__name__}")
+    adapter = adapter_for(model)
+    unpatch(model)
+    state = PatchState(adapter=adapter, dtd=dtd)
+    if dtd is not None:
+        state.handles = [
+            adapter.multimodal.register_forward_pre_hook(
+                lambda module, args, kwargs: _capture(state, args, kwargs), with_kwargs=True
+            ),
+            adapter.multimodal.register_forward_hook(
+                lambda module, args, kwargs, output: _release(state),
+                with_kwargs=True,
+                always_call=True,
+            ),
+            adapter.language_model.register_forward_pre_hook(
+                lambda module, args, kwargs: _before_decoder(state, args, kwargs),
+                with_kwargs=True,
+            ),
+            _wrap_video_encoder(state, adapter.multimodal),
+        ]
+    setattr(model, STATE_ATTRIBUTE, state)
+    return model
+
+
+def unpatch(model):
+    """Removes every hook :func:`patch` added; the instance is exactly as before. Returns it."""
+    state = getattr(model, STATE_ATTRIBUTE, None)
+    if state is not None:
+        for handle in state.handles:
+            handle.remove()
+        delattr(model, STATE_ATTRIBUTE)
+    return model
+
+
+def last_stats(model) -> DTDStats | None:
+    """:class:`DTDStats` of the last forward that dropped video tokens (None before any).
+
+    Example:
+        >>> stats = vidllm_ext.last_stats(model)
+        >>> stats.video_tokens_before, stats.video_tokens_after, stats.step_drop_ratios[0]
+    """
+    state = getattr(model, STATE_ATTRIBUTE, None)
+    if state is None:
+        raise ValueError("last_stats: the model is not patched (call vidllm_ext.patch first)")
+    return state.stats
+
+
+class _InstanceAttribute:
+    """A removable handle for a method overridden on one instance."""
+
+    def __init__(self, owner, name: str, value):
+        self.owner, self.name = owner, name
+        setattr(owner, name, value)
+
+    def remove(self) -> None:
+        if self.name in vars(self.owner):
+            delattr(self.owner, self.name)
+
+
+def _wrap_video_encoder(state: PatchState, multimodal) -> _InstanceAttribute:
+    original = multimodal.get_video_features
+
+    def get_video_features(pixel_values_videos, video_grid_thw=None, *args, **kwargs):
+        state.encoded_videos = {
+            "video_grid_thw": video_grid_thw,
+            "pixel_values_videos": pixel_values_videos,
+        }
+        return original(pixel_values_videos, video_grid_thw, *args, **kwargs)
+
+    return _InstanceAttribute(multimodal, "get_video_features", get_video_features)
+
+
+def _capture(state: PatchState, args, kwargs) -> None:
+    captured = state.adapter.capture(args, kwargs)
+    for key, value in (state.encoded_videos or {}).items():
+        if captured.get(key) is None:
+            captured[key] = value
+    state.captured = captured
+
+
+def _release(state: PatchState) -> None:
+    state.captured = None
+
+
+def _before_decoder(state: PatchState, args, kwargs):
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is None:
+        return None
+    cache = kwargs.get("past_key_values")
+    if cache is None or cache.get_seq_length() == 0:
+        state.layout = None
+        return _drop_prefill(state, args, kwargs, embeds, cache)
+    if state.layout is not None and state.cache is not None and state.cache() is cache:
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            kwargs["attention_mask"] = state.layout.decode_mask(mask)
+        return args, kwargs
+    return None
+
+
+def _drop_prefill(state: PatchState, args, kwargs, embeds, cache):
+    captured, state.encoded_videos = state.captured, None
+    segments = state.adapter.video_segments(captured, state.dtd.method) if captured else []
+    if not segments:
+        return None
+    mask = kwargs.get("attention_mask")
+    if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+        raise NotImplementedError(
+            "DTD needs a 2-D attention mask (or none); 4-D masks and static caches are not "
+            "supported yet"
+        )
+    keep, state.stats = drop_video_tokens(embeds, segments, state.dtd)
+    if mask is not None:
+        keep &= mask.to(keep.device).bool()
+    layout = CompactedLayout.from_keep(keep)
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        position_ids = state.adapter.default_position_ids(embeds)
+    kwargs["inputs_embeds"] = layout.gather(embeds, 1)
+    kwargs["position_ids"] = _compact_positions(position_ids, layout)
+    kwargs["attention_mask"] = layout.attention_mask.to(
+        device=embeds.device, dtype=mask.dtype if mask is not None else torch.long
+    )
+    state.adapter.compact_side_inputs(kwargs, keep, layout)
+    state.layout = layout
+    state.cache = weakref.ref(cache) if cache is not None else None
+    return args, kwargs
+
+
+def _compact_positions(position_ids: torch.Tensor, layout: CompactedLayout) -> torch.Tensor:
+    """Kept tokens keep their ids. A leading text-position row (Qwen's 4-row form) is renumbered
+    contiguously: it only marks sequence boundaries, and gaps would read as packed sequences."""
+    if position_ids.dim() == 2:
+        return layout.gather(position_ids.expand(layout.source_column.shape[0], -1), 1)
+    positions = layout.gather(position_ids.expand(-1, layout.source_column.shape[0], -1), 2)
+    if positions.shape[0] == 4:
+        mask = layout.attention_mask.to(positions.device)
+        positions[0] = (mask.cumsum(-1) - 1).clamp_min(0)
+    return positions

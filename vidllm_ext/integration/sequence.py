@@ -1,0 +1,63 @@
+"""Shortening a batch of token sequences to the columns that survive, left-padded.
+
+Model-agnostic: adapters decide which columns to keep; this module moves embeddings, position ids,
+per-token side inputs and the attention mask to the compacted layout, and widens later decode
+masks back onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CompactedLayout:
+    """Where every column of the shortened batch comes from.
+
+    Attributes:
+        source_column: int64 ``[batch, new_length]``, the original column of each new column (0 on
+            padding, which the mask hides).
+        attention_mask: int64 ``[batch, new_length]``, 1 on surviving tokens, 0 on left padding.
+        original_length: the sequence length before compaction.
+    """
+
+    source_column: torch.Tensor
+    attention_mask: torch.Tensor
+    original_length: int
+
+    @staticmethod
+    def from_keep(keep: torch.Tensor) -> CompactedLayout:
+        """keep: bool ``[batch, length]``. Survivors stay in order, right-aligned (left padding).
+        Reads the longest survivor count on the host once."""
+        batch, length = keep.shape
+        counts = keep.sum(1)
+        new_length = int(counts.max()) if batch > 0 else 0
+        destination = keep.cumsum(1) - 1 + (new_length - counts)[:, None]
+        rows = torch.arange(batch, device=keep.device)[:, None].expand(batch, length)[keep]
+        columns = torch.arange(length, device=keep.device).expand(batch, length)[keep]
+        source = torch.zeros(batch, new_length, dtype=torch.long, device=keep.device)
+        mask = torch.zeros(batch, new_length, dtype=torch.long, device=keep.device)
+        source[rows, destination[keep]] = columns
+        mask[rows, destination[keep]] = 1
+        return CompactedLayout(source, mask, length)
+
+    def gather(self, tensor: torch.Tensor, sequence_dim: int) -> torch.Tensor:
+        """Moves ``tensor`` (batch at ``sequence_dim - 1``, sequence at ``sequence_dim``) to the
+        compacted layout. Works for embeddings ``[B, L, D]`` (dim 1) and position ids
+        ``[R, B, L]`` (dim 2)."""
+        index = self.source_column
+        for _ in range(sequence_dim - 1):
+            index = index.unsqueeze(0)
+        for _ in range(tensor.dim() - sequence_dim - 1):
+            index = index.unsqueeze(-1)
+        shape = list(tensor.shape)
+        shape[sequence_dim] = index.shape[sequence_dim]
+        return tensor.gather(sequence_dim, index.to(tensor.device).expand(shape))
+
+    def decode_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Maps a later 2-D mask ``[batch, original_length + new]`` (as ``generate`` grows it) onto
+        the compacted cache: ``[batch, new_length + new]``."""
+        prefill = self.attention_mask.to(device=attention_mask.device, dtype=attention_mask.dtype)
+        return torch.cat([prefill, attention_mask[:, self.original_length :]], dim=1)

@@ -1,0 +1,80 @@
+"""Which video tokens of a batch survive frame-difference token drop (model-agnostic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vidllm_ext import ops
+from vidllm_ext.integration.config import DTDConfig
+
+
+@dataclass
+class VideoSegment:
+    """One video of one sample: its token columns in (step, position) order.
+
+    Attributes:
+        sample: batch row.
+        columns: int64 ``[steps * tokens]`` sequence columns of the video's tokens.
+        steps: temporal steps.
+        tokens: tokens per step (fixed spatial positions).
+        pixels: float ``[steps, tokens, patch]``: the pixel patch under each token (pixel method).
+    """
+
+    sample: int
+    columns: torch.Tensor
+    steps: int
+    tokens: int
+    pixels: torch.Tensor | None = None
+
+
+@dataclass
+class DTDStats:
+    """What frame-difference token drop did in the last forward that held video.
+
+    Attributes:
+        video_tokens_before: video tokens in the batch before dropping.
+        video_tokens_after: video tokens kept.
+        step_drop_ratios: per video (batch order, then sequence order), float32 ``[steps]``: the
+            fraction of each temporal step's tokens that was dropped (0 for the first step).
+        samples: the batch row of each entry of ``step_drop_ratios``.
+    """
+
+    video_tokens_before: int = 0
+    video_tokens_after: int = 0
+    step_drop_ratios: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
+
+    @property
+    def drop_ratio(self) -> float:
+        """Fraction of all video tokens dropped."""
+        before = self.video_tokens_before
+        return 0.0 if before == 0 else 1.0 - self.video_tokens_after / before
+
+
+def drop_video_tokens(
+    embeds: torch.Tensor, segments: list[VideoSegment], config: DTDConfig
+) -> tuple[torch.Tensor, DTDStats]:
+    """bool ``[batch, length]``: False on the video tokens that DTD drops, True elsewhere.
+
+    embeds: ``[batch, length, dim]`` LLM input embeddings (the features of the feature method).
+    """
+    keep = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+    stats = DTDStats()
+    for segment in segments:
+        if config.method == "feature":
+            frames = embeds[segment.sample, segment.columns.to(embeds.device)]
+            frames = frames.reshape(segment.steps, segment.tokens, -1)
+        else:
+            frames = segment.pixels.to(embeds.device)
+        segment_keep = ops.dtd_keep_mask(
+            frames, config.threshold, method=config.method, mode=config.mode
+        )
+        keep[segment.sample, segment.columns.to(embeds.device)] = segment_keep.flatten()
+        kept = segment_keep.sum(1)
+        stats.video_tokens_before += segment.steps * segment.tokens
+        stats.video_tokens_after += int(kept.sum())
+        stats.step_drop_ratios.append(1.0 - kept.float().cpu() / max(segment.tokens, 1))
+        stats.samples.append(segment.sample)
+    return keep, stats
