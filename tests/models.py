@@ -26,6 +26,11 @@ TEXT = dict(
 MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
 IDS = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START)
 QWEN_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+FAMILIES = [*QWEN_FAMILIES, "llava_onevision"]
+# Cosine thresholds that separate the synthetic videos' static tokens from their moving ones in
+# the tiny random models (SigLIP mixes a frame more globally than Qwen's windowed tower).
+FEATURE_THRESHOLD = {"qwen2_vl": 0.9, "qwen2_5_vl": 0.9, "qwen3_vl": 0.9, "llava_onevision": 0.995}
+LLAVA_IMAGE = 112  # 8 x 8 SigLIP patches, pooled to 4 x 4 = 16 tokens per frame
 
 
 def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
@@ -63,6 +68,18 @@ def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
             vision_end_token_id=END,
         )
         model_class = transformers.Qwen3VLForConditionalGeneration
+    elif family == "llava_onevision":
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+        vision.update(num_attention_heads=2, image_size=LLAVA_IMAGE, patch_size=PATCH)
+        config = transformers.LlavaOnevisionConfig(
+            text_config=dict(TEXT, model_type="qwen2"),
+            vision_config=dict(vision, model_type="siglip_vision_model"),
+            image_token_index=IMAGE,
+            video_token_index=VIDEO,
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+        )
+        model_class = transformers.LlavaOnevisionForConditionalGeneration
     else:
         raise ValueError(family)
     config._attn_implementation = attn_implementation
@@ -98,15 +115,37 @@ class SyntheticVideo:
                 steps[step, token] = torch.rand(per_token, width, generator=generator)
         return steps.reshape(-1, width)
 
+    def frames_rgb(self) -> torch.Tensor:
+        """float32 [steps, 3, LLAVA_IMAGE, LLAVA_IMAGE]: the same scene as frames, each of the 16
+        tokens owning a 28 x 28 pixel square."""
+        generator = torch.Generator().manual_seed(self.seed)
+        side, cell = 4, LLAVA_IMAGE // 4
+        frames = torch.rand(3, LLAVA_IMAGE, LLAVA_IMAGE, generator=generator).expand(
+            self.steps, -1, -1, -1
+        )
+        frames = frames.clone()
+        for step in range(1, self.steps):
+            for token in self.moving:
+                row, column = divmod(token, side)
+                square = (
+                    slice(None),
+                    slice(row * cell, (row + 1) * cell),
+                    slice(column * cell, (column + 1) * cell),
+                )
+                frames[step][square] = torch.rand(3, cell, cell, generator=generator)
+        return frames
+
     def grid_thw(self) -> list[int]:
         return [self.steps, self.grid, self.grid]
 
 
-def qwen_inputs(family: str, videos: list[SyntheticVideo], prompt_lengths: list[int]) -> dict:
+def make_inputs(family: str, videos: list[SyntheticVideo], prompt_lengths: list[int]) -> dict:
     """A left-padded batch, one video per sample: text, the video, text."""
-    rows, types = [], []
+    rows = []
     for video, prompt in zip(videos, prompt_lengths):
-        if family == "qwen3_vl":  # timestamp text between steps, each step in its own block
+        if family == "llava_onevision":  # frames * 16 tokens, then the newline token
+            body = [VIDEO] * (video.steps * video.tokens_per_step + 1)
+        elif family == "qwen3_vl":  # timestamp text between steps, each step in its own block
             body = []
             for _ in range(video.steps):
                 body += [40, 41, START] + [VIDEO] * video.tokens_per_step + [END]
@@ -120,8 +159,10 @@ def qwen_inputs(family: str, videos: list[SyntheticVideo], prompt_lengths: list[
     for i, ids in enumerate(rows):
         input_ids[i, length - len(ids) :] = torch.tensor(ids)
         attention_mask[i, length - len(ids) :] = 1
+    if family == "llava_onevision":
+        pixels = torch.stack([v.frames_rgb() for v in videos])
+        return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=pixels)
     mm_token_type_ids = (input_ids == VIDEO).int() * 2
-    types.append(mm_token_type_ids)
     return dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -129,3 +170,12 @@ def qwen_inputs(family: str, videos: list[SyntheticVideo], prompt_lengths: list[
         pixel_values_videos=torch.cat([v.pixel_rows() for v in videos]),
         video_grid_thw=torch.tensor([v.grid_thw() for v in videos]),
     )
+
+
+def video_layout(family: str, inputs: dict, sample: int = 0) -> tuple[torch.Tensor, int, int]:
+    """(columns of the video's frame tokens, steps, tokens per step) of one sample's video."""
+    columns = (inputs["input_ids"][sample] == VIDEO).nonzero().flatten()
+    if family == "llava_onevision":
+        return columns[:-1], (columns.numel() - 1) // 16, 16
+    steps, height, width = inputs["video_grid_thw"][sample].tolist()
+    return columns, steps, height * width // MERGE**2

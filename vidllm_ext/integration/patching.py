@@ -13,6 +13,7 @@ Kept tokens keep their original position ids, so every later token's position is
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 
@@ -127,12 +128,10 @@ class _InstanceAttribute:
 def _wrap_video_encoder(state: PatchState, multimodal) -> _InstanceAttribute:
     original = multimodal.get_video_features
 
-    def get_video_features(pixel_values_videos, video_grid_thw=None, *args, **kwargs):
-        state.encoded_videos = {
-            "video_grid_thw": video_grid_thw,
-            "pixel_values_videos": pixel_values_videos,
-        }
-        return original(pixel_values_videos, video_grid_thw, *args, **kwargs)
+    @functools.wraps(original)  # generate reads the signature to choose the arguments
+    def get_video_features(*args, **kwargs):
+        state.encoded_videos = state.adapter.video_encoder_inputs(args, kwargs)
+        return original(*args, **kwargs)
 
     return _InstanceAttribute(multimodal, "get_video_features", get_video_features)
 

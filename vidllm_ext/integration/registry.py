@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from vidllm_ext.integration.adapters.llava_onevision import LlavaOneVisionAdapter
 from vidllm_ext.integration.adapters.qwen_vl import QwenVLAdapter
 
 ADAPTERS = {
     "qwen2_5_vl": QwenVLAdapter,
     "qwen3_vl": QwenVLAdapter,
     "qwen2_vl": QwenVLAdapter,
+    "llava_onevision": LlavaOneVisionAdapter,
 }
 
 

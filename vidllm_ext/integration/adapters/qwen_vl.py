@@ -32,6 +32,13 @@ class QwenVLAdapter:
             "pixel_values_videos": kwargs.get("pixel_values_videos"),
         }
 
+    def video_encoder_inputs(self, args: tuple, kwargs: dict) -> dict:
+        """What get_video_features(pixel_values_videos, video_grid_thw, ...) was given."""
+        return {
+            "pixel_values_videos": args[0] if args else kwargs.get("pixel_values_videos"),
+            "video_grid_thw": args[1] if len(args) > 1 else kwargs.get("video_grid_thw"),
+        }
+
     def video_segments(self, captured: dict, method: str) -> list[VideoSegment]:
         input_ids, grids = captured["input_ids"], captured["video_grid_thw"]
         if input_ids is None or grids is None:

@@ -1,14 +1,24 @@
-"""vidllm_ext.patch on tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL models with random weights."""
+"""vidllm_ext.patch on tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA-OneVision models."""
 
 import pytest
 import torch
-from models import QWEN_FAMILIES, VIDEO, SyntheticVideo, build_model, qwen_inputs
+from models import (
+    FAMILIES,
+    FEATURE_THRESHOLD,
+    SyntheticVideo,
+    build_model,
+    make_inputs,
+    video_layout,
+)
 
 import vidllm_ext
 from vidllm_ext import reference
 
 pytest.importorskip("transformers")
-DTD = vidllm_ext.DTDConfig(threshold=0.9)
+
+
+def dtd_for(family):
+    return vidllm_ext.DTDConfig(threshold=FEATURE_THRESHOLD[family])
 
 
 def language_model_inputs(model, inputs):
@@ -23,23 +33,23 @@ def language_model_inputs(model, inputs):
     return captured
 
 
-def reference_reduction(model, inputs, config=DTD):
+def reference_reduction(family, model, inputs):
     """The spec: DTD's keep decision on each video's input embeddings (reference ops), then the
     language model's inputs restricted to the kept columns, original position ids included.
     Batch of one."""
     captured = language_model_inputs(model, inputs)
     embeds = captured["inputs_embeds"]
     keep = torch.ones(embeds.shape[:2], dtype=torch.bool)
-    video_columns = (inputs["input_ids"][0] == VIDEO).nonzero().flatten()
-    steps, height, width = inputs["video_grid_thw"][0].tolist()
-    frames = embeds[0, video_columns].reshape(steps, height * width // 4, -1)
-    video_keep = reference.dtd_keep_mask(
-        frames, config.threshold, method=config.method, mode=config.mode
-    )
+    video_columns, steps, tokens = video_layout(family, inputs)
+    frames = embeds[0, video_columns].reshape(steps, tokens, -1)
+    video_keep = reference.dtd_keep_mask(frames, FEATURE_THRESHOLD[family])
     keep[0, video_columns] = video_keep.flatten()
+    positions = captured["position_ids"]
+    if positions is None:  # LLaVA-OneVision: the language model numbers tokens itself
+        positions = torch.arange(embeds.shape[1])[None]
     reduced = dict(
         inputs_embeds=embeds[:, keep[0]],
-        position_ids=captured["position_ids"][..., keep[0]],
+        position_ids=positions[..., keep[0]],
         attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
     )
     if captured.get("visual_pos_masks") is not None:  # Qwen3-VL deepstack
@@ -49,7 +59,7 @@ def reference_reduction(model, inputs, config=DTD):
         reduced["deepstack_visual_embeds"] = [
             e[kept_rows] for e in captured["deepstack_visual_embeds"]
         ]
-    return reduced, captured["position_ids"]
+    return reduced, positions
 
 
 def reference_greedy(model, reduced, positions, new_tokens):
@@ -79,28 +89,30 @@ def reference_greedy(model, reduced, positions, new_tokens):
     return torch.stack(tokens, dim=1)
 
 
-@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_everything_off_is_bitwise_identical_and_unpatch_restores(family):
     model = build_model(family)
-    inputs = qwen_inputs(family, [SyntheticVideo()], [5])
+    inputs = make_inputs(family, [SyntheticVideo()], [5])
     with torch.no_grad():
-        expected = model(**inputs).logits
+        expected = model(**inputs).logits  # transformers adds its own hooks on the first call
+        hooks = [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in model.modules()]
         assert torch.equal(vidllm_ext.patch(model)(**inputs).logits, expected)
-        vidllm_ext.patch(model, dtd=DTD)
+        vidllm_ext.patch(model, dtd=dtd_for(family))
         assert model(**inputs).logits.shape[1] < expected.shape[1]
         vidllm_ext.unpatch(model)
         assert torch.equal(model(**inputs).logits, expected)
-    for module in model.modules():
-        assert not module._forward_pre_hooks and not module._forward_hooks
+    assert hooks == [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in model.modules()]
+    assert "get_video_features" not in vars(model.model)
 
 
-@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["feature", "pixel"])
 def test_dtd_equals_language_model_on_reduced_embeddings(family, method):
     model = build_model(family)
-    inputs = qwen_inputs(family, [SyntheticVideo()], [5])
-    config = vidllm_ext.DTDConfig(threshold=0.9 if method == "feature" else 1e-6, method=method)
-    expected_inputs, _ = reference_reduction(model, inputs, DTD)
+    inputs = make_inputs(family, [SyntheticVideo()], [5])
+    threshold = FEATURE_THRESHOLD[family] if method == "feature" else 1e-6
+    config = vidllm_ext.DTDConfig(threshold=threshold, method=method)
+    expected_inputs, _ = reference_reduction(family, model, inputs)
     with torch.no_grad():
         expected = model.lm_head(model.model.language_model(**expected_inputs).last_hidden_state)
         actual = vidllm_ext.patch(model, dtd=config)(**inputs).logits
@@ -111,23 +123,23 @@ def test_dtd_equals_language_model_on_reduced_embeddings(family, method):
     assert torch.equal(actual, expected)
 
 
-@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generate_matches_reference_decoding(family):
     model = build_model(family)
-    inputs = qwen_inputs(family, [SyntheticVideo()], [5])
-    reduced, positions = reference_reduction(model, inputs)
+    inputs = make_inputs(family, [SyntheticVideo()], [5])
+    reduced, positions = reference_reduction(family, model, inputs)
     expected = reference_greedy(model, reduced, positions, 8)
     with torch.no_grad():
-        output = vidllm_ext.patch(model, dtd=DTD).generate(
+        output = vidllm_ext.patch(model, dtd=dtd_for(family)).generate(
             **inputs, max_new_tokens=8, do_sample=False
         )
     assert torch.equal(output[:, inputs["input_ids"].shape[1] :], expected)
 
 
-@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_padded_batch_with_different_drop_counts(family, attn_implementation):
-    model = vidllm_ext.patch(build_model(family, attn_implementation), dtd=DTD)
+    model = vidllm_ext.patch(build_model(family, attn_implementation), dtd=dtd_for(family))
     videos = [
         SyntheticVideo(moving=(0, 5, 6), seed=1),
         SyntheticVideo(moving=(1, 2, 3, 9, 10), seed=2),
@@ -135,21 +147,22 @@ def test_padded_batch_with_different_drop_counts(family, attn_implementation):
     prompts = [3, 9]
     with torch.no_grad():
         batch = model.generate(
-            **qwen_inputs(family, videos, prompts), max_new_tokens=6, do_sample=False
+            **make_inputs(family, videos, prompts), max_new_tokens=6, do_sample=False
         )
-        stats = vidllm_ext.last_stats(model)
-        singles = [
-            model.generate(**qwen_inputs(family, [v], [p]), max_new_tokens=6, do_sample=False)
-            for v, p in zip(videos, prompts)
-        ]
-    assert [int((1 - r).mul(16).sum()) for r in stats.step_drop_ratios] == [25, 31]
+        batch_drops = [r.tolist() for r in vidllm_ext.last_stats(model).step_drop_ratios]
+        singles, single_drops = [], []
+        for video, prompt in zip(videos, prompts):
+            inputs = make_inputs(family, [video], [prompt])
+            singles.append(model.generate(**inputs, max_new_tokens=6, do_sample=False))
+            single_drops += [r.tolist() for r in vidllm_ext.last_stats(model).step_drop_ratios]
+    assert batch_drops == single_drops and batch_drops[0] != batch_drops[1]
     for row, single in zip(batch, singles):
         assert torch.equal(row[-6:], single[0, -6:])
 
 
 def test_patching_twice_replaces_and_leaves_other_instances_alone():
     model, other = build_model("qwen2_5_vl"), build_model("qwen2_5_vl")
-    inputs = qwen_inputs("qwen2_5_vl", [SyntheticVideo()], [5])
+    inputs = make_inputs("qwen2_5_vl", [SyntheticVideo()], [5])
     with torch.no_grad():
         expected = other(**inputs).logits
         vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig(threshold=0.9))
