@@ -13,12 +13,14 @@ from vidllm_ext.build import build_info
 from vidllm_ext.dtd_stream import DTDStream
 from vidllm_ext.integration import DTDConfig, DTDStats, last_stats, patch, unpatch
 from vidllm_ext.results import DTDResult
+from vidllm_ext.streaming import StreamingSession
 
 __all__ = [
     "DTDConfig",
     "DTDResult",
     "DTDStats",
     "DTDStream",
+    "StreamingSession",
     "__version__",
     "build_info",
     "last_stats",

@@ -42,6 +42,21 @@ class PatchState:
     layout: CompactedLayout | None = None  # the last dropped prefill, for its decode steps
     cache: object = None  # weak reference to the cache that prefill filled
     stats: DTDStats | None = None
+    stream: StreamStep | None = None  # set by a StreamingSession around each chunk's forward
+
+
+class NothingKept(Exception):
+    """Raised into a StreamingSession when DTD drops every token of a chunk: there is nothing to
+    prefill, and the cache stays as it is."""
+
+
+@dataclass
+class StreamStep:
+    """One chunk of a live stream: drop against the previous chunk's last step, in a cache that
+    already holds the stream so far (batch of one, no padding)."""
+
+    previous: torch.Tensor | None = None  # [tokens, dim] features of the last step seen
+    last_step: torch.Tensor | None = None  # set by the hook: this chunk's last step
 
 
 def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
@@ -153,6 +168,8 @@ def _before_decoder(state: PatchState, args, kwargs):
     if embeds is None:
         return None
     cache = kwargs.get("past_key_values")
+    if state.stream is not None:
+        return _drop_stream_chunk(state, args, kwargs, embeds)
     if cache is None or cache.get_seq_length() == 0:
         state.layout = None
         return _drop_prefill(state, args, kwargs, embeds, cache)
@@ -190,6 +207,26 @@ def _drop_prefill(state: PatchState, args, kwargs, embeds, cache):
     state.adapter.compact_side_inputs(kwargs, keep, layout)
     state.layout = layout
     state.cache = weakref.ref(cache) if cache is not None else None
+    return args, kwargs
+
+
+def _drop_stream_chunk(state: PatchState, args, kwargs, embeds):
+    captured, state.encoded_videos = state.captured, None
+    segments = state.adapter.video_segments(captured, state.dtd.method) if captured else []
+    if not segments:
+        return None
+    if len(segments) != 1 or embeds.shape[0] != 1:
+        raise ValueError("a stream chunk holds exactly one video of one sample")
+    segments[0].previous = state.stream.previous
+    keep, state.stats = drop_video_tokens(embeds, segments, state.dtd)
+    state.stream.last_step = segments[0].frames[-1].detach().clone()
+    if not keep.any():
+        raise NothingKept
+    layout = CompactedLayout.from_keep(keep)
+    kwargs["inputs_embeds"] = layout.gather(embeds, 1)
+    kwargs["position_ids"] = _compact_positions(kwargs["position_ids"], layout)
+    kwargs["attention_mask"] = None  # one unpadded sample: causal over the cache and the chunk
+    state.adapter.compact_side_inputs(kwargs, keep, layout)
     return args, kwargs
 
 

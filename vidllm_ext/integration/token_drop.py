@@ -20,6 +20,9 @@ class VideoSegment:
         steps: temporal steps.
         tokens: tokens per step (fixed spatial positions).
         pixels: float ``[steps, tokens, patch]``: the pixel patch under each token (pixel method).
+        previous: ``[tokens, dim]`` features of the step before the first (a live stream's last
+            step), or None: then the first step is kept whole.
+        frames: set by :func:`drop_video_tokens`: the ``[steps, tokens, dim]`` features compared.
     """
 
     sample: int
@@ -27,6 +30,8 @@ class VideoSegment:
     steps: int
     tokens: int
     pixels: torch.Tensor | None = None
+    previous: torch.Tensor | None = None
+    frames: torch.Tensor | None = None
 
 
 @dataclass
@@ -68,9 +73,11 @@ def drop_video_tokens(
             frames = frames.reshape(segment.steps, segment.tokens, -1)
         else:
             frames = segment.pixels.to(embeds.device)
+        previous = None if segment.previous is None else segment.previous.to(frames)
         segment_keep = ops.dtd_keep_mask(
-            frames, config.threshold, method=config.method, mode=config.mode
+            frames, config.threshold, method=config.method, mode=config.mode, prev=previous
         )
+        segment.frames = frames
         keep[segment.sample, segment.columns.to(embeds.device)] = segment_keep.flatten()
         kept = segment_keep.sum(1)
         stats.video_tokens_before += segment.steps * segment.tokens

@@ -8,6 +8,7 @@ Qwen3-VL interleaves timestamp text between steps, so tokens are located by id, 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from vidllm_ext.integration.adapters.common import (
     find_multimodal_model,
@@ -17,13 +18,24 @@ from vidllm_ext.integration.adapters.common import (
 from vidllm_ext.integration.sequence import CompactedLayout
 from vidllm_ext.integration.token_drop import VideoSegment
 
+# The Qwen2-VL processor's defaults (OpenAI CLIP normalization), for frames given as uint8.
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 class QwenVLAdapter:
     def __init__(self, model):
         self.multimodal = find_multimodal_model(model, "visual")
         self.language_model = self.multimodal.language_model
-        self.video_token_id = model.config.video_token_id
-        self.merge = model.config.vision_config.spatial_merge_size
+        config = model.config
+        self.video_token_id = config.video_token_id
+        self.vision_start_id = config.vision_start_token_id
+        self.vision_end_id = getattr(config, "vision_end_token_id", None)
+        self.merge = config.vision_config.spatial_merge_size
+        self.patch = config.vision_config.patch_size
+        self.temporal_patch = config.vision_config.temporal_patch_size
+        # Qwen3-VL interleaves timestamp text between steps, which a stream would have to write.
+        self.supports_streaming = config.model_type in ("qwen2_vl", "qwen2_5_vl")
 
     def capture(self, args: tuple, kwargs: dict) -> dict:
         return {
@@ -90,3 +102,45 @@ class QwenVLAdapter:
         deepstack = kwargs.get("deepstack_visual_embeds")
         if deepstack is not None:
             kwargs["deepstack_visual_embeds"] = [e[kept_rows.to(e.device)] for e in deepstack]
+
+    # ---- streaming -----------------------------------------------------------------------
+
+    def tokens_per_video(self, grid: list[int]) -> int:
+        steps, height, width = grid
+        return steps * height * width // self.merge**2
+
+    def positions(self, token_ids: list[int], video_grids: list[list[int]]) -> torch.Tensor:
+        """int64 [3, 1, len(token_ids)]: the M-RoPE ids the model itself gives this sequence."""
+        ids = torch.tensor([token_ids], device=self.multimodal.device)
+        token_types = (ids == self.video_token_id).int() * 2
+        grids = torch.tensor(video_grids, device=ids.device) if video_grids else None
+        positions, _ = self.multimodal.get_rope_index(
+            ids, mm_token_type_ids=token_types, video_grid_thw=grids
+        )
+        return positions
+
+    def preprocess_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """uint8 [f, H, W, 3] (f a multiple of the temporal patch) -> (pixel rows
+        [steps * h * w, 3 * temporal * patch^2], grid [steps, h, w]) in the Qwen processor's
+        layout: resized to multiples of patch * merge, CLIP-normalized, the merge^2 patches of
+        one token consecutive."""
+        unit = self.patch * self.merge
+        count, height, width, _ = frames.shape
+        height, width = (
+            max(unit, round(height / unit) * unit),
+            max(unit, round(width / unit) * unit),
+        )
+        video = frames.permute(0, 3, 1, 2).float().div(255)
+        video = F.interpolate(video, size=(height, width), mode="bilinear", align_corners=False)
+        mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+        video = (video - mean) / std
+        steps, grid_h, grid_w = (
+            count // self.temporal_patch,
+            height // self.patch,
+            width // self.patch,
+        )
+        m, p = self.merge, self.patch
+        video = video.reshape(steps, self.temporal_patch, 3, grid_h // m, m, p, grid_w // m, m, p)
+        rows = video.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(steps * grid_h * grid_w, -1)
+        return rows, [steps, grid_h, grid_w]

@@ -1,0 +1,97 @@
+"""StreamingSession: chunked prefill with token drop equals one forward over the whole video."""
+
+import numpy as np
+import pytest
+import torch
+from models import FEATURE_THRESHOLD, SyntheticVideo, build_model, make_inputs
+
+import vidllm_ext
+
+pytest.importorskip("transformers")
+STREAMING_FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+QUESTION = [50, 51, 52]
+
+
+def dtd_for(family):
+    return vidllm_ext.DTDConfig(threshold=FEATURE_THRESHOLD[family])
+
+
+def feed(session, video, chunk_steps):
+    rows = video.pixel_rows()
+    per_step = rows.shape[0] // video.steps
+    start = 0
+    for steps in chunk_steps:
+        chunk = rows[start * per_step : (start + steps) * per_step]
+        session.append_frames(chunk, video_grid_thw=[steps, video.grid, video.grid])
+        start += steps
+
+
+@pytest.mark.parametrize("family", STREAMING_FAMILIES)
+@pytest.mark.parametrize("chunk_steps", [[6], [1, 5], [2, 1, 3], [1, 1, 1, 1, 1, 1]])
+def test_chunked_session_matches_one_forward_with_the_same_drops(family, chunk_steps):
+    model = build_model(family)
+    video = SyntheticVideo(steps=6, moving=(0, 5, 6, 11))
+    inputs = make_inputs(family, [video], [0])  # [start, video, end, *QUESTION]
+    with torch.no_grad():
+        expected = vidllm_ext.patch(model, dtd=dtd_for(family)).generate(
+            **inputs, max_new_tokens=8, do_sample=False
+        )[0, inputs["input_ids"].shape[1] :]
+    expected_drops = vidllm_ext.last_stats(model).step_drop_ratios[0].tolist()
+
+    session = vidllm_ext.StreamingSession(model, dtd=dtd_for(family))
+    feed(session, video, chunk_steps)
+    answer = session.ask(QUESTION, max_new_tokens=8)
+    assert session.step_drop_ratios == expected_drops
+    assert 0 < sum(expected_drops) < 6
+    assert torch.equal(answer, expected[: answer.numel()])
+    held = session.cache.get_seq_length()
+    kept_video = sum(round((1 - r) * 16) for r in expected_drops)
+    assert held == 1 + kept_video + 1 + len(QUESTION) + answer.numel()
+
+
+@pytest.mark.parametrize("family", STREAMING_FAMILIES)
+def test_session_without_dtd_matches_plain_generate(family):
+    model = build_model(family)
+    video = SyntheticVideo(steps=4)
+    inputs = make_inputs(family, [video], [0])
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    session = vidllm_ext.StreamingSession(model, dtd=None)
+    feed(session, video, [3, 1])
+    answer = session.ask(QUESTION, max_new_tokens=6)
+    assert torch.equal(answer, expected[0, inputs["input_ids"].shape[1] :][: answer.numel()])
+
+
+def test_more_frames_after_a_question_and_scene_changes():
+    model = build_model("qwen2_5_vl")
+    session = vidllm_ext.StreamingSession(model, dtd=dtd_for("qwen2_5_vl"))
+    static = SyntheticVideo(steps=3, moving=(), seed=3)
+    feed(session, static, [3])
+    first = session.ask(QUESTION, max_new_tokens=3)
+    cut = SyntheticVideo(steps=3, moving=(), seed=4)  # a different scene: nothing is redundant
+    feed(session, cut, [1, 2])
+    second = session.ask(QUESTION, max_new_tokens=3)
+    assert first.numel() and second.numel()
+    assert session.step_drop_ratios[:3] == [0.0, 1.0, 1.0]
+    assert session.step_drop_ratios[3] == 0.0 and session.step_drop_ratios[4:] == [1.0, 1.0]
+    assert session.scene_changes(0.2) == [3]
+    with pytest.raises(ValueError, match="top_fraction"):
+        session.scene_changes(0.0)
+
+
+def test_uint8_frames_in_odd_counts():
+    model = build_model("qwen2_vl")
+    session = vidllm_ext.StreamingSession(model, dtd=dtd_for("qwen2_vl"))
+    frames = np.random.default_rng(0).integers(0, 256, (5, 100, 120, 3), dtype=np.uint8)
+    session.append_frames(frames[:3])  # two frames make one step; the third waits
+    assert session.video_grids == [[1, 8, 8]]
+    session.append_frames(frames[3:])
+    assert session.video_grids == [[2, 8, 8]] and session._pending.shape[0] == 1
+    assert len(session.step_drop_ratios) == 2
+    with pytest.raises(ValueError, match=r"frames: expected uint8 \[f, H, W, 3\]"):
+        session.append_frames(np.zeros((2, 8, 8), dtype=np.uint8))
+
+
+def test_unsupported_family_for_streaming():
+    with pytest.raises(NotImplementedError, match="qwen2_vl and qwen2_5_vl"):
+        vidllm_ext.StreamingSession(build_model("llava_onevision"))

@@ -1,0 +1,183 @@
+"""A live video stream through a patched video LLM: frames in, answers out, one KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from vidllm_ext.integration.config import DTDConfig
+from vidllm_ext.integration.patching import STATE_ATTRIBUTE, NothingKept, StreamStep, patch
+from vidllm_ext.integration.registry import adapter_for
+
+DEFAULT_DTD = DTDConfig()
+
+
+class StreamingSession:
+    """Feeds a live video to a video LLM chunk by chunk and answers questions about it.
+
+    Every chunk is encoded once, compared with the last temporal step of the previous chunk by
+    frame-difference token drop, and only its kept tokens are prefilled into the session's KV
+    cache, with the position ids one forward over the whole stream would give them. Questions
+    are answered from that cache; the answer stays in context as a turn.
+
+    Args:
+        model: a Qwen2-VL or Qwen2.5-VL ``*ForConditionalGeneration``; the session patches it with
+            ``dtd`` (replacing any earlier patch).
+        processor: optional HF processor: its tokenizer encodes and decodes text and its video
+            processor (when it has one) prepares frames. Without it, questions are token ids and
+            answers come back as token ids; uint8 frames get the Qwen processor's default layout.
+        dtd: the token-drop configuration, or None to keep every token.
+
+    Example:
+        >>> session = vidllm_ext.StreamingSession(model, processor, dtd=DTDConfig(0.5))
+        >>> for frames in camera:                   # uint8 [f, H, W, 3] each
+        ...     session.append_frames(frames)
+        >>> session.ask("What changed?", max_new_tokens=32)
+        >>> session.scene_changes(0.1)              # steps that changed most
+    """
+
+    def __init__(self, model, processor=None, *, dtd: DTDConfig | None = DEFAULT_DTD):
+        from transformers import DynamicCache
+
+        self.adapter = adapter_for(model)
+        if not getattr(self.adapter, "supports_streaming", False):
+            raise NotImplementedError(
+                f"StreamingSession supports qwen2_vl and qwen2_5_vl models so far, got "
+                f"{model.config.model_type!r}"
+            )
+        self.model = patch(model, dtd=dtd)
+        self.processor = processor
+        self.cache = DynamicCache(config=model.config.get_text_config())
+        self.sequence: list[int] = []  # every token of the stream, dropped ones included
+        self.video_grids: list[list[int]] = []  # one per video block of the sequence
+        self.in_video = False
+        self.step_drop_ratios: list[float] = []  # per temporal step of the stream
+        self._last_step: torch.Tensor | None = None
+        self._pending: torch.Tensor | None = None  # a frame waiting for its temporal partner
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def append_frames(self, frames, video_grid_thw=None) -> None:
+        """Encodes and prefills new frames.
+
+        Args:
+            frames: uint8 ``[f, H, W, 3]`` (numpy or torch; an odd frame waits for the next call,
+                as the model encodes frames in temporal pairs), or processed pixel rows
+                ``[steps * h * w, patch_dim]`` together with ``video_grid_thw = [steps, h, w]``.
+        """
+        pixel_rows, grid = self._pixel_inputs(frames, video_grid_thw)
+        if grid is None:
+            return
+        new_ids = [] if self.in_video else [self.adapter.vision_start_id]
+        new_ids += [self.adapter.video_token_id] * self.adapter.tokens_per_video(grid)
+        if self.in_video:
+            self.video_grids[-1][0] += grid[0]
+        else:
+            self.video_grids.append(list(grid))
+            self.in_video = True
+        self.sequence += new_ids
+        state = getattr(self.model, STATE_ATTRIBUTE)
+        state.stream = StreamStep(previous=self._last_step) if state.dtd is not None else None
+        try:
+            self._forward(
+                new_ids,
+                pixel_values_videos=pixel_rows.to(self.device),
+                video_grid_thw=torch.tensor([grid], device=self.device),
+            )
+        except NothingKept:
+            pass  # the whole chunk was redundant: nothing to prefill
+        finally:
+            step, state.stream = state.stream, None
+        if step is not None:
+            self._last_step = step.last_step
+            self.step_drop_ratios += state.stats.step_drop_ratios[0].tolist()
+        else:
+            self.step_drop_ratios += [0.0] * grid[0]
+
+    def ask(self, question, max_new_tokens: int = 32):
+        """Greedy answer to ``question`` (a string with a processor, else token ids) from
+        everything seen so far. Returns the decoded string (with a processor) or the int64 token
+        ids; either way the answer stays in the cache, and more frames may follow."""
+        ids = [self.adapter.vision_end_id] if self.in_video else []
+        ids += self._encode(question)
+        self.in_video = False
+        self.sequence += ids
+        logits, positions = self._forward(ids)
+        next_position = positions[:, :, -1:] + 1
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        answer = []
+        for _ in range(max_new_tokens):
+            token = int(logits[0, -1].argmax())
+            answer.append(token)
+            self.sequence.append(token)
+            logits, _ = self._forward([token], positions=next_position)
+            next_position = next_position + 1
+            if token in eos:
+                break
+        tokens = torch.tensor(answer, dtype=torch.long)
+        return self.processor.decode(tokens) if self.processor is not None else tokens
+
+    def scene_changes(self, top_fraction: float = 0.1) -> list[int]:
+        """The stream's steps with the lowest drop ratio (the most new content): TimeChat-Online's
+        trigger for proactive answers. The stream's first step, which has nothing to compare
+        with, is left out. Returns ascending step indices."""
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"top_fraction: expected a fraction in (0, 1], got {top_fraction}")
+        ratios = self.step_drop_ratios[1:]
+        if not ratios:
+            return []
+        count = max(1, math.ceil(top_fraction * len(ratios)))
+        order = sorted(range(len(ratios)), key=lambda step: (ratios[step], step))
+        return sorted(step + 1 for step in order[:count])
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _forward(self, ids: list[int], positions=None, **inputs):
+        if positions is None:
+            positions = self.adapter.positions(self.sequence, self.video_grids)[..., -len(ids) :]
+        with torch.no_grad():
+            output = self.model(
+                input_ids=torch.tensor([ids], device=self.device),
+                position_ids=positions.to(self.device),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **inputs,
+            )
+        return output.logits, positions
+
+    def _encode(self, question) -> list[int]:
+        if isinstance(question, str):
+            if self.processor is None:
+                raise TypeError("question: a string needs a processor; pass token ids instead")
+            tokenizer = getattr(self.processor, "tokenizer", self.processor)
+            return list(tokenizer(question, add_special_tokens=False)["input_ids"])
+        return [int(t) for t in question]
+
+    def _pixel_inputs(self, frames, video_grid_thw):
+        """(pixel rows, grid) for new frames, or (None, None) while a lone frame waits."""
+        if video_grid_thw is not None:
+            grid = [int(v) for v in torch.as_tensor(video_grid_thw).flatten().tolist()]
+            return torch.as_tensor(frames), grid
+        frames = torch.as_tensor(np.asarray(frames) if not torch.is_tensor(frames) else frames)
+        if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(
+                "frames: expected uint8 [f, H, W, 3], or pixel rows with video_grid_thw, got "
+                f"{frames.dtype} {list(frames.shape)}"
+            )
+        if self._pending is not None:
+            frames = torch.cat([self._pending, frames])
+        usable = frames.shape[0] - frames.shape[0] % self.adapter.temporal_patch
+        self._pending = frames[usable:] if usable < frames.shape[0] else None
+        if usable == 0:
+            return None, None
+        video_processor = getattr(self.processor, "video_processor", None)
+        if video_processor is not None:
+            out = video_processor(videos=[frames[:usable].numpy()], return_tensors="pt")
+            return out["pixel_values_videos"], out["video_grid_thw"][0].tolist()
+        return self.adapter.preprocess_frames(frames[:usable])
