@@ -98,10 +98,13 @@ def test_cli_info_prints_build_info():
     assert "cuda_compiled" in result.stdout and vidllm_ext.__version__ in result.stdout
 
 
-def test_cli_demo_drops_tokens():
-    result = run_cli("demo", "--steps", "8")
+def test_cli_demo_compares_unpatched_and_dtd():
+    pytest.importorskip("transformers")
+    result = run_cli("demo", "--new-tokens", "2")
     assert result.returncode == 0, result.stderr
-    assert "dropped" in result.stdout
+    for row in ("video tokens", "prefill ms", "KV-cache KiB", "generated", "per-step drop ratio"):
+        assert row in result.stdout
+    assert "scene changes (lowest drop ratio, top 10%): steps [8" in result.stdout  # the cut
 
 
 def test_cli_rejects_unknown_command():

@@ -16,10 +16,15 @@ def command_info(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    """Runs frame-difference token drop on a synthetic clip and reports what it dropped."""
+    """A small video LLM on a synthetic clip, with and without frame-difference token drop."""
     from vidllm_ext.demo import run_demo
 
-    return run_demo(steps=args.steps, device=args.device, threshold=args.threshold)
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("the demo needs transformers: pip install 'vidllm-ext[hf]'", file=sys.stderr)
+        return 2
+    return run_demo(device=args.device, threshold=args.threshold, new_tokens=args.new_tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="what this installation compiled").set_defaults(
         run=command_info
     )
-    demo = commands.add_parser("demo", help="token drop on a synthetic video clip")
-    demo.add_argument("--steps", type=int, default=64, help="temporal steps of the clip")
+    demo = commands.add_parser("demo", help="a video LLM with and without token drop")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--threshold", type=float, default=0.9, help="cosine above which to drop")
+    demo.add_argument("--new-tokens", type=int, default=8, help="tokens to generate")
     demo.set_defaults(run=command_demo)
     # Listed for --help only: main() hands `bench ...` to vidllm_ext.bench.cli before parsing.
     commands.add_parser("bench", help="microbenchmarks (python -m vidllm_ext bench --help)")

@@ -1,58 +1,136 @@
-"""A self-contained demonstration of frame-difference token drop on a synthetic clip."""
+"""`vidllm-ext demo`: a video LLM with and without frame-difference token drop, side by side.
+
+By default a small Qwen2.5-VL built from the config shipped in vidllm_ext/configs (fixed seed,
+random weights: its answers are noise, its costs are real) watches a procedurally generated clip:
+a textured static background, a moving object, and one scene cut halfway.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from vidllm_ext.dtd_stream import DTDStream
+from vidllm_ext.integration import DTDConfig, last_stats, patch
+from vidllm_ext.integration.registry import adapter_for
+from vidllm_ext.integration.token_drop import scene_changes
 
-PATCH = 14  # Qwen2.5-VL's vision patch size
+CONFIG = Path(__file__).parent / "configs" / "qwen2_5_vl_demo.json"
+PROMPT_IDS = list(range(10, 26))  # stand-ins for a system prompt and a question (random weights)
+QUESTION_IDS = list(range(30, 42))
 
 
-def synthetic_clip(steps: int, height: int = 224, width: int = 224, seed: int = 0) -> torch.Tensor:
-    """uint8 [steps, height, width, 3]: a textured static background with a square moving across
-    it, the kind of scene where most patches do not change from frame to frame."""
+def synthetic_clip(frames: int = 32, size: int = 224, seed: int = 0) -> torch.Tensor:
+    """uint8 [frames, size, size, 3]: a static textured background with a square moving across it,
+    and a different background from the middle on (a scene cut)."""
     generator = torch.Generator().manual_seed(seed)
-    background = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-    frames = background.expand(steps, height, width, 3).clone()
-    side = height // 5
-    for step in range(steps):
-        top = (step * 5) % (height - side)
-        left = (step * 9) % (width - side)
-        frames[step, top : top + side, left : left + side] = torch.tensor(
-            [255, 40, 40], dtype=torch.uint8
-        )
-    return frames
+    backgrounds = torch.randint(0, 256, (2, size, size, 3), generator=generator, dtype=torch.uint8)
+    clip = backgrounds[0].expand(frames, -1, -1, -1).clone()
+    clip[frames // 2 :] = backgrounds[1]
+    side = size // 5
+    for frame in range(frames):
+        top, left = (frame * 5) % (size - side), (frame * 9) % (size - side)
+        clip[frame, top : top + side, left : left + side] = torch.tensor([255, 40, 40])
+    return clip
 
 
-def patchify(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [steps, H, W, 3] -> float32 [steps, patches, 3 * PATCH * PATCH] in [0, 1]."""
-    steps, height, width, _ = frames.shape
-    grid_h, grid_w = height // PATCH, width // PATCH
-    patches = frames[:, : grid_h * PATCH, : grid_w * PATCH].float().div_(255)
-    patches = patches.reshape(steps, grid_h, PATCH, grid_w, PATCH, 3).permute(0, 1, 3, 5, 2, 4)
-    return patches.reshape(steps, grid_h * grid_w, 3 * PATCH * PATCH)
+def demo_model(device: str):
+    import transformers
+
+    settings = json.loads(CONFIG.read_text())
+    for key in ("model_type", "architectures"):
+        settings.pop(key)
+    config = transformers.Qwen2_5_VLConfig(**settings)
+    torch.manual_seed(0)
+    return transformers.Qwen2_5_VLForConditionalGeneration(config).eval().to(device)
 
 
-def run_demo(steps: int = 64, device: str | None = None, threshold: float = 0.9) -> int:
-    """Streams a synthetic clip through DTDStream in chunks of 8 frames and prints the savings."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    features = patchify(synthetic_clip(steps)).to(device)
-    # Warm-up: the first custom-op call imports torch._dynamo, a one-time cost of ~1 s.
-    DTDStream(threshold).push(features[:2])
-    stream = DTDStream(threshold, method="feature")
-    kept_total, start = 0, time.perf_counter()
-    for first in range(0, steps, 8):
-        kept_total += stream.push(features[first : first + 8]).kept.shape[0]
-    if features.is_cuda:
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    total = features.shape[0] * features.shape[1]
-    print(f"clip: {steps} frames of {features.shape[1]} patches on {device}")
-    print(
-        f"kept {kept_total} of {total} tokens, dropped {1 - kept_total / total:.1%} "
-        f"(cosine > {threshold}) in {elapsed * 1e3:.1f} ms"
+def demo_inputs(model, clip: torch.Tensor, device: str) -> dict:
+    """Token ids laid out as the Qwen processor would: prompt, the video block, question."""
+    adapter = adapter_for(model)
+    rows, grid = adapter.preprocess_frames(clip)
+    config = model.config
+    video = [config.video_token_id] * adapter.tokens_per_video(grid)
+    ids = [*PROMPT_IDS, config.vision_start_token_id, *video, config.vision_end_token_id]
+    input_ids = torch.tensor([ids + QUESTION_IDS], device=device)
+    return dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        mm_token_type_ids=(input_ids == config.video_token_id).int() * 2,
+        pixel_values_videos=rows.to(device),
+        video_grid_thw=torch.tensor([grid], device=device),
     )
+
+
+@dataclass
+class RunResult:
+    prefill_s: float
+    cache_bytes: int
+    cache_tokens: int
+    generated: list
+
+
+def cache_bytes(cache) -> int:
+    total = 0
+    for layer in cache.layers:
+        for tensor in (layer.keys, layer.values):
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def run_once(model, inputs: dict, new_tokens: int) -> RunResult:
+    device = inputs["input_ids"].device
+    with torch.no_grad():
+        model(**inputs, use_cache=True, logits_to_keep=1)  # warm-up
+        _synchronize(device)
+        start = time.perf_counter()
+        output = model(**inputs, use_cache=True, logits_to_keep=1)
+        _synchronize(device)
+        prefill_s = time.perf_counter() - start
+        generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    cache = output.past_key_values
+    return RunResult(
+        prefill_s,
+        cache_bytes(cache),
+        cache.get_seq_length(),
+        generated[0, inputs["input_ids"].shape[1] :].tolist(),
+    )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_demo(device: str | None = None, threshold: float = 0.9, new_tokens: int = 8) -> int:
+    """Builds the demo model and clip, runs them unpatched and with DTD, prints the comparison."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = demo_model(device)
+    clip = synthetic_clip()
+    inputs = demo_inputs(model, clip, device)
+    baseline = run_once(patch(model), inputs, new_tokens)
+    dropped = run_once(patch(model, dtd=DTDConfig(threshold=threshold)), inputs, new_tokens)
+    stats = last_stats(model)
+    ratios = stats.step_drop_ratios[0].tolist()
+    print(f"model: Qwen2.5-VL demo config ({CONFIG.name}), random weights, on {device}")
+    print(
+        f"clip: {clip.shape[0]} frames {clip.shape[1]}x{clip.shape[2]}, scene cut at step "
+        f"{clip.shape[0] // 4}; DTD: feature cosine > {threshold} dropped\n"
+    )
+    rows = [
+        ("video tokens", stats.video_tokens_before, stats.video_tokens_after),
+        ("prefill tokens", baseline.cache_tokens, dropped.cache_tokens),
+        ("prefill ms", f"{baseline.prefill_s * 1e3:.1f}", f"{dropped.prefill_s * 1e3:.1f}"),
+        ("KV-cache KiB", baseline.cache_bytes // 1024, dropped.cache_bytes // 1024),
+        ("generated", baseline.generated, dropped.generated),
+    ]
+    print(f"{'':16}{'unpatched':>28}  {'DTD':>28}")
+    for name, before, after in rows:
+        print(f"{name:16}{before!s:>28}  {after!s:>28}")
+    print("\nper-step drop ratio: " + " ".join(f"{r:.2f}" for r in ratios))
+    print(f"scene changes (lowest drop ratio, top 10%): steps {scene_changes(ratios, 0.1)}")
+    print(f"video tokens dropped: {stats.drop_ratio:.1%}")
     return 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from vidllm_ext.integration.config import DTDConfig
 from vidllm_ext.integration.patching import STATE_ATTRIBUTE, NothingKept, StreamStep, patch
 from vidllm_ext.integration.registry import adapter_for
+from vidllm_ext.integration.token_drop import scene_changes
 
 DEFAULT_DTD = DTDConfig()
 
@@ -124,16 +123,8 @@ class StreamingSession:
 
     def scene_changes(self, top_fraction: float = 0.1) -> list[int]:
         """The stream's steps with the lowest drop ratio (the most new content): TimeChat-Online's
-        trigger for proactive answers. The stream's first step, which has nothing to compare
-        with, is left out. Returns ascending step indices."""
-        if not 0.0 < top_fraction <= 1.0:
-            raise ValueError(f"top_fraction: expected a fraction in (0, 1], got {top_fraction}")
-        ratios = self.step_drop_ratios[1:]
-        if not ratios:
-            return []
-        count = max(1, math.ceil(top_fraction * len(ratios)))
-        order = sorted(range(len(ratios)), key=lambda step: (ratios[step], step))
-        return sorted(step + 1 for step in order[:count])
+        trigger for proactive answers. The first step, with nothing to compare, is left out."""
+        return scene_changes(self.step_drop_ratios, top_fraction)
 
     # ---- internals ---------------------------------------------------------------------------
 

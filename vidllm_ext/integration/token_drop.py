@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -85,3 +86,16 @@ def drop_video_tokens(
         stats.step_drop_ratios.append(1.0 - kept.float().cpu() / max(segment.tokens, 1))
         stats.samples.append(segment.sample)
     return keep, stats
+
+
+def scene_changes(step_drop_ratios: list[float], top_fraction: float = 0.1) -> list[int]:
+    """The steps with the lowest drop ratio (the most new content), ascending: TimeChat-Online's
+    trigger for proactive answers. Step 0, which has nothing to compare with, is left out."""
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction: expected a fraction in (0, 1], got {top_fraction}")
+    ratios = list(step_drop_ratios)[1:]
+    if not ratios:
+        return []
+    count = max(1, math.ceil(top_fraction * len(ratios)))
+    order = sorted(range(len(ratios)), key=lambda step: (ratios[step], step))
+    return sorted(step + 1 for step in order[:count])
