@@ -161,3 +161,20 @@ def test_cli_bench_rejects_cuda_without_a_gpu():
         pytest.skip("a GPU is present")
     result = run_cli("bench", "dtd", "--device", "cuda", "--quick")
     assert result.returncode == 2 and "--device cuda" in result.stderr
+
+
+def test_end_to_end_benchmark_script_smoke_run():
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "e2e_dtd.py"
+    if not script.exists():
+        pytest.skip("needs the source tree's benchmarks/")
+    result = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--steps", "4", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| 4 | 256 |" in result.stdout and "target >= 1.76x lower TTFT" in result.stdout

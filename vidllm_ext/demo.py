@@ -23,17 +23,22 @@ PROMPT_IDS = list(range(10, 26))  # stand-ins for a system prompt and a question
 QUESTION_IDS = list(range(30, 42))
 
 
-def synthetic_clip(frames: int = 32, size: int = 224, seed: int = 0) -> torch.Tensor:
+def synthetic_clip(
+    frames: int = 32, size: int = 224, seed: int = 0, device: str = "cpu"
+) -> torch.Tensor:
     """uint8 [frames, size, size, 3]: a static textured background with a square moving across it,
     and a different background from the middle on (a scene cut)."""
     generator = torch.Generator().manual_seed(seed)
     backgrounds = torch.randint(0, 256, (2, size, size, 3), generator=generator, dtype=torch.uint8)
+    backgrounds = backgrounds.to(device)
     clip = backgrounds[0].expand(frames, -1, -1, -1).clone()
     clip[frames // 2 :] = backgrounds[1]
     side = size // 5
     for frame in range(frames):
         top, left = (frame * 5) % (size - side), (frame * 9) % (size - side)
-        clip[frame, top : top + side, left : left + side] = torch.tensor([255, 40, 40])
+        clip[frame, top : top + side, left : left + side] = torch.tensor(
+            [255, 40, 40], device=device
+        )
     return clip
 
 

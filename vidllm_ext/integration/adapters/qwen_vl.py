@@ -132,8 +132,8 @@ class QwenVLAdapter:
         )
         video = frames.permute(0, 3, 1, 2).float().div(255)
         video = F.interpolate(video, size=(height, width), mode="bilinear", align_corners=False)
-        mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGE_MEAN, device=frames.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGE_STD, device=frames.device).view(1, 3, 1, 1)
         video = (video - mean) / std
         steps, grid_h, grid_w = (
             count // self.temporal_patch,
