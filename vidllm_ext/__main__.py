@@ -24,7 +24,14 @@ def command_demo(args: argparse.Namespace) -> int:
     except ImportError:
         print("the demo needs transformers: pip install 'vidllm-ext[hf]'", file=sys.stderr)
         return 2
-    return run_demo(device=args.device, threshold=args.threshold, new_tokens=args.new_tokens)
+    return run_demo(
+        device=args.device,
+        threshold=args.threshold,
+        new_tokens=args.new_tokens,
+        model_path=args.model,
+        video_path=args.video,
+        question=args.question,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--threshold", type=float, default=0.9, help="cosine above which to drop")
     demo.add_argument("--new-tokens", type=int, default=8, help="tokens to generate")
+    demo.add_argument("--model", default=None, help="a local checkpoint folder (with processor)")
+    demo.add_argument("--video", default=None, help="a video file (needs the `video` extra)")
+    demo.add_argument("--question", default="What happens in this video?", help="with --model")
     demo.set_defaults(run=command_demo)
     # Listed for --help only: main() hands `bench ...` to vidllm_ext.bench.cli before parsing.
     commands.add_parser("bench", help="microbenchmarks (python -m vidllm_ext bench --help)")

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vidllm_ext.integration import DTDConfig, last_stats, patch
@@ -40,6 +41,52 @@ def synthetic_clip(
             [255, 40, 40], device=device
         )
     return clip
+
+
+def read_video(path: str, max_frames: int = 32, max_side: int = 448) -> torch.Tensor:
+    """uint8 [f, H, W, 3]: up to max_frames frames (an even count) sampled evenly from a video
+    file, scaled so the longer side is at most max_side. Needs PyAV (the `video` extra)."""
+    try:
+        import av
+    except ImportError as error:
+        raise SystemExit(
+            "--video needs PyAV to decode video files: pip install 'vidllm-ext[video]'"
+        ) from error
+    with av.open(path) as container:
+        frames = [frame for frame in container.decode(video=0)]
+    if len(frames) < 2:
+        raise SystemExit(f"--video {path}: found {len(frames)} frame(s), need at least 2")
+    count = min(max_frames, len(frames)) // 2 * 2
+    picks = torch.linspace(0, len(frames) - 1, count).round().long().tolist()
+    first = frames[0]
+    scale = min(1.0, max_side / max(first.width, first.height))
+    width, height = max(2, round(first.width * scale)), max(2, round(first.height * scale))
+    arrays = [frames[i].to_ndarray(format="rgb24", width=width, height=height) for i in picks]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def local_model(path: str, device: str):
+    """(model, processor or None) from a local checkpoint folder; nothing is downloaded."""
+    import transformers
+
+    model = transformers.AutoModelForImageTextToText.from_pretrained(
+        path, local_files_only=True, dtype="auto"
+    )
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        processor = None
+    return model.eval().to(device), processor
+
+
+def processor_inputs(processor, clip: torch.Tensor, question: str, device: str) -> dict:
+    """The checkpoint's own chat template and video preprocessing."""
+    messages = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], videos=[clip.numpy()], return_tensors="pt")
+    return {name: value.to(device) for name, value in inputs.items()}
 
 
 def demo_model(device: str):
@@ -110,21 +157,42 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_demo(device: str | None = None, threshold: float = 0.9, new_tokens: int = 8) -> int:
-    """Builds the demo model and clip, runs them unpatched and with DTD, prints the comparison."""
+def run_demo(
+    device: str | None = None,
+    threshold: float = 0.9,
+    new_tokens: int = 8,
+    model_path: str | None = None,
+    video_path: str | None = None,
+    question: str = "What happens in this video?",
+) -> int:
+    """Runs a video LLM unpatched and with DTD on one clip and prints the comparison.
+
+    Defaults: the shipped demo model on the synthetic clip. ``model_path``: a local checkpoint
+    (its processor prepares the inputs when it has one); ``video_path``: a video file.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = demo_model(device)
-    clip = synthetic_clip()
-    inputs = demo_inputs(model, clip, device)
+    model, processor = local_model(model_path, device) if model_path else (demo_model(device), None)
+    clip = read_video(video_path) if video_path else synthetic_clip()
+    if processor is not None:
+        inputs = processor_inputs(processor, clip, question, device)
+    elif hasattr(adapter_for(model), "preprocess_frames"):
+        inputs = demo_inputs(model, clip, device)
+    else:
+        raise SystemExit(f"--model {model_path}: no processor found next to the checkpoint")
     baseline = run_once(patch(model), inputs, new_tokens)
     dropped = run_once(patch(model, dtd=DTDConfig(threshold=threshold)), inputs, new_tokens)
     stats = last_stats(model)
     ratios = stats.step_drop_ratios[0].tolist()
-    print(f"model: Qwen2.5-VL demo config ({CONFIG.name}), random weights, on {device}")
+    source = model_path or f"Qwen2.5-VL demo config ({CONFIG.name}), random weights"
+    scene = video_path or f"synthetic, scene cut at step {clip.shape[0] // 4}"
+    print(f"model: {source}, on {device}")
     print(
-        f"clip: {clip.shape[0]} frames {clip.shape[1]}x{clip.shape[2]}, scene cut at step "
-        f"{clip.shape[0] // 4}; DTD: feature cosine > {threshold} dropped\n"
+        f"clip: {clip.shape[0]} frames {clip.shape[1]}x{clip.shape[2]} ({scene}); "
+        f"DTD: feature cosine > {threshold} dropped\n"
     )
+    if processor is not None:
+        baseline.generated = processor.decode(baseline.generated, skip_special_tokens=True)
+        dropped.generated = processor.decode(dropped.generated, skip_special_tokens=True)
     rows = [
         ("video tokens", stats.video_tokens_before, stats.video_tokens_after),
         ("prefill tokens", baseline.cache_tokens, dropped.cache_tokens),
