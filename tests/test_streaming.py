@@ -8,7 +8,8 @@ from models import FEATURE_THRESHOLD, SyntheticVideo, build_model, make_inputs
 import vidllm_ext
 
 pytest.importorskip("transformers")
-STREAMING_FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+STREAMING_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+TIMESTAMP = [40, 41]  # the stand-in timestamp text models.make_inputs writes for Qwen3-VL
 QUESTION = [50, 51, 52]
 
 
@@ -38,7 +39,9 @@ def test_chunked_session_matches_one_forward_with_the_same_drops(family, chunk_s
         )[0, inputs["input_ids"].shape[1] :]
     expected_drops = vidllm_ext.last_stats(model).step_drop_ratios[0].tolist()
 
-    session = vidllm_ext.StreamingSession(model, dtd=dtd_for(family))
+    session = vidllm_ext.StreamingSession(
+        model, dtd=dtd_for(family), timestamp_ids=lambda step: TIMESTAMP
+    )
     feed(session, video, chunk_steps)
     answer = session.ask(QUESTION, max_new_tokens=8)
     assert session.step_drop_ratios == expected_drops
@@ -46,7 +49,8 @@ def test_chunked_session_matches_one_forward_with_the_same_drops(family, chunk_s
     assert torch.equal(answer, expected[: answer.numel()])
     held = session.cache.get_seq_length()
     kept_video = sum(round((1 - r) * 16) for r in expected_drops)
-    assert held == 1 + kept_video + 1 + len(QUESTION) + answer.numel()
+    text_around_video = 2 if family != "qwen3_vl" else 6 * (len(TIMESTAMP) + 2)
+    assert held == kept_video + text_around_video + len(QUESTION) + answer.numel()
 
 
 @pytest.mark.parametrize("family", STREAMING_FAMILIES)
@@ -56,7 +60,7 @@ def test_session_without_dtd_matches_plain_generate(family):
     inputs = make_inputs(family, [video], [0])
     with torch.no_grad():
         expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    session = vidllm_ext.StreamingSession(model, dtd=None)
+    session = vidllm_ext.StreamingSession(model, dtd=None, timestamp_ids=lambda step: TIMESTAMP)
     feed(session, video, [3, 1])
     answer = session.ask(QUESTION, max_new_tokens=6)
     assert torch.equal(answer, expected[0, inputs["input_ids"].shape[1] :][: answer.numel()])
@@ -93,5 +97,5 @@ def test_uint8_frames_in_odd_counts():
 
 
 def test_unsupported_family_for_streaming():
-    with pytest.raises(NotImplementedError, match="qwen2_vl and qwen2_5_vl"):
+    with pytest.raises(NotImplementedError, match="qwen2_vl, qwen2_5_vl and qwen3_vl"):
         vidllm_ext.StreamingSession(build_model("llava_onevision"))

@@ -22,12 +22,16 @@ class StreamingSession:
     are answered from that cache; the answer stays in context as a turn.
 
     Args:
-        model: a Qwen2-VL or Qwen2.5-VL ``*ForConditionalGeneration``; the session patches it with
-            ``dtd`` (replacing any earlier patch).
+        model: a Qwen2-VL, Qwen2.5-VL or Qwen3-VL ``*ForConditionalGeneration``; the session
+            patches it with ``dtd`` (replacing any earlier patch).
         processor: optional HF processor: its tokenizer encodes and decodes text and its video
             processor (when it has one) prepares frames. Without it, questions are token ids and
             answers come back as token ids; uint8 frames get the Qwen processor's default layout.
         dtd: the token-drop configuration, or None to keep every token.
+        fps: frames per second of the stream (Qwen3-VL's timestamps).
+        timestamp_ids: Qwen3-VL only: ``step -> token ids`` of the timestamp text written before
+            each temporal step; default: the processor's tokenizer on "<{seconds:.1f} seconds>",
+            or no text without a processor.
 
     Example:
         >>> session = vidllm_ext.StreamingSession(model, processor, dtd=DTDConfig(0.5))
@@ -37,13 +41,21 @@ class StreamingSession:
         >>> session.scene_changes(0.1)              # steps that changed most
     """
 
-    def __init__(self, model, processor=None, *, dtd: DTDConfig | None = DEFAULT_DTD):
+    def __init__(
+        self,
+        model,
+        processor=None,
+        *,
+        dtd: DTDConfig | None = DEFAULT_DTD,
+        fps: float = 2.0,
+        timestamp_ids=None,
+    ):
         from transformers import DynamicCache
 
         self.adapter = adapter_for(model)
         if not getattr(self.adapter, "supports_streaming", False):
             raise NotImplementedError(
-                f"StreamingSession supports qwen2_vl and qwen2_5_vl models so far, got "
+                f"StreamingSession supports qwen2_vl, qwen2_5_vl and qwen3_vl models so far, got "
                 f"{model.config.model_type!r}"
             )
         self.model = patch(model, dtd=dtd)
@@ -53,6 +65,9 @@ class StreamingSession:
         self.video_grids: list[list[int]] = []  # one per video block of the sequence
         self.in_video = False
         self.step_drop_ratios: list[float] = []  # per temporal step of the stream
+        self.steps_seen = 0
+        self.fps = fps
+        self.timestamp_ids = timestamp_ids or self._default_timestamp_ids
         self._last_step: torch.Tensor | None = None
         self._pending: torch.Tensor | None = None  # a frame waiting for its temporal partner
 
@@ -71,8 +86,10 @@ class StreamingSession:
         pixel_rows, grid = self._pixel_inputs(frames, video_grid_thw)
         if grid is None:
             return
-        new_ids = [] if self.in_video else [self.adapter.vision_start_id]
-        new_ids += [self.adapter.video_token_id] * self.adapter.tokens_per_video(grid)
+        new_ids = self.adapter.stream_chunk_ids(
+            grid, self.in_video, self.steps_seen, self.timestamp_ids
+        )
+        self.steps_seen += grid[0]
         if self.in_video:
             self.video_grids[-1][0] += grid[0]
         else:
@@ -101,8 +118,7 @@ class StreamingSession:
         """Greedy answer to ``question`` (a string with a processor, else token ids) from
         everything seen so far. Returns the decoded string (with a processor) or the int64 token
         ids; either way the answer stays in the cache, and more frames may follow."""
-        ids = [self.adapter.vision_end_id] if self.in_video else []
-        ids += self._encode(question)
+        ids = self.adapter.stream_close_ids(self.in_video) + self._encode(question)
         self.in_video = False
         self.sequence += ids
         logits, positions = self._forward(ids)
@@ -141,6 +157,12 @@ class StreamingSession:
                 **inputs,
             )
         return output.logits, positions
+
+    def _default_timestamp_ids(self, step: int) -> list[int]:
+        if self.processor is None:
+            return []
+        seconds = step * self.adapter.temporal_patch / self.fps
+        return self._encode(f"<{seconds:.1f} seconds>")
 
     def _encode(self, question) -> list[int]:
         if isinstance(question, str):

@@ -34,8 +34,9 @@ class QwenVLAdapter:
         self.merge = config.vision_config.spatial_merge_size
         self.patch = config.vision_config.patch_size
         self.temporal_patch = config.vision_config.temporal_patch_size
-        # Qwen3-VL interleaves timestamp text between steps, which a stream would have to write.
-        self.supports_streaming = config.model_type in ("qwen2_vl", "qwen2_5_vl")
+        # Qwen3-VL writes every temporal step as its own block behind a timestamp text.
+        self.per_step_blocks = config.model_type == "qwen3_vl"
+        self.supports_streaming = True
 
     def capture(self, args: tuple, kwargs: dict) -> dict:
         return {
@@ -104,6 +105,23 @@ class QwenVLAdapter:
             kwargs["deepstack_visual_embeds"] = [e[kept_rows.to(e.device)] for e in deepstack]
 
     # ---- streaming -----------------------------------------------------------------------
+
+    def stream_chunk_ids(self, grid: list[int], video_open: bool, first_step: int, timestamp_ids):
+        """Token ids of a chunk of a streamed video: Qwen2/2.5-VL continue one block (opened by
+        vision_start); Qwen3-VL writes each step as timestamp text + its own closed block."""
+        tokens = grid[1] * grid[2] // self.merge**2
+        if not self.per_step_blocks:
+            opening = [] if video_open else [self.vision_start_id]
+            return opening + [self.video_token_id] * (grid[0] * tokens)
+        ids = []
+        for step in range(first_step, first_step + grid[0]):
+            ids += [*timestamp_ids(step), self.vision_start_id]
+            ids += [self.video_token_id] * tokens + [self.vision_end_id]
+        return ids
+
+    def stream_close_ids(self, video_open: bool) -> list[int]:
+        """What ends the current video before text: Qwen2/2.5-VL's vision_end."""
+        return [self.vision_end_id] if video_open and not self.per_step_blocks else []
 
     def tokens_per_video(self, grid: list[int]) -> int:
         steps, height, width = grid
