@@ -8,7 +8,7 @@ from models import FEATURE_THRESHOLD, SyntheticVideo, build_model, make_inputs
 import vidllm_ext
 
 pytest.importorskip("transformers")
-STREAMING_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+STREAMING_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"]
 TIMESTAMP = [40, 41]  # the stand-in timestamp text models.make_inputs writes for Qwen3-VL
 QUESTION = [50, 51, 52]
 
@@ -18,6 +18,12 @@ def dtd_for(family):
 
 
 def feed(session, video, chunk_steps):
+    if session.model.config.model_type == "llava_onevision":  # processed frames [f, 3, S, S]
+        frames, start = video.frames_rgb(), 0
+        for steps in chunk_steps:
+            session.append_frames(frames[start : start + steps])
+            start += steps
+        return
     rows = video.pixel_rows()
     per_step = rows.shape[0] // video.steps
     start = 0
@@ -49,7 +55,7 @@ def test_chunked_session_matches_one_forward_with_the_same_drops(family, chunk_s
     assert torch.equal(answer, expected[: answer.numel()])
     held = session.cache.get_seq_length()
     kept_video = sum(round((1 - r) * 16) for r in expected_drops)
-    text_around_video = 2 if family != "qwen3_vl" else 6 * (len(TIMESTAMP) + 2)
+    text_around_video = {"qwen3_vl": 6 * (len(TIMESTAMP) + 2), "llava_onevision": 1}.get(family, 2)
     assert held == kept_video + text_around_video + len(QUESTION) + answer.numel()
 
 
@@ -96,6 +102,26 @@ def test_uint8_frames_in_odd_counts():
         session.append_frames(np.zeros((2, 8, 8), dtype=np.uint8))
 
 
-def test_unsupported_family_for_streaming():
-    with pytest.raises(NotImplementedError, match="qwen2_vl, qwen2_5_vl and qwen3_vl"):
-        vidllm_ext.StreamingSession(build_model("llava_onevision"))
+def test_streaming_needs_a_supported_video_llm():
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=64,
+    )
+    with pytest.raises(ValueError, match="unsupported model type 'llama'"):
+        vidllm_ext.StreamingSession(transformers.LlamaForCausalLM(config))
+
+
+def test_llava_uint8_frames():
+    model = build_model("llava_onevision")
+    session = vidllm_ext.StreamingSession(model, dtd=dtd_for("llava_onevision"))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 90, 70, 3), dtype=np.uint8)
+    session.append_frames(frames)
+    session.append_frames(frames[:1])
+    assert session.video_grids == [[4, 4, 4]] and len(session.step_drop_ratios) == 4
+    assert session.ask(QUESTION, max_new_tokens=2).numel() >= 1

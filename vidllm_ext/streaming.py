@@ -22,8 +22,8 @@ class StreamingSession:
     are answered from that cache; the answer stays in context as a turn.
 
     Args:
-        model: a Qwen2-VL, Qwen2.5-VL or Qwen3-VL ``*ForConditionalGeneration``; the session
-            patches it with ``dtd`` (replacing any earlier patch).
+        model: a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or LLaVA-OneVision ``*ForConditionalGeneration``;
+            the session patches it with ``dtd`` (replacing any earlier patch).
         processor: optional HF processor: its tokenizer encodes and decodes text and its video
             processor (when it has one) prepares frames. Without it, questions are token ids and
             answers come back as token ids; uint8 frames get the Qwen processor's default layout.
@@ -99,11 +99,8 @@ class StreamingSession:
         state = getattr(self.model, STATE_ATTRIBUTE)
         state.stream = StreamStep(previous=self._last_step) if state.dtd is not None else None
         try:
-            self._forward(
-                new_ids,
-                pixel_values_videos=pixel_rows.to(self.device),
-                video_grid_thw=torch.tensor([grid], device=self.device),
-            )
+            video_inputs = self.adapter.stream_video_inputs(pixel_rows.to(self.device), grid)
+            self._forward(new_ids, **_to_device(video_inputs, self.device))
         except NothingKept:
             pass  # the whole chunk was redundant: nothing to prefill
         finally:
@@ -118,11 +115,15 @@ class StreamingSession:
         """Greedy answer to ``question`` (a string with a processor, else token ids) from
         everything seen so far. Returns the decoded string (with a processor) or the int64 token
         ids; either way the answer stays in the cache, and more frames may follow."""
+        newline = self.adapter.stream_close_embedding(self.in_video)
+        if newline is not None:  # LLaVA-OneVision ends a video with a learned embedding
+            self.sequence.append(self.adapter.video_token_id)
+            self._forward(None, inputs_embeds=newline.reshape(1, 1, -1))
         ids = self.adapter.stream_close_ids(self.in_video) + self._encode(question)
         self.in_video = False
         self.sequence += ids
         logits, positions = self._forward(ids)
-        next_position = positions[:, :, -1:] + 1
+        next_position = positions[..., -1:] + 1
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         answer = []
@@ -144,12 +145,15 @@ class StreamingSession:
 
     # ---- internals ---------------------------------------------------------------------------
 
-    def _forward(self, ids: list[int], positions=None, **inputs):
+    def _forward(self, ids: list[int] | None, positions=None, **inputs):
+        """One forward of new tokens (ids, or inputs_embeds in ``inputs``) into the cache."""
+        count = len(ids) if ids is not None else inputs["inputs_embeds"].shape[1]
         if positions is None:
-            positions = self.adapter.positions(self.sequence, self.video_grids)[..., -len(ids) :]
+            positions = self.adapter.positions(self.sequence, self.video_grids)[..., -count:]
+        input_ids = torch.tensor([ids], device=self.device) if ids is not None else None
         with torch.no_grad():
             output = self.model(
-                input_ids=torch.tensor([ids], device=self.device),
+                input_ids=input_ids,
                 position_ids=positions.to(self.device),
                 past_key_values=self.cache,
                 use_cache=True,
@@ -174,10 +178,9 @@ class StreamingSession:
 
     def _pixel_inputs(self, frames, video_grid_thw):
         """(pixel rows, grid) for new frames, or (None, None) while a lone frame waits."""
-        if video_grid_thw is not None:
-            grid = [int(v) for v in torch.as_tensor(video_grid_thw).flatten().tolist()]
-            return torch.as_tensor(frames), grid
         frames = torch.as_tensor(np.asarray(frames) if not torch.is_tensor(frames) else frames)
+        if video_grid_thw is not None or frames.is_floating_point():
+            return self.adapter.processed_video(frames, video_grid_thw)
         if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(
                 "frames: expected uint8 [f, H, W, 3], or pixel rows with video_grid_thw, got "
@@ -192,5 +195,13 @@ class StreamingSession:
         video_processor = getattr(self.processor, "video_processor", None)
         if video_processor is not None:
             out = video_processor(videos=[frames[:usable].numpy()], return_tensors="pt")
-            return out["pixel_values_videos"], out["video_grid_thw"][0].tolist()
+            grid = out.get("video_grid_thw")
+            return self.adapter.processed_video(out["pixel_values_videos"], grid)
         return self.adapter.preprocess_frames(frames[:usable])
+
+
+def _to_device(inputs: dict, device: torch.device) -> dict:
+    return {
+        name: value.to(device) if torch.is_tensor(value) else value
+        for name, value in inputs.items()
+    }

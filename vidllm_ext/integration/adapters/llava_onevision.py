@@ -17,6 +17,8 @@ from vidllm_ext.integration.token_drop import VideoSegment
 
 # Pixel method: the frame area under each token, area-resampled to this many pixels per side.
 PIXELS_PER_TOKEN_SIDE = 8
+# SigLIP's normalization, for frames given as uint8 without a processor.
+IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
 
 
 class LlavaOneVisionAdapter:
@@ -25,7 +27,10 @@ class LlavaOneVisionAdapter:
         self.language_model = self.multimodal.language_model
         self.video_token_id = model.config.video_token_index
         vision = model.config.vision_config
+        self.image_size = vision.image_size
         self.grid_side = math.ceil(vision.image_size // vision.patch_size / 2)
+        self.supports_streaming = True
+        self.temporal_patch = 1  # frames are encoded one by one
 
     @property
     def tokens_per_frame(self) -> int:
@@ -50,14 +55,16 @@ class LlavaOneVisionAdapter:
             columns = (input_ids[sample] == self.video_token_id).nonzero().flatten()
             if columns.numel() == 0:
                 continue
-            steps, remainder = divmod(columns.numel() - 1, self.tokens_per_frame)
+            # A whole video ends with its newline token; a stream chunk has none.
+            has_newline = columns.numel() % self.tokens_per_frame != 0
+            steps, remainder = divmod(columns.numel() - has_newline, self.tokens_per_frame)
             if remainder or steps < 1:
                 raise ValueError(
                     f"sample {sample} holds {columns.numel()} video tokens; LLaVA-OneVision "
-                    f"expects frames * {self.tokens_per_frame} + 1 (the trailing newline)"
+                    f"expects frames * {self.tokens_per_frame} (+ 1, the trailing newline)"
                 )
             pixels = self._pixel_patches(captured, video, steps) if method == "pixel" else None
-            frame_columns = columns[:-1]  # the last one is the newline token
+            frame_columns = columns[: steps * self.tokens_per_frame]
             segments.append(
                 VideoSegment(sample, frame_columns, steps, self.tokens_per_frame, pixels)
             )
@@ -81,3 +88,41 @@ class LlavaOneVisionAdapter:
 
     def compact_side_inputs(self, kwargs: dict, keep: torch.Tensor, layout: CompactedLayout):
         """LLaVA-OneVision passes no per-token side inputs to its language model."""
+
+    # ---- streaming -----------------------------------------------------------------------
+
+    def tokens_per_video(self, grid: list[int]) -> int:
+        return grid[0] * self.tokens_per_frame
+
+    def stream_chunk_ids(self, grid: list[int], video_open: bool, first_step: int, timestamp_ids):
+        return [self.video_token_id] * self.tokens_per_video(grid)
+
+    def stream_close_ids(self, video_open: bool) -> list[int]:
+        return []
+
+    def stream_close_embedding(self, video_open: bool):
+        """The newline that ends a video, fed once when the stream's video closes."""
+        return self.multimodal.image_newline if video_open else None
+
+    def stream_video_inputs(self, pixels: torch.Tensor, grid: list[int]) -> dict:
+        """The chunk's features without the newline get_video_features appends to every call."""
+        encoded = self.multimodal.get_video_features(pixels, return_dict=True)
+        encoded.pooler_output = encoded.pooler_output[:, :-1]
+        return {"mm_encoder_outputs": {"video": encoded}}
+
+    def positions(self, token_ids: list[int], video_grids: list[list[int]]) -> torch.Tensor:
+        return torch.arange(len(token_ids), device=self.multimodal.device)[None]
+
+    def processed_video(self, pixels: torch.Tensor, grid) -> tuple[torch.Tensor, list[int]]:
+        """Processed frames [f, 3, S, S] or [1, f, 3, S, S]."""
+        pixels = pixels.reshape(1, -1, *pixels.shape[-3:])
+        return pixels, [pixels.shape[1], self.grid_side, self.grid_side]
+
+    def preprocess_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """uint8 [f, H, W, 3] -> ([1, f, 3, S, S] resized and normalized, grid [f, side, side])."""
+        video = frames.permute(0, 3, 1, 2).float().div(255)
+        size = (self.image_size, self.image_size)
+        video = F.interpolate(video, size=size, mode="bilinear", align_corners=False)
+        mean = torch.tensor(IMAGE_MEAN, device=frames.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGE_STD, device=frames.device).view(1, 3, 1, 1)
+        return self.processed_video((video - mean) / std, None)

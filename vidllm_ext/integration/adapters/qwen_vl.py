@@ -119,6 +119,19 @@ class QwenVLAdapter:
             ids += [self.video_token_id] * tokens + [self.vision_end_id]
         return ids
 
+    def stream_video_inputs(self, pixels: torch.Tensor, grid: list[int]) -> dict:
+        """Forward arguments that hand one chunk's pixels to the model."""
+        return {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid])}
+
+    def processed_video(self, pixels: torch.Tensor, grid) -> tuple[torch.Tensor, list[int]]:
+        """Already-processed pixel rows [steps * h * w, patch_dim] with their grid [steps, h, w]."""
+        if grid is None:
+            raise ValueError("processed pixel rows need video_grid_thw = [steps, h, w]")
+        return pixels, [int(v) for v in torch.as_tensor(grid).flatten().tolist()]
+
+    def stream_close_embedding(self, video_open: bool):
+        return None
+
     def stream_close_ids(self, video_open: bool) -> list[int]:
         """What ends the current video before text: Qwen2/2.5-VL's vision_end."""
         return [self.vision_end_id] if video_open and not self.per_step_blocks else []
