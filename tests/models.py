@@ -89,6 +89,21 @@ def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
     return model_class(config).eval()
 
 
+def text_only_model():
+    """A tiny Llama: a model type vidllm_ext.patch does not support."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=64,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
 @dataclass
 class SyntheticVideo:
     """Pixel rows of a static scene where `moving` tokens change at every step."""

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from models import text_only_model
 
 import vidllm_ext
 
@@ -9,15 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def test_supported_model_types_are_listed_for_an_unsupported_model():
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=64,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = text_only_model()
     with pytest.raises(ValueError, match=r"unsupported model type .llama.*qwen2_5_vl"):
         vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig())
 

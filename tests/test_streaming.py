@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from models import FEATURE_THRESHOLD, SyntheticVideo, build_model, make_inputs
+from models import FEATURE_THRESHOLD, SyntheticVideo, build_model, make_inputs, text_only_model
 
 import vidllm_ext
 
@@ -103,18 +103,9 @@ def test_uint8_frames_in_odd_counts():
 
 
 def test_streaming_needs_a_supported_video_llm():
-    import transformers
-
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=64,
-    )
+    model = text_only_model()
     with pytest.raises(ValueError, match="unsupported model type 'llama'"):
-        vidllm_ext.StreamingSession(transformers.LlamaForCausalLM(config))
+        vidllm_ext.StreamingSession(model)
 
 
 def test_llava_uint8_frames():
