@@ -173,3 +173,29 @@ def test_patching_twice_replaces_and_leaves_other_instances_alone():
         assert vidllm_ext.last_stats(model).video_tokens_after == 16 + 3 * 8
         assert torch.equal(other(**inputs).logits, expected)
     assert not hasattr(other, "_vidllm_patch")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_image_tokens_beside_a_video_are_untouched(family):
+    from models import IMAGE, START
+
+    model = build_model(family)
+    inputs = make_inputs(family, [SyntheticVideo()], [5])
+    image = SyntheticVideo(steps=1, seed=9)  # one temporal patch of an 8 x 8 patch image
+    image_ids = torch.tensor([[START, *[IMAGE] * image.tokens_per_step, 303]])
+    inputs["input_ids"] = torch.cat([image_ids, inputs["input_ids"]], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    inputs["mm_token_type_ids"] = (inputs["input_ids"] == 301).int() * 2 + (
+        inputs["input_ids"] == IMAGE
+    ).int()
+    inputs["pixel_values"] = image.pixel_rows()
+    inputs["image_grid_thw"] = torch.tensor([image.grid_thw()])
+    before = language_model_inputs(model, inputs)["inputs_embeds"]
+    vidllm_ext.patch(model, dtd=dtd_for(family))
+    after = language_model_inputs(model, inputs)["inputs_embeds"]
+    stats = vidllm_ext.last_stats(model)
+    image_columns = (inputs["input_ids"][0] == IMAGE).nonzero().flatten()
+    assert stats.video_tokens_before == 64 and stats.video_tokens_after < 64
+    assert after.shape[1] == before.shape[1] - (64 - stats.video_tokens_after)
+    # The image block leads the prompt, so it keeps its columns, every token of it.
+    assert torch.equal(after[0, image_columns], before[0, image_columns])
