@@ -138,13 +138,14 @@ def test_greedy_generate_matches_reference_decoding(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_padded_batch_with_different_drop_counts(family, attn_implementation):
+@pytest.mark.parametrize("prompts", [[3, 9], [5, 5]], ids=["padded", "unpadded"])
+def test_batch_with_different_drop_counts(family, attn_implementation, prompts):
+    """Unpadded too: generate then drops the all-ones mask, while compaction left-pads."""
     model = vidllm_ext.patch(build_model(family, attn_implementation), dtd=dtd_for(family))
     videos = [
         SyntheticVideo(moving=(0, 5, 6), seed=1),
         SyntheticVideo(moving=(1, 2, 3, 9, 10), seed=2),
     ]
-    prompts = [3, 9]
     with torch.no_grad():
         batch = model.generate(
             **make_inputs(family, videos, prompts), max_new_tokens=6, do_sample=False

@@ -175,8 +175,9 @@ def _before_decoder(state: PatchState, args, kwargs):
         return _drop_prefill(state, args, kwargs, embeds, cache)
     if state.layout is not None and state.cache is not None and state.cache() is cache:
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            kwargs["attention_mask"] = state.layout.decode_mask(mask)
+        if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            kv_length = cache.get_seq_length() + embeds.shape[1]
+            kwargs["attention_mask"] = state.layout.decode_mask(mask, kv_length).to(embeds.device)
         return args, kwargs
     return None
 

@@ -56,8 +56,16 @@ class CompactedLayout:
         shape[sequence_dim] = index.shape[sequence_dim]
         return tensor.gather(sequence_dim, index.to(tensor.device).expand(shape))
 
-    def decode_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Maps a later 2-D mask ``[batch, original_length + new]`` (as ``generate`` grows it) onto
-        the compacted cache: ``[batch, new_length + new]``."""
-        prefill = self.attention_mask.to(device=attention_mask.device, dtype=attention_mask.dtype)
+    def decode_mask(self, attention_mask: torch.Tensor | None, kv_length: int) -> torch.Tensor:
+        """The 2-D mask of a later step over the compacted cache, ``[batch, kv_length]``.
+
+        ``attention_mask``: the mask ``generate`` grows over the original sequence,
+        ``[batch, original_length + new]``, or None: ``generate`` drops an all-ones mask, but the
+        compacted prefill may hold left padding all the same.
+        """
+        prefill = self.attention_mask
+        if attention_mask is None:
+            later = prefill.new_ones(prefill.shape[0], kv_length - prefill.shape[1])
+            return torch.cat([prefill, later], dim=1)
+        prefill = prefill.to(device=attention_mask.device, dtype=attention_mask.dtype)
         return torch.cat([prefill, attention_mask[:, self.original_length :]], dim=1)
