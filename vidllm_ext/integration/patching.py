@@ -182,9 +182,25 @@ def _before_decoder(state: PatchState, args, kwargs):
     return None
 
 
-def _drop_prefill(state: PatchState, args, kwargs, embeds, cache):
+def _take_segments(state: PatchState) -> list:
+    """The videos of the call being prefilled; the recorded encoder inputs are used up."""
     captured, state.encoded_videos = state.captured, None
-    segments = state.adapter.video_segments(captured, state.dtd.method) if captured else []
+    return state.adapter.video_segments(captured, state.dtd.method) if captured else []
+
+
+def _rewrite_to_layout(state: PatchState, kwargs: dict, embeds, keep, position_ids):
+    """Moves the decoder's inputs to the compacted layout of `keep`; returns the layout."""
+    layout = CompactedLayout.from_keep(keep)
+    if position_ids is None:
+        position_ids = state.adapter.default_position_ids(embeds)
+    kwargs["inputs_embeds"] = layout.gather(embeds, 1)
+    kwargs["position_ids"] = _compact_positions(position_ids, layout)
+    state.adapter.compact_side_inputs(kwargs, keep, layout)
+    return layout
+
+
+def _drop_prefill(state: PatchState, args, kwargs, embeds, cache):
+    segments = _take_segments(state)
     if not segments:
         return None
     mask = kwargs.get("attention_mask")
@@ -196,24 +212,17 @@ def _drop_prefill(state: PatchState, args, kwargs, embeds, cache):
     keep, state.stats = drop_video_tokens(embeds, segments, state.dtd)
     if mask is not None:
         keep &= mask.to(keep.device).bool()
-    layout = CompactedLayout.from_keep(keep)
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None:
-        position_ids = state.adapter.default_position_ids(embeds)
-    kwargs["inputs_embeds"] = layout.gather(embeds, 1)
-    kwargs["position_ids"] = _compact_positions(position_ids, layout)
+    layout = _rewrite_to_layout(state, kwargs, embeds, keep, kwargs.get("position_ids"))
     kwargs["attention_mask"] = layout.attention_mask.to(
         device=embeds.device, dtype=mask.dtype if mask is not None else torch.long
     )
-    state.adapter.compact_side_inputs(kwargs, keep, layout)
     state.layout = layout
     state.cache = weakref.ref(cache) if cache is not None else None
     return args, kwargs
 
 
 def _drop_stream_chunk(state: PatchState, args, kwargs, embeds):
-    captured, state.encoded_videos = state.captured, None
-    segments = state.adapter.video_segments(captured, state.dtd.method) if captured else []
+    segments = _take_segments(state)
     if not segments:
         return None
     if len(segments) != 1 or embeds.shape[0] != 1:
@@ -223,11 +232,8 @@ def _drop_stream_chunk(state: PatchState, args, kwargs, embeds):
     state.stream.last_step = segments[0].frames[-1].detach().clone()
     if not keep.any():
         raise NothingKept
-    layout = CompactedLayout.from_keep(keep)
-    kwargs["inputs_embeds"] = layout.gather(embeds, 1)
-    kwargs["position_ids"] = _compact_positions(kwargs["position_ids"], layout)
+    _rewrite_to_layout(state, kwargs, embeds, keep, kwargs["position_ids"])
     kwargs["attention_mask"] = None  # one unpadded sample: causal over the cache and the chunk
-    state.adapter.compact_side_inputs(kwargs, keep, layout)
     return args, kwargs
 
 

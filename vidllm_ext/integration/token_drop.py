@@ -67,7 +67,7 @@ def drop_video_tokens(
     embeds: ``[batch, length, dim]`` LLM input embeddings (the features of the feature method).
     """
     keep = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
-    stats = DTDStats()
+    kept_per_step = []  # on the device until one transfer at the end
     for segment in segments:
         if config.method == "feature":
             frames = embeds[segment.sample, segment.columns.to(embeds.device)]
@@ -80,11 +80,15 @@ def drop_video_tokens(
         )
         segment.frames = frames
         keep[segment.sample, segment.columns.to(embeds.device)] = segment_keep.flatten()
-        kept = segment_keep.sum(1)
-        stats.video_tokens_before += segment.steps * segment.tokens
-        stats.video_tokens_after += int(kept.sum())
-        stats.step_drop_ratios.append(1.0 - kept.float().cpu() / max(segment.tokens, 1))
-        stats.samples.append(segment.sample)
+        kept_per_step.append(segment_keep.sum(1))
+    stats = DTDStats(samples=[segment.sample for segment in segments])
+    if segments:
+        kept = torch.cat(kept_per_step).cpu().split([s.steps for s in segments])
+        for segment, segment_kept in zip(segments, kept):
+            stats.video_tokens_before += segment.steps * segment.tokens
+            stats.video_tokens_after += int(segment_kept.sum())
+            ratio = 1.0 - segment_kept.float() / max(segment.tokens, 1)
+            stats.step_drop_ratios.append(ratio)
     return keep, stats
 
 
