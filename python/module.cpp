@@ -21,6 +21,9 @@ namespace py = pybind11;
 namespace vidllm::binding {
 
 void register_frame_drop(py::module_& m);
+void register_kv_quant(py::module_& m);
+void register_token_merge(py::module_& m);
+void register_routing(py::module_& m);
 
 namespace {
 
@@ -69,4 +72,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &vidllm::binding::build_info,
         "What this build compiled and what the CUDA runtime sees (no exception without a GPU).");
   vidllm::binding::register_frame_drop(m);
+  vidllm::binding::register_kv_quant(m);
+  vidllm::binding::register_token_merge(m);
+  vidllm::binding::register_routing(m);
 }
