@@ -4,6 +4,7 @@
 - :mod:`vidllm_ext.reference`: plain-PyTorch oracles with the same semantics.
 - :class:`DTDStream`: token drop over a live stream, chunk by chunk.
 - :func:`patch` / :func:`unpatch`: drop redundant video tokens inside a HuggingFace video LLM.
+- :class:`PackedKVCache` / :class:`KVQuantConfig`: a KV cache that really stores 1-2 bits.
 - :func:`build_info`: what this installation compiled.
 """
 
@@ -12,6 +13,9 @@ from vidllm_ext._version import __version__
 from vidllm_ext.build import build_info
 from vidllm_ext.dtd_stream import DTDStream
 from vidllm_ext.integration import DTDConfig, DTDStats, last_stats, patch, unpatch
+from vidllm_ext.kv_cache import PackedKVCache
+from vidllm_ext.kv_config import KVQuantConfig
+from vidllm_ext.kv_types import PackedKeys, PackedValues
 from vidllm_ext.results import DTDResult
 from vidllm_ext.streaming import StreamingSession
 
@@ -20,6 +24,10 @@ __all__ = [
     "DTDResult",
     "DTDStats",
     "DTDStream",
+    "KVQuantConfig",
+    "PackedKVCache",
+    "PackedKeys",
+    "PackedValues",
     "StreamingSession",
     "__version__",
     "build_info",

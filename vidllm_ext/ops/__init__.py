@@ -7,11 +7,16 @@ from vidllm_ext.ops.dtd import (
     dtd_keep_mask,
     dtd_scores,
 )
+from vidllm_ext.ops.kv import dequantize_keys, dequantize_values, quantize_keys, quantize_values
 
 __all__ = [
     "compact_tokens",
     "compact_tokens_into",
+    "dequantize_keys",
+    "dequantize_values",
     "drop_redundant_tokens",
     "dtd_keep_mask",
     "dtd_scores",
+    "quantize_keys",
+    "quantize_values",
 ]

@@ -1,0 +1,296 @@
+"""PackedKVCache: a transformers Cache whose old tokens really occupy 1.x bits per element.
+
+Each layer keeps the newest tokens in full precision (the residual window) and moves older ones,
+in whole groups of ``group_size`` tokens, into packed codes (:mod:`vidllm_ext.kv_types`) through
+the C++/CUDA quantizers. A token is quantized exactly once, when it leaves the window; the key
+channel split is fixed at a layer's first flush from the tokens present then.
+
+Attention sees what the cache holds: ``update`` returns the dequantized old tokens followed by
+the window, so the tokens a step flushes are attended in their quantized form at once.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Union
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from vidllm_ext import ops
+from vidllm_ext.kv_config import KVQuantConfig
+from vidllm_ext.kv_types import (
+    PackedKeys,
+    PackedValues,
+    append_keys,
+    append_values,
+    can_append_values,
+)
+from vidllm_ext.reference.kv import key_channel_split
+
+KeyBlock = Union[PackedKeys, Tensor]  # a Tensor when key_bits is 16
+ValueBlock = Union[PackedValues, Tensor]
+
+
+class SalientPositions:
+    """Absolute sequence positions whose values are stored at 2 bits (VidKV), shared by layers."""
+
+    def __init__(self) -> None:
+        self.positions = torch.empty(0, dtype=torch.int64)
+
+    def add(self, positions: Tensor) -> None:
+        merged = torch.cat([self.positions, positions.detach().to("cpu", torch.int64)])
+        self.positions = torch.unique(merged)
+
+    def within(self, start: int, stop: int) -> Tensor | None:
+        """Positions in [start, stop) relative to start, or None when there are none."""
+        inside = self.positions[(self.positions >= start) & (self.positions < stop)] - start
+        return inside if inside.numel() else None
+
+
+class PackedKVLayer(CacheLayerMixin):
+    """One decoder layer's packed cache: quantized blocks followed by the full-precision window."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, config: KVQuantConfig, salient: SalientPositions | None = None):
+        super().__init__()
+        self.config = config
+        self.salient = salient if salient is not None else SalientPositions()
+        self.key_blocks: list[KeyBlock] = []
+        self.value_blocks: list[ValueBlock] = []
+        self.channel_split: Tensor | None = None
+        self.quantized_length = 0
+
+    # ---- the transformers layer interface ---------------------------------------------------
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states[:, :, :0]
+        self.values = value_states[:, :, :0]
+        self.config.check_head_dim(key_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self._flush_whole_groups()
+        if not self.key_blocks:
+            return self.keys, self.values
+        old_keys, old_values = self.dequantized_old()
+        return torch.cat([old_keys, self.keys], -2), torch.cat([old_values, self.values], -2)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_seq_length(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return self.quantized_length + self.keys.shape[-2]
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.is_initialized = False
+        self.key_blocks, self.value_blocks = [], []
+        self.channel_split = None
+        self.quantized_length = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.is_initialized:
+            index = beam_idx.to(self.device)
+            self._map_batch(lambda t: t.index_select(0, index))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        if self.is_initialized:
+            self._map_batch(lambda t: t[indices])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative count: the number of tokens to remove")
+        remove = -tokens_to_remove
+        if remove == 0 or not self.is_initialized:
+            return
+        if remove > self.keys.shape[-2]:
+            raise NotImplementedError(
+                f"PackedKVCache can remove only full-precision window tokens "
+                f"({self.keys.shape[-2]} now), not {remove}: older tokens are already packed"
+            )
+        self.keys = self.keys[:, :, : self.keys.shape[-2] - remove]
+        self.values = self.values[:, :, : self.values.shape[-2] - remove]
+
+    def offload(self):
+        raise NotImplementedError("PackedKVCache does not support offloading")
+
+    def prefetch(self):
+        raise NotImplementedError("PackedKVCache does not support offloading")
+
+    # ---- packed storage ---------------------------------------------------------------------
+
+    def dequantized_old(self) -> tuple[Tensor, Tensor]:
+        """The quantized part as [B, H, Tq, D] keys and values, in token order."""
+        keys = [_dequantize_key_block(block) for block in self.key_blocks]
+        values = [_dequantize_value_block(block) for block in self.value_blocks]
+        if not keys:
+            return self.keys[:, :, :0], self.values[:, :, :0]
+        return torch.cat(keys, -2), torch.cat(values, -2)
+
+    def dequantized(self) -> tuple[Tensor, Tensor]:
+        """All cached tokens as [B, H, T, D] keys and values: quantized part, then the window."""
+        if not self.is_initialized:
+            raise ValueError("this cache layer holds no tokens yet")
+        old_keys, old_values = self.dequantized_old()
+        return torch.cat([old_keys, self.keys], -2), torch.cat([old_values, self.values], -2)
+
+    def quantized_nbytes(self) -> int:
+        """Bytes of the quantized part: codes, scales, zero points, channel split."""
+        blocks = [*self.key_blocks, *self.value_blocks]
+        return sum(_block_nbytes(block) for block in blocks)
+
+    def nbytes(self) -> int:
+        """Every byte this layer holds: the quantized part and the full-precision window."""
+        window = 0
+        if self.is_initialized:
+            window = sum(t.numel() * t.element_size() for t in (self.keys, self.values))
+        return self.quantized_nbytes() + window
+
+    def quantized_elements(self) -> int:
+        """Key and value elements in the quantized part (2 x B x H x Tq x D)."""
+        if not self.is_initialized:
+            return 0
+        batch, heads, _, dim = self.keys.shape
+        return 2 * batch * heads * self.quantized_length * dim
+
+    def _flush_whole_groups(self) -> None:
+        config = self.config
+        if not config.quantizes:
+            return
+        window = self.keys.shape[-2]
+        excess = window - config.residual_length
+        if excess < config.group_size:
+            return
+        count = excess - excess % config.group_size
+        keys, values = self.keys[:, :, :count], self.values[:, :, :count]
+        start = self.quantized_length
+        self._append_keys(keys)
+        self._append_values(values, self.salient.within(start, start + count))
+        self.keys, self.values = self.keys[:, :, count:], self.values[:, :, count:]
+        self.quantized_length += count
+
+    def _append_keys(self, keys: Tensor) -> None:
+        if not self.config.quantizes_keys:
+            self.key_blocks = [torch.cat([*self.key_blocks, keys], -2)]
+            return
+        if self.channel_split is None:
+            # Fixed from the tokens present at this layer's first flush, window included.
+            two_bit = self.config.two_bit_key_channels(keys.shape[-1])
+            self.channel_split = key_channel_split(self.keys, two_bit)
+        block = ops.quantize_keys(keys, self.config, channel_split=self.channel_split)
+        self.key_blocks = [append_keys(self.key_blocks[0], block)] if self.key_blocks else [block]
+
+    def _append_values(self, values: Tensor, salient: Tensor | None) -> None:
+        if not self.config.quantizes_values:
+            self.value_blocks = [torch.cat([*self.value_blocks, values], -2)]
+            return
+        block = ops.quantize_values(values, self.config, salient=salient)
+        if self.value_blocks and can_append_values(self.value_blocks[-1], block):
+            self.value_blocks[-1] = append_values(self.value_blocks[-1], block)
+        else:
+            self.value_blocks.append(block)
+
+    def _map_batch(self, fn) -> None:
+        self.keys, self.values = fn(self.keys), fn(self.values)
+        self.key_blocks = [_map_block(block, fn) for block in self.key_blocks]
+        self.value_blocks = [_map_block(block, fn) for block in self.value_blocks]
+
+
+class PackedKVCache(Cache):
+    """A transformers ``Cache`` storing keys and values at 1-2 bits (VidKV, KIVI), for real.
+
+    Args:
+        config: the :class:`vidllm_ext.KVQuantConfig`.
+
+    Works with ``model.generate`` (greedy, sampling, beam search, padded batches) for any decoder
+    with full-attention layers. ``nbytes()`` counts every byte held; ``bits_per_element()`` the
+    quantized part's bits per key/value element; ``layers[i].dequantized()`` returns a layer's
+    [B, H, T, D] keys and values for checks.
+
+    Example:
+        >>> cache = vidllm_ext.PackedKVCache(vidllm_ext.KVQuantConfig(1.5, 1.58))
+        >>> out = model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
+        >>> cache.bits_per_element()
+    """
+
+    def __init__(self, config: KVQuantConfig | None = None):
+        config = KVQuantConfig() if config is None else config
+        if not isinstance(config, KVQuantConfig):
+            raise TypeError(
+                f"PackedKVCache takes a vidllm_ext.KVQuantConfig, got {type(config).__name__}"
+            )
+        self.config = config
+        self.salient = SalientPositions()
+        super().__init__(layer_class_to_replicate=partial(PackedKVLayer, config, self.salient))
+
+    def mark_salient(self, mask: Tensor, offset: int = 0) -> None:
+        """Store the values of these tokens at 2 bits (needs ``salient_ratio`` > 0).
+
+        Args:
+            mask: bool [B, L] over the tokens about to be fed (every row must agree: the packed
+                layout shares token positions across the batch), or int64 positions [S].
+            offset: absolute position of the mask's first column (the cache's length so far).
+        """
+        if self.config.salient_ratio == 0:
+            raise ValueError("mark_salient needs a KVQuantConfig with salient_ratio > 0")
+        if mask.dtype == torch.bool:
+            if mask.dim() != 2:
+                raise ValueError(f"salient mask must be [B, L], got {tuple(mask.shape)}")
+            if mask.shape[0] > 1 and not bool((mask == mask[:1]).all()):
+                raise ValueError(
+                    "salient tokens must sit at the same positions in every sample of the batch "
+                    "(the packed values share one token layout); use batch size 1 or equal "
+                    "video layouts"
+                )
+            positions = mask[0].nonzero().flatten()
+        elif mask.dtype == torch.int64 and mask.dim() == 1:
+            positions = mask
+        else:
+            raise TypeError("mark_salient takes a bool mask [B, L] or int64 positions [S]")
+        self.salient.add(positions + offset)
+
+    def nbytes(self) -> int:
+        """Every byte held: codes, scales, zero points, channel splits and the windows."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def bits_per_element(self) -> float:
+        """8 x the quantized part's bytes / the number of key and value elements it holds."""
+        elements = sum(layer.quantized_elements() for layer in self.layers)
+        if elements == 0:
+            raise ValueError("bits_per_element: no token has been quantized yet")
+        return 8.0 * sum(layer.quantized_nbytes() for layer in self.layers) / elements
+
+
+def _dequantize_key_block(block: KeyBlock) -> Tensor:
+    return block if isinstance(block, Tensor) else ops.dequantize_keys(block)
+
+
+def _dequantize_value_block(block: ValueBlock) -> Tensor:
+    return block if isinstance(block, Tensor) else ops.dequantize_values(block)
+
+
+def _block_nbytes(block) -> int:
+    return block.numel() * block.element_size() if isinstance(block, Tensor) else block.nbytes
+
+
+def _map_block(block, fn):
+    return fn(block) if isinstance(block, Tensor) else block.map_batch(fn)

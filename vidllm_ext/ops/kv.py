@@ -1,0 +1,60 @@
+"""Sub-2-bit KV quantization (VidKV, KIVI) on the C++/CUDA group kernels.
+
+The scheme (channel split, orthonormal key transform, salient tokens) is the one of
+:mod:`vidllm_ext.reference.kv`, composed over the kernels of :mod:`vidllm_ext.ops.kv_pack`
+instead of their PyTorch references: the group statistics, rounding and bit packing run in C++
+or CUDA; the small per-token transform is a float32 matmul, identical in both.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from vidllm_ext.kv_config import KVQuantConfig
+from vidllm_ext.kv_types import PackedKeys, PackedValues
+from vidllm_ext.ops import kv_pack
+from vidllm_ext.reference import kv as scheme
+
+
+def quantize_keys(
+    k: Tensor, config: KVQuantConfig, channel_split: Optional[Tensor] = None
+) -> PackedKeys:
+    """Quantize keys [B, H, T, D] into 2-bit and transformed 1-bit channels.
+
+    Args:
+        k: [B, H, T, D] float32/float16/bfloat16 keys (CPU or CUDA).
+        config: the :class:`vidllm_ext.KVQuantConfig` (``key_bits`` in [1, 2]).
+        channel_split: int64 [H, D2] channels kept at 2 bits per head; by default the D2 with
+            the largest range over batch and tokens (the cache fixes it at its first flush).
+
+    Returns:
+        :class:`vidllm_ext.PackedKeys`; ``.nbytes`` counts every stored byte. The last token group
+        may be partial (T need not be a multiple of ``group_size``).
+    """
+    return scheme.quantize_keys_with(kv_pack, k, config, channel_split)
+
+
+def dequantize_keys(packed: PackedKeys) -> Tensor:
+    """Keys [B, H, T, D] in their original dtype, restored from ``packed``."""
+    return scheme.dequantize_keys_with(kv_pack, packed)
+
+
+def quantize_values(
+    v: Tensor, config: KVQuantConfig, salient: Optional[Tensor] = None
+) -> PackedValues:
+    """Quantize values [B, H, T, D] at 2 bits (per channel or KIVI per token) or 1.58 bits.
+
+    Args:
+        v: [B, H, T, D] values.
+        config: the :class:`vidllm_ext.KVQuantConfig` (``value_bits`` 2 or 1.58).
+        salient: with 1.58-bit values, a bool mask [T] or int64 positions of tokens stored at
+            2 bits instead, in channel groups formed from those tokens alone (VidKV).
+    """
+    return scheme.quantize_values_with(kv_pack, v, config, salient)
+
+
+def dequantize_values(packed: PackedValues) -> Tensor:
+    """Values [B, H, T, D] in their original dtype, salient tokens back in place."""
+    return scheme.dequantize_values_with(kv_pack, packed)
