@@ -33,20 +33,50 @@ KeyBlock = Union[PackedKeys, Tensor]  # a Tensor when key_bits is 16
 ValueBlock = Union[PackedValues, Tensor]
 
 
-class SalientPositions:
-    """Absolute sequence positions whose values are stored at 2 bits (VidKV), shared by layers."""
+class SalientTokens:
+    """Per sample, the absolute positions whose values are stored at 2 bits (VidKV).
+
+    Shared by the layers of one cache. So that every sample of a batch stores the same number of
+    2-bit tokens per flushed block (the packed layout is rectangular), a sample with fewer
+    salient tokens in a block has its earliest other tokens of that block stored at 2 bits too;
+    with one sample, or equal layouts, the salient set is exactly the marked one.
+    """
 
     def __init__(self) -> None:
-        self.positions = torch.empty(0, dtype=torch.int64)
+        self.mask: Tensor | None = None  # bool [B, positions marked so far]
 
-    def add(self, positions: Tensor) -> None:
-        merged = torch.cat([self.positions, positions.detach().to("cpu", torch.int64)])
-        self.positions = torch.unique(merged)
+    def mark(self, mask: Tensor, offset: int) -> None:
+        mask = mask.detach().to("cpu", torch.bool)
+        stop = offset + mask.shape[1]
+        current = self.mask if self.mask is not None else mask.new_zeros(mask.shape[0], 0)
+        if current.shape[0] not in (0, mask.shape[0]):
+            raise ValueError(
+                f"salient mask has batch {mask.shape[0]}, the cache holds {current.shape[0]}"
+            )
+        grown = mask.new_zeros(mask.shape[0], max(stop, current.shape[1]))
+        grown[:, : current.shape[1]] = current
+        grown[:, offset:stop] |= mask
+        self.mask = grown
 
-    def within(self, start: int, stop: int) -> Tensor | None:
-        """Positions in [start, stop) relative to start, or None when there are none."""
-        inside = self.positions[(self.positions >= start) & (self.positions < stop)] - start
-        return inside if inside.numel() else None
+    def block(self, start: int, stop: int, device) -> Tensor | None:
+        """bool [B, stop - start] with equal counts per row, or None when nothing is salient."""
+        if self.mask is None or start >= self.mask.shape[1]:
+            return None
+        chunk = self.mask[:, start:stop]
+        chunk = torch.cat(
+            [chunk, chunk.new_zeros(chunk.shape[0], stop - start - chunk.shape[1])], 1
+        )
+        counts = chunk.sum(1)
+        if int(counts.max()) == 0:
+            return None
+        missing = counts.max() - counts
+        others_rank = (~chunk).cumsum(1)  # 1 for a row's earliest non-salient token, ...
+        chunk = chunk | (~chunk & (others_rank <= missing[:, None]))
+        return chunk.to(device)
+
+    def map_batch(self, fn) -> None:
+        if self.mask is not None:
+            self.mask = fn(self.mask.to(torch.int8)).to("cpu", torch.bool)
 
 
 class PackedKVLayer(CacheLayerMixin):
@@ -56,10 +86,10 @@ class PackedKVLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, config: KVQuantConfig, salient: SalientPositions | None = None):
+    def __init__(self, config: KVQuantConfig, salient: SalientTokens | None = None):
         super().__init__()
         self.config = config
-        self.salient = salient if salient is not None else SalientPositions()
+        self.salient = salient if salient is not None else SalientTokens()
         self.key_blocks: list[KeyBlock] = []
         self.value_blocks: list[ValueBlock] = []
         self.channel_split: Tensor | None = None
@@ -184,7 +214,7 @@ class PackedKVLayer(CacheLayerMixin):
         keys, values = self.keys[:, :, :count], self.values[:, :, :count]
         start = self.quantized_length
         self._append_keys(keys)
-        self._append_values(values, self.salient.within(start, start + count))
+        self._append_values(values, self.salient.block(start, start + count, values.device))
         self.keys, self.values = self.keys[:, :, count:], self.values[:, :, count:]
         self.quantized_length += count
 
@@ -239,34 +269,34 @@ class PackedKVCache(Cache):
                 f"PackedKVCache takes a vidllm_ext.KVQuantConfig, got {type(config).__name__}"
             )
         self.config = config
-        self.salient = SalientPositions()
+        self.salient = SalientTokens()
         super().__init__(layer_class_to_replicate=partial(PackedKVLayer, config, self.salient))
 
-    def mark_salient(self, mask: Tensor, offset: int = 0) -> None:
+    def mark_salient(self, mask: Tensor, offset: int | None = None) -> None:
         """Store the values of these tokens at 2 bits (needs ``salient_ratio`` > 0).
 
         Args:
-            mask: bool [B, L] over the tokens about to be fed (every row must agree: the packed
-                layout shares token positions across the batch), or int64 positions [S].
-            offset: absolute position of the mask's first column (the cache's length so far).
+            mask: bool [B, L] over the tokens about to be fed.
+            offset: absolute position of the mask's first column; by default the cache's
+                current length (the mask covers the next forward's tokens).
         """
         if self.config.salient_ratio == 0:
             raise ValueError("mark_salient needs a KVQuantConfig with salient_ratio > 0")
-        if mask.dtype == torch.bool:
-            if mask.dim() != 2:
-                raise ValueError(f"salient mask must be [B, L], got {tuple(mask.shape)}")
-            if mask.shape[0] > 1 and not bool((mask == mask[:1]).all()):
-                raise ValueError(
-                    "salient tokens must sit at the same positions in every sample of the batch "
-                    "(the packed values share one token layout); use batch size 1 or equal "
-                    "video layouts"
-                )
-            positions = mask[0].nonzero().flatten()
-        elif mask.dtype == torch.int64 and mask.dim() == 1:
-            positions = mask
-        else:
-            raise TypeError("mark_salient takes a bool mask [B, L] or int64 positions [S]")
-        self.salient.add(positions + offset)
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
+            raise TypeError("mark_salient takes a bool mask [B, L]")
+        self.salient.mark(mask, self.get_seq_length() if offset is None else offset)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self.salient.map_batch(lambda t: t.index_select(0, beam_idx.cpu()))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self.salient.map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        super().batch_select_indices(indices)
+        self.salient.map_batch(lambda t: t[indices.cpu()])
 
     def nbytes(self) -> int:
         """Every byte held: codes, scales, zero points, channel splits and the windows."""

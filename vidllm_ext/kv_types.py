@@ -96,8 +96,8 @@ class PackedValues:
         codes: uint8 [B, H, Tm, row bytes] for the Tm non-salient tokens, in token order.
         scale: [B, H, NG, D] (NG groups of group_size tokens), or [B, H, Tm, NGc] for "token2".
         zero: zero points shaped like ``scale`` for 2-bit modes, None for trits.
-        salient_index: int64 [S], ascending positions (within these T tokens) stored at 2 bits
-            in their own channel groups; None when there are none.
+        salient_index: int64 [B, S], per sample the ascending positions (within these T tokens)
+            stored at 2 bits in channel groups of their own; None when there are none.
         salient_codes, salient_scale, salient_zero: the salient tokens' 2-bit codes [B, H, S,
             ceil(D / 4)] and stats [B, H, ceil(S / group_size), D].
     """
@@ -118,7 +118,7 @@ class PackedValues:
     def shape(self) -> tuple[int, int, int, int]:
         batch, heads, tokens = self.codes.shape[:3]
         if self.salient_index is not None:
-            tokens += self.salient_index.numel()
+            tokens += self.salient_index.shape[1]
         return batch, heads, tokens, self.head_dim
 
     @property
@@ -127,7 +127,7 @@ class PackedValues:
         return _tensor_bytes(*_tensors(self))
 
     def map_batch(self, fn: TensorMap) -> PackedValues:
-        return _map_batch(self, fn, shared=("salient_index",))
+        return _map_batch(self, fn, shared=())
 
 
 def complement_channels(channels2: Tensor, head_dim: int) -> Tensor:

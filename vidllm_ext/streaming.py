@@ -9,6 +9,8 @@ from vidllm_ext.integration.config import DTDConfig
 from vidllm_ext.integration.patching import STATE_ATTRIBUTE, NothingKept, StreamStep, patch
 from vidllm_ext.integration.registry import adapter_for
 from vidllm_ext.integration.token_drop import scene_changes
+from vidllm_ext.kv_cache import PackedKVCache
+from vidllm_ext.kv_config import KVQuantConfig
 
 DEFAULT_DTD = DTDConfig()
 
@@ -28,6 +30,8 @@ class StreamingSession:
             processor (when it has one) prepares frames. Without it, questions are token ids and
             answers come back as token ids; uint8 frames get the Qwen processor's default layout.
         dtd: the token-drop configuration, or None to keep every token.
+        kv: a :class:`KVQuantConfig` to hold the stream in a :class:`PackedKVCache`; by default
+            the one the model was patched with (``patch(model, kv=...)``), else full precision.
         fps: frames per second of the stream (Qwen3-VL's timestamps).
         timestamp_ids: Qwen3-VL only: ``step -> token ids`` of the timestamp text written before
             each temporal step; default: the processor's tokenizer on "<{seconds:.1f} seconds>",
@@ -49,6 +53,7 @@ class StreamingSession:
         dtd: DTDConfig | None = DEFAULT_DTD,
         fps: float = 2.0,
         timestamp_ids=None,
+        kv: KVQuantConfig | None = None,
     ):
         from transformers import DynamicCache
 
@@ -58,9 +63,14 @@ class StreamingSession:
                 f"StreamingSession supports qwen2_vl, qwen2_5_vl and qwen3_vl models so far, got "
                 f"{model.config.model_type!r}"
             )
-        self.model = patch(model, dtd=dtd)
+        if kv is None:
+            kv = getattr(getattr(model, STATE_ATTRIBUTE, None), "kv", None)
+        self.model = patch(model, dtd=dtd, kv=kv)
         self.processor = processor
-        self.cache = DynamicCache(config=model.config.get_text_config())
+        if kv is not None:
+            self.cache = PackedKVCache(kv)
+        else:
+            self.cache = DynamicCache(config=model.config.get_text_config())
         self.sequence: list[int] = []  # every token of the stream, dropped ones included
         self.video_grids: list[list[int]] = []  # one per video block of the sequence
         self.in_video = False

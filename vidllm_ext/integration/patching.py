@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 import torch
 
 from vidllm_ext.integration.config import DTDConfig
+from vidllm_ext.integration.kv import default_packed_cache, mark_salient_tokens
 from vidllm_ext.integration.registry import adapter_for
 from vidllm_ext.integration.sequence import CompactedLayout
 from vidllm_ext.integration.token_drop import DTDStats, drop_video_tokens
+from vidllm_ext.kv_config import KVQuantConfig
 
 STATE_ATTRIBUTE = "_vidllm_patch"
 LATER_ISSUES = {
     "merge": "hierarchical token merging (merge=MergeConfig)",
     "mod": "layer-skip routing (mod=MoDConfig)",
-    "kv": "the sub-2-bit KV cache (kv=KVQuantConfig)",
 }
 
 
@@ -43,6 +44,8 @@ class PatchState:
     cache: object = None  # weak reference to the cache that prefill filled
     stats: DTDStats | None = None
     stream: StreamStep | None = None  # set by a StreamingSession around each chunk's forward
+    kv: KVQuantConfig | None = None
+    call_layout: CompactedLayout | None = None  # the layout DTD gave the current forward
 
 
 class NothingKept(Exception):
@@ -67,7 +70,11 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
             qwen3_vl, qwen2_vl, llava_onevision); other instances and transformers' classes are
             never touched.
         dtd: :class:`DTDConfig` to drop redundant video tokens before the first decoder layer, or
-            None. ``merge``, ``mod``, ``kv``: reserved for later features (NotImplementedError).
+            None.
+        kv: :class:`KVQuantConfig`: ``generate`` (and :class:`StreamingSession`) use a
+            :class:`PackedKVCache` with it unless given ``past_key_values``; with
+            ``salient_ratio`` > 0 the prompt's most text-relevant video tokens keep 2-bit values.
+        merge, mod: reserved for later features (NotImplementedError).
 
     Patching twice replaces the configuration; with every technique off the model computes
     exactly what it did unpatched.
@@ -77,16 +84,19 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         >>> out = model.generate(**inputs, max_new_tokens=32)
         >>> vidllm_ext.last_stats(model).drop_ratio
     """
-    for name, value in (("merge", merge), ("mod", mod), ("kv", kv)):
+    for name, value in (("merge", merge), ("mod", mod)):
         if value is not None:
             raise NotImplementedError(f"{name}=: {LATER_ISSUES[name]} is not implemented yet")
     if dtd is not None and not isinstance(dtd, DTDConfig):
         raise TypeError(f"dtd: expected a vidllm_ext.DTDConfig or None, got {type(dtd).__name__}")
+    if kv is not None and not isinstance(kv, KVQuantConfig):
+        raise TypeError(f"kv: expected a vidllm_ext.KVQuantConfig or None, got {type(kv).__name__}")
     adapter = adapter_for(model)
     unpatch(model)
-    state = PatchState(adapter=adapter, dtd=dtd)
-    if dtd is not None:
-        state.handles = [
+    state = PatchState(adapter=adapter, dtd=dtd, kv=kv)
+    salient = kv is not None and kv.salient_ratio > 0
+    if dtd is not None or salient:
+        state.handles += [
             adapter.multimodal.register_forward_pre_hook(
                 lambda module, args, kwargs: _capture(state, args, kwargs), with_kwargs=True
             ),
@@ -95,12 +105,23 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
                 with_kwargs=True,
                 always_call=True,
             ),
+        ]
+    if dtd is not None:
+        state.handles += [
             adapter.language_model.register_forward_pre_hook(
                 lambda module, args, kwargs: _before_decoder(state, args, kwargs),
                 with_kwargs=True,
             ),
             _wrap_video_encoder(state, adapter.multimodal),
         ]
+    if salient:  # after DTD's hook: it sees the tokens DTD kept
+        state.handles.append(
+            adapter.language_model.register_forward_pre_hook(
+                lambda module, args, kwargs: mark_salient_tokens(state, kwargs), with_kwargs=True
+            )
+        )
+    if kv is not None:
+        state.handles.append(_InstanceAttribute(model, "generate", default_packed_cache(model, kv)))
     setattr(model, STATE_ATTRIBUTE, state)
     return model
 
@@ -152,6 +173,7 @@ def _wrap_video_encoder(state: PatchState, multimodal) -> _InstanceAttribute:
 
 
 def _capture(state: PatchState, args, kwargs) -> None:
+    state.call_layout = None
     captured = state.adapter.capture(args, kwargs)
     for key, value in (state.encoded_videos or {}).items():
         if captured.get(key) is None:
@@ -161,6 +183,7 @@ def _capture(state: PatchState, args, kwargs) -> None:
 
 def _release(state: PatchState) -> None:
     state.captured = None
+    state.call_layout = None
 
 
 def _before_decoder(state: PatchState, args, kwargs):
@@ -196,6 +219,7 @@ def _rewrite_to_layout(state: PatchState, kwargs: dict, embeds, keep, position_i
     kwargs["inputs_embeds"] = layout.gather(embeds, 1)
     kwargs["position_ids"] = _compact_positions(position_ids, layout)
     state.adapter.compact_side_inputs(kwargs, keep, layout)
+    state.call_layout = layout
     return layout
 
 

@@ -49,8 +49,9 @@ def quantize_values(
     Args:
         v: [B, H, T, D] values.
         config: the :class:`vidllm_ext.KVQuantConfig` (``value_bits`` 2 or 1.58).
-        salient: with 1.58-bit values, a bool mask [T] or int64 positions of tokens stored at
-            2 bits instead, in channel groups formed from those tokens alone (VidKV).
+        salient: with 1.58-bit values, a bool mask [T] or [B, T] (the same count in every row)
+            of tokens stored at 2 bits instead, in channel groups formed from those tokens alone
+            (VidKV).
     """
     return scheme.quantize_values_with(kv_pack, v, config, salient)
 

@@ -226,12 +226,10 @@ def quantize_values_with(
         raise ValueError("quantize_values: config.value_bits is 16, so values are not quantized")
     batch, heads, tokens, dim = values.shape
     group, scale = config.group_size, config.scale_dtype
-    salient_index = _salient_index(salient, tokens, config, values.device)
+    salient_mask = _salient_mask(salient, batch, tokens, config, values.device)
     regular = values
-    if salient_index is not None:
-        keep = torch.ones(tokens, dtype=torch.bool, device=values.device)
-        keep[salient_index] = False
-        regular = values[:, :, keep]
+    if salient_mask is not None:
+        regular = _take_tokens(values, _token_index(~salient_mask))
     if config.value_axis == "token":
         mode = "token2"
         codes, stats, zero = prims.quantize_token_groups(_rows(regular), group)
@@ -239,9 +237,10 @@ def quantize_values_with(
         mode = "trit" if config.value_bits == 1.58 else "minmax2"
         codes, stats, zero = prims.quantize_channel_groups(_rows(regular), mode, group)
     extra = {}
-    if salient_index is not None:
+    if salient_mask is not None:
+        salient_index = _token_index(salient_mask)
         s_codes, s_scale, s_zero = prims.quantize_channel_groups(
-            _rows(values[:, :, salient_index]), "minmax2", group
+            _rows(_take_tokens(values, salient_index)), "minmax2", group
         )
         extra = dict(
             salient_index=salient_index,
@@ -284,34 +283,52 @@ def dequantize_values_with(prims: ModuleType, packed: PackedValues) -> Tensor:
         dim,
         dtype=packed.dtype,
     )
+    is_salient = torch.zeros(batch, tokens, dtype=torch.bool, device=regular.device)
+    is_salient.scatter_(1, packed.salient_index, True)
     out = regular.new_empty(batch, heads, tokens, dim)
-    keep = torch.ones(tokens, dtype=torch.bool, device=out.device)
-    keep[packed.salient_index] = False
-    out[:, :, keep] = regular
-    out[:, :, packed.salient_index] = _heads(salient, batch, heads)
+    out.scatter_(2, _expand_index(_token_index(~is_salient), heads, dim), regular)
+    out.scatter_(2, _expand_index(packed.salient_index, heads, dim), _heads(salient, batch, heads))
     return out
 
 
-def _salient_index(salient, tokens: int, config: KVQuantConfig, device) -> Tensor | None:
+def _salient_mask(salient, batch: int, tokens: int, config, device) -> Tensor | None:
+    """bool [B, T] with the same count in every row, or None when no token is salient."""
     if salient is None:
         return None
     if config.value_bits != 1.58:
         raise ValueError("quantize_values: salient tokens need value_bits=1.58")
-    if not isinstance(salient, Tensor):
-        raise TypeError("salient must be a bool mask [T] or an int64 index tensor")
-    if salient.dtype == torch.bool:
-        if tuple(salient.shape) != (tokens,):
-            raise ValueError(f"salient mask must be [T] = [{tokens}], got {tuple(salient.shape)}")
-        index = salient.to(device).nonzero().flatten()
-    elif salient.dtype == torch.int64 and salient.dim() == 1:
-        index = salient.to(device).sort().values
-        if index.numel() and (int(index[0]) < 0 or int(index[-1]) >= tokens):
-            raise ValueError(f"salient indices must be in [0, {tokens})")
-        if bool((index[1:] == index[:-1]).any()):
-            raise ValueError("salient indices must be unique")
-    else:
-        raise TypeError("salient must be a bool mask [T] or a 1-D int64 index tensor")
-    return index if index.numel() else None
+    if not isinstance(salient, Tensor) or salient.dtype != torch.bool:
+        raise TypeError("salient must be a bool mask [T] or [B, T]")
+    if salient.dim() == 1:
+        salient = salient.expand(batch, -1)
+    if tuple(salient.shape) != (batch, tokens):
+        raise ValueError(
+            f"salient mask must be [T] or [B, T] = [{batch}, {tokens}], got {tuple(salient.shape)}"
+        )
+    counts = salient.sum(1)
+    if batch and bool((counts != counts[0]).any()):
+        raise ValueError(
+            "salient: every sample must mark the same number of tokens (the packed values keep "
+            f"one layout per batch), got {counts.tolist()}"
+        )
+    if batch == 0 or int(counts[0]) == 0:
+        return None
+    return salient.to(device)
+
+
+def _token_index(mask: Tensor) -> Tensor:
+    """int64 [B, n]: the positions of each row's True entries, ascending (equal counts)."""
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    return order[:, : int(mask[0].sum())]
+
+
+def _expand_index(index: Tensor, heads: int, dim: int) -> Tensor:
+    return index[:, None, :, None].expand(index.shape[0], heads, index.shape[1], dim)
+
+
+def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, H, T, D] at per-sample token positions index [B, n] -> [B, H, n, D]."""
+    return torch.gather(x, 2, _expand_index(index, x.shape[1], x.shape[3]))
 
 
 def _quantize_groups(prims: ModuleType, rows: Tensor, mode: str, group: int, channels=None):
@@ -350,7 +367,8 @@ def dequantize_keys(packed: PackedKeys) -> Tensor:
 def quantize_values(
     v: Tensor, config: KVQuantConfig, salient: Tensor | None = None
 ) -> PackedValues:
-    """Quantize values [B, H, T, D]; ``salient`` (bool [T] or int64 positions) stays at 2 bits."""
+    """Quantize values [B, H, T, D]; ``salient`` (bool [T] or [B, T], the same count in every
+    row) marks tokens stored at 2 bits in channel groups of their own."""
     return quantize_values_with(reference_primitives, v, config, salient)
 
 

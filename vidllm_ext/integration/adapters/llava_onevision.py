@@ -26,6 +26,7 @@ class LlavaOneVisionAdapter:
         self.multimodal = find_multimodal_model(model, "vision_tower")
         self.language_model = self.multimodal.language_model
         self.video_token_id = model.config.video_token_index
+        self.vision_token_ids = (model.config.video_token_index, model.config.image_token_index)
         vision = model.config.vision_config
         self.image_size = vision.image_size
         self.grid_side = math.ceil(vision.image_size // vision.patch_size / 2)

@@ -31,6 +31,8 @@ class QwenVLAdapter:
         self.video_token_id = config.video_token_id
         self.vision_start_id = config.vision_start_token_id
         self.vision_end_id = getattr(config, "vision_end_token_id", None)
+        vision_ids = (config.video_token_id, config.image_token_id, self.vision_start_id)
+        self.vision_token_ids = tuple(i for i in (*vision_ids, self.vision_end_id) if i is not None)
         self.merge = config.vision_config.spatial_merge_size
         self.patch = config.vision_config.patch_size
         self.temporal_patch = config.vision_config.temporal_patch_size

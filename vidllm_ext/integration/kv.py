@@ -1,0 +1,58 @@
+"""The sub-2-bit KV cache inside a patched model: a default cache for generate, salient tokens.
+
+VidKV keeps the values of the video tokens most relevant to the prompt at 2 bits. At each forward
+that feeds video tokens into a :class:`PackedKVCache` whose configuration has ``salient_ratio`` >
+0, a video token's salience is the mean dot product of its input embedding with the prompt's
+text-token embeddings (every non-vision, non-padding token of the same forward); the top
+``ceil(salient_ratio * n_video)`` are marked in the cache before the first decoder layer writes it.
+A forward without text tokens (a streaming chunk of frames alone) marks none.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from vidllm_ext.kv_cache import PackedKVCache
+from vidllm_ext.kv_config import KVQuantConfig
+from vidllm_ext.reference.kv import salient_video_tokens
+
+
+def default_packed_cache(model, config: KVQuantConfig):
+    """``model.generate`` that brings a fresh :class:`PackedKVCache` unless given a cache."""
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("use_cache", True):
+            kwargs["past_key_values"] = PackedKVCache(config)
+        return original(*args, **kwargs)
+
+    return generate
+
+
+def mark_salient_tokens(state, kwargs: dict) -> None:
+    """Language-model pre-hook: mark this forward's salient video tokens in the packed cache."""
+    cache, embeds = kwargs.get("past_key_values"), kwargs.get("inputs_embeds")
+    if not isinstance(cache, PackedKVCache) or cache.config.salient_ratio == 0 or embeds is None:
+        return
+    input_ids = (state.captured or {}).get("input_ids")
+    if input_ids is None:
+        return
+    if state.call_layout is not None:  # DTD shortened this forward's sequence
+        input_ids = state.call_layout.gather(input_ids, 1)
+    if input_ids.shape != embeds.shape[:2]:
+        return
+    input_ids = input_ids.to(embeds.device)
+    video = input_ids == state.adapter.video_token_id
+    vision_ids = torch.tensor(state.adapter.vision_token_ids, device=embeds.device)
+    text = ~torch.isin(input_ids, vision_ids)
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == input_ids.shape:
+        text &= mask.bool()
+        video &= mask.bool()
+    if not video.any() or not text.any():
+        return
+    chosen = salient_video_tokens(embeds, video, text, cache.config.salient_ratio)
+    cache.mark_salient(chosen)
