@@ -31,7 +31,7 @@ class PackedKeys:
         scale2, zero2: [B, H, NG, D2] in scale_dtype: x^ = code * scale + zero.
         codes1: uint8 [B, H, T, ceil(D1 / 8)], the signs of the transformed 1-bit channels.
         alpha1: [B, H, NG, D1] in scale_dtype: y^ = +-alpha, then the inverse transform.
-        channel_split: int64 [H, D2], ascending, the 2-bit channels of each head; None when the
+        channel_split: int16 [H, D2], ascending, the 2-bit channels of each head; None when the
             split is implied (every channel at 2 bits, or every channel at 1 bit), so nothing
             is stored for it.
         head_dim: D; transform: "fft", "hadamard" or "none"; group_size: tokens per group;
@@ -62,7 +62,7 @@ class PackedKeys:
     def channels2(self) -> Tensor:
         """int64 [H, D2]: the 2-bit channels of each head, ascending."""
         if self.channel_split is not None:
-            return self.channel_split
+            return self.channel_split.long()
         return self._implied(self.two_bit_channels)
 
     @property
@@ -70,7 +70,7 @@ class PackedKeys:
         """int64 [H, D1]: the 1-bit channels of each head, ascending."""
         if self.channel_split is None:
             return self._implied(self.head_dim - self.two_bit_channels)
-        return complement_channels(self.channel_split, self.head_dim)
+        return complement_channels(self.channels2, self.head_dim)
 
     def _implied(self, count: int) -> Tensor:
         channels = torch.arange(count, device=self.codes2.device)

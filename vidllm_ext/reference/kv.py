@@ -182,7 +182,7 @@ def quantize_keys_with(
         zero2=_heads(to_scale_dtype(zero2, scale), batch, heads),
         codes1=_heads(codes1, batch, heads),
         alpha1=_heads(to_scale_dtype(alpha1, scale), batch, heads),
-        channel_split=None if implied else channels2,
+        channel_split=None if implied else channels2.to(torch.int16),
         head_dim=dim,
         transform=config.key_transform,
         group_size=group,
