@@ -7,6 +7,7 @@ from vidllm_ext.ops.dtd import (
     dtd_keep_mask,
     dtd_scores,
 )
+from vidllm_ext.ops.kv_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
 
 __all__ = [
     "compact_tokens",
@@ -14,4 +15,8 @@ __all__ = [
     "drop_redundant_tokens",
     "dtd_keep_mask",
     "dtd_scores",
+    "pack_bits",
+    "pack_trits",
+    "unpack_bits",
+    "unpack_trits",
 ]
