@@ -8,6 +8,7 @@ from vidllm_ext.ops.dtd import (
     dtd_scores,
 )
 from vidllm_ext.ops.kv import dequantize_keys, dequantize_values, quantize_keys, quantize_values
+from vidllm_ext.ops.kv_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
 
 __all__ = [
     "compact_tokens",
@@ -17,6 +18,10 @@ __all__ = [
     "drop_redundant_tokens",
     "dtd_keep_mask",
     "dtd_scores",
+    "pack_bits",
+    "pack_trits",
     "quantize_keys",
     "quantize_values",
+    "unpack_bits",
+    "unpack_trits",
 ]

@@ -6,5 +6,7 @@ from vidllm_ext.reference.dtd import (
     dtd_keep_mask,
     dtd_scores,
 )
+from vidllm_ext.reference.kv_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
 
 __all__ = ["compact_tokens", "drop_redundant_tokens", "dtd_keep_mask", "dtd_scores"]
+__all__ += ["pack_bits", "pack_trits", "unpack_bits", "unpack_trits"]

@@ -1,0 +1,166 @@
+// Sub-2-bit KV cache kernels (VidKV, KIVI): packing of 1-bit, 2-bit and ternary codes, and the
+// group quantizers the cache composes. Each launcher has a CPU and a CUDA twin that share the
+// per-element math of kv_quant_math.h, so CPU tests exercise the GPU's arithmetic bit for bit.
+//
+//   pack / unpack:              codes [rows, n] <-> packed [rows, ceil(n / codes per byte)]
+//   quantize_channel_groups:    x [R, T, Cx] -> codes [R, T, bytes(C)], scale/zero [R, NG, C]
+//   dequantize_channel_groups:  codes, scale/zero -> out [R, T, Cx] (mapped channels only)
+//   quantize_token_groups:      x [R, T, C] -> codes [R, T, ceil(C / 4)], scale/zero [R, T, NGc]
+//   dequantize_token_groups:    codes, scale/zero -> out [R, T, C]
+//
+// Channel groups are group_size consecutive tokens of one channel (NG = ceil(T / group_size));
+// token groups are group_size consecutive channels of one token (NGc = ceil(C / group_size)); a
+// last group may be partial. Codes are packed per token along the quantized channels.
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.h"
+#include "common/status.h"
+#include "kv_quant/kv_quant_math.h"
+
+namespace vidllm::kv_quant {
+
+// Strides are in elements. `invalid` receives a count (overwritten, never accumulated), so the
+// caller can validate with one read after the launch.
+struct PackParams {
+  const void* codes = nullptr;  // [rows, n]: uint8 codes, or int8 trits for kTrits; stride 1 in n
+  int64_t codes_row_stride = 0;
+  uint8_t* packed = nullptr;   // [rows, packed_bytes(n)], contiguous
+  int64_t* invalid = nullptr;  // [1]: codes >= 2^bits, or trits outside {-1, 0, 1}
+  int64_t rows = 0;
+  int64_t n = 0;
+  Packing packing = Packing::kBits2;
+  int device = 0;  // CUDA only: the device that owns every pointer
+};
+
+struct UnpackParams {
+  const uint8_t* packed = nullptr;  // [rows, packed_bytes(n)], stride 1 along a row
+  int64_t packed_row_stride = 0;
+  void* codes = nullptr;       // [rows, n], contiguous: uint8 codes, or int8 trits for kTrits
+  int64_t* invalid = nullptr;  // [1]: bytes with non-zero padding, or trit bytes above 242
+  int64_t rows = 0;
+  int64_t n = 0;
+  Packing packing = Packing::kBits2;
+  int device = 0;
+};
+
+// Row r quantizes C channels of x: channel channels[r % heads][c] for c < C, or channel c when
+// channels is null (then C == x_channels). Every listed channel must lie in [0, x_channels): the
+// CPU twin checks and returns an invalid Status before writing anything; the CUDA twin treats an
+// out-of-range channel as NaN input (NaN statistics, code 0) and never reads it.
+struct ChannelGroupQuantParams {
+  const void* x = nullptr;  // [rows, tokens, x_channels], channels contiguous
+  int64_t x_stride_row = 0;
+  int64_t x_stride_token = 0;
+  DType dtype = DType::kFloat32;
+  const int64_t* channels = nullptr;  // [heads, C], contiguous, or null
+  int64_t heads = 1;
+  uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(C)], contiguous
+  float* scale = nullptr;    // [rows, groups, C], contiguous
+  float* zero = nullptr;     // [rows, groups, C], contiguous; minmax2 only (null otherwise)
+  int64_t rows = 0;
+  int64_t tokens = 0;
+  int64_t x_channels = 0;
+  int64_t quantized_channels = 0;  // C
+  int64_t group_size = 1;
+  Mode mode = Mode::kMinMax2;
+  int device = 0;
+};
+
+// Writes out[r, t, channel(r, c)] for c < C and nothing else. Listed channels must be in range
+// and distinct within a row of `channels` (CPU: checked; CUDA: out-of-range ones are skipped).
+struct ChannelGroupDequantParams {
+  const uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(C)], contiguous
+  const float* scale = nullptr;    // [rows, groups, C], contiguous
+  const float* zero = nullptr;     // [rows, groups, C], contiguous; minmax2 only
+  const int64_t* channels = nullptr;
+  int64_t heads = 1;
+  void* out = nullptr;  // [rows, tokens, out_channels], any strides
+  int64_t out_stride_row = 0;
+  int64_t out_stride_token = 0;
+  int64_t out_stride_channel = 1;
+  DType out_dtype = DType::kFloat32;
+  int64_t rows = 0;
+  int64_t tokens = 0;
+  int64_t out_channels = 0;
+  int64_t quantized_channels = 0;  // C
+  int64_t group_size = 1;
+  Mode mode = Mode::kMinMax2;
+  int device = 0;
+};
+
+// KIVI's token-wise 2-bit quantization (minmax2 over group_size consecutive channels of a token).
+struct TokenGroupQuantParams {
+  const void* x = nullptr;  // [rows, tokens, channels], channels contiguous
+  int64_t x_stride_row = 0;
+  int64_t x_stride_token = 0;
+  DType dtype = DType::kFloat32;
+  uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(channels)], contiguous
+  float* scale = nullptr;    // [rows, tokens, groups], contiguous
+  float* zero = nullptr;     // [rows, tokens, groups], contiguous
+  int64_t rows = 0;
+  int64_t tokens = 0;
+  int64_t channels = 0;
+  int64_t group_size = 1;
+  int device = 0;
+};
+
+struct TokenGroupDequantParams {
+  const uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(channels)], contiguous
+  const float* scale = nullptr;    // [rows, tokens, groups], contiguous
+  const float* zero = nullptr;     // [rows, tokens, groups], contiguous
+  void* out = nullptr;             // [rows, tokens, channels], contiguous
+  DType out_dtype = DType::kFloat32;
+  int64_t rows = 0;
+  int64_t tokens = 0;
+  int64_t channels = 0;
+  int64_t group_size = 1;
+  int device = 0;
+};
+
+VIDLLM_HOST_DEVICE int64_t ceil_groups(int64_t count, int64_t group_size) {
+  return (count + group_size - 1) / group_size;
+}
+
+Status pack_cpu(const PackParams& params);
+Status unpack_cpu(const UnpackParams& params);
+Status quantize_channel_groups_cpu(const ChannelGroupQuantParams& params);
+Status dequantize_channel_groups_cpu(const ChannelGroupDequantParams& params);
+Status quantize_token_groups_cpu(const TokenGroupQuantParams& params);
+Status dequantize_token_groups_cpu(const TokenGroupDequantParams& params);
+
+#if defined(VIDLLM_WITH_CUDA)
+// Run on `stream` (a cudaStream_t); they never allocate and never synchronize.
+Status pack_cuda(const PackParams& params, void* stream);
+Status unpack_cuda(const UnpackParams& params, void* stream);
+Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& params, void* stream);
+Status dequantize_channel_groups_cuda(const ChannelGroupDequantParams& params, void* stream);
+Status quantize_token_groups_cuda(const TokenGroupQuantParams& params, void* stream);
+Status dequantize_token_groups_cuda(const TokenGroupDequantParams& params, void* stream);
+#endif
+
+}  // namespace vidllm::kv_quant
+
+// Runs the statement with `kMode` bound to `mode` as a compile-time constant; returns an invalid
+// Status from the enclosing function for a mode it does not know.
+#define VIDLLM_KV_DISPATCH_MODE(mode, ...)                                           \
+  switch (mode) {                                                                    \
+    case ::vidllm::kv_quant::Mode::kMinMax2: {                                       \
+      constexpr ::vidllm::kv_quant::Mode kMode = ::vidllm::kv_quant::Mode::kMinMax2; \
+      __VA_ARGS__;                                                                   \
+      break;                                                                         \
+    }                                                                                \
+    case ::vidllm::kv_quant::Mode::kSign1: {                                         \
+      constexpr ::vidllm::kv_quant::Mode kMode = ::vidllm::kv_quant::Mode::kSign1;   \
+      __VA_ARGS__;                                                                   \
+      break;                                                                         \
+    }                                                                                \
+    case ::vidllm::kv_quant::Mode::kTrit: {                                          \
+      constexpr ::vidllm::kv_quant::Mode kMode = ::vidllm::kv_quant::Mode::kTrit;    \
+      __VA_ARGS__;                                                                   \
+      break;                                                                         \
+    }                                                                                \
+    default:                                                                         \
+      return ::vidllm::Status::invalid("unknown quantization mode");                 \
+  }

@@ -1,0 +1,301 @@
+// Per-element math of the sub-2-bit KV cache kernels, shared by the CPU and CUDA twins so that
+// both produce bitwise the same codes, statistics and dequantized values. Device branches use
+// the explicitly rounded intrinsics (__fadd_rn, __fmul_rn, ...) so nvcc cannot contract a
+// multiply and an add into an FMA; the CPU twin turns contraction off for its translation unit.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/dtype.h"
+#include "common/macros.h"
+
+namespace vidllm::kv_quant {
+
+// ---- packed layouts ----------------------------------------------------------------------
+
+// How codes are packed into bytes (DESIGN.md, "Packed bit layouts"). Every layout is a base-radix
+// number per byte, its first element least significant: byte = sum_j digit_j * radix^j, where
+// digit = code (bits) or trit + 1 (trits). A row's trailing partial byte is padded with the digit
+// of code 0 (0 for bits, 1 for trits, i.e. t = 0).
+enum class Packing : int {
+  kBits1 = 0,  // 8 codes in {0, 1} per byte
+  kBits2 = 1,  // 4 codes in {0, 1, 2, 3} per byte
+  kTrits = 2,  // 5 trits in {-1, 0, 1} per byte; bytes above 242 = 3^5 - 1 are invalid
+};
+
+template <Packing kPacking>
+struct PackingTraits;
+template <>
+struct PackingTraits<Packing::kBits1> {
+  using Code = uint8_t;
+  static constexpr unsigned int kRadix = 2;
+  static constexpr int kPerByte = 8;
+  static constexpr int kCodeOffset = 0;  // digit = code + offset
+};
+template <>
+struct PackingTraits<Packing::kBits2> {
+  using Code = uint8_t;
+  static constexpr unsigned int kRadix = 4;
+  static constexpr int kPerByte = 4;
+  static constexpr int kCodeOffset = 0;
+};
+template <>
+struct PackingTraits<Packing::kTrits> {
+  using Code = int8_t;
+  static constexpr unsigned int kRadix = 3;
+  static constexpr int kPerByte = 5;
+  static constexpr int kCodeOffset = 1;
+};
+
+VIDLLM_HOST_DEVICE int codes_per_byte(Packing packing) {
+  return packing == Packing::kBits1 ? 8 : packing == Packing::kBits2 ? 4 : 5;
+}
+
+// Bytes holding n codes: ceil(n / codes per byte).
+VIDLLM_HOST_DEVICE int64_t packed_bytes(int64_t n, Packing packing) {
+  const int64_t per_byte = codes_per_byte(packing);
+  return (n + per_byte - 1) / per_byte;
+}
+
+// The digit stored for one code; a valid code gives a digit below the radix, an invalid one
+// (bits: code >= 2^bits; trits: t outside {-1, 0, 1}) a digit at or above it.
+template <Packing kPacking>
+VIDLLM_HOST_DEVICE unsigned int code_digit(typename PackingTraits<kPacking>::Code code) {
+  return static_cast<unsigned int>(static_cast<int>(code) + PackingTraits<kPacking>::kCodeOffset);
+}
+
+template <Packing kPacking>
+VIDLLM_HOST_DEVICE typename PackingTraits<kPacking>::Code digit_code(unsigned int digit) {
+  using Code = typename PackingTraits<kPacking>::Code;
+  return static_cast<Code>(static_cast<int>(digit) - PackingTraits<kPacking>::kCodeOffset);
+}
+
+// One byte from digit(0), ..., digit(count - 1) (count <= kPerByte), padded. Adds the number of
+// digits that are out of range to `invalid`; the byte is then meaningless.
+template <Packing kPacking, typename DigitFn>
+VIDLLM_HOST_DEVICE uint8_t pack_digits(int count, const DigitFn& digit, int& invalid) {
+  using Traits = PackingTraits<kPacking>;
+  unsigned int value = 0;  // Horner's rule from the most significant digit; wraps harmlessly
+  for (int j = Traits::kPerByte - 1; j >= 0; --j) {
+    const unsigned int d = j < count ? digit(j) : static_cast<unsigned int>(Traits::kCodeOffset);
+    invalid += d >= Traits::kRadix ? 1 : 0;
+    value = value * Traits::kRadix + d;
+  }
+  return static_cast<uint8_t>(value);
+}
+
+// Splits a byte into its digits, calling emit(j, digit) for j < count. Returns true when the byte
+// is invalid: a padding digit (j >= count) other than the digit of code 0, or a value of
+// radix^kPerByte or more (trits: a byte above 242).
+template <Packing kPacking, typename EmitFn>
+VIDLLM_HOST_DEVICE bool unpack_digits(uint8_t byte, int count, const EmitFn& emit) {
+  using Traits = PackingTraits<kPacking>;
+  unsigned int value = byte;
+  bool invalid = false;
+  for (int j = 0; j < Traits::kPerByte; ++j) {
+    const unsigned int d = value % Traits::kRadix;
+    value /= Traits::kRadix;
+    if (j < count) {
+      emit(j, d);
+    } else {
+      invalid |= d != static_cast<unsigned int>(Traits::kCodeOffset);
+    }
+  }
+  return invalid || value != 0;
+}
+
+// The digit in position `slot` (0 = least significant) of a byte.
+template <Packing kPacking>
+VIDLLM_HOST_DEVICE unsigned int digit_at(uint8_t byte, int slot) {
+  if constexpr (kPacking == Packing::kTrits) {
+    const unsigned int power = slot == 0   ? 1u
+                               : slot == 1 ? 3u
+                               : slot == 2 ? 9u
+                               : slot == 3 ? 27u
+                                           : 81u;
+    return (byte / power) % 3u;
+  } else {
+    constexpr int kBits = kPacking == Packing::kBits1 ? 1 : 2;
+    return (static_cast<unsigned int>(byte) >> (kBits * slot)) & ((1u << kBits) - 1u);
+  }
+}
+
+// ---- quantizers --------------------------------------------------------------------------
+
+// Statistics and codes of a group of values (float32 math, IEEE rounding, no FMA):
+//   kMinMax2: zero m = min, scale s = (max - m) / 3, code = clamp(rint((x - m) / s), 0, 3), 0 where
+//             s == 0 or the quotient is NaN; x^ = code * s + m.
+//   kSign1:   scale alpha = sum |x| / count (sequential float32 sum in group order); code = x >= 0;
+//             x^ = code ? alpha : -alpha.
+//   kTrit:    scale gamma = sum |x| / count; t = +1 where x > gamma / 2, -1 where x < -gamma / 2,
+//             else 0 (NaN: 0); x^ = gamma * t.
+// min, max and the sums propagate NaN, so a NaN anywhere in a group makes its statistics NaN.
+enum class Mode : int { kMinMax2 = 0, kSign1 = 1, kTrit = 2 };
+
+template <Mode kMode>
+struct ModeTraits;
+template <>
+struct ModeTraits<Mode::kMinMax2> {
+  static constexpr Packing kPacking = Packing::kBits2;
+  static constexpr bool kHasZero = true;
+};
+template <>
+struct ModeTraits<Mode::kSign1> {
+  static constexpr Packing kPacking = Packing::kBits1;
+  static constexpr bool kHasZero = false;
+};
+template <>
+struct ModeTraits<Mode::kTrit> {
+  static constexpr Packing kPacking = Packing::kTrits;
+  static constexpr bool kHasZero = false;
+};
+
+inline Packing mode_packing(Mode mode) {
+  return mode == Mode::kMinMax2 ? Packing::kBits2
+         : mode == Mode::kSign1 ? Packing::kBits1
+                                : Packing::kTrits;
+}
+
+VIDLLM_HOST_DEVICE float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+VIDLLM_HOST_DEVICE float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+VIDLLM_HOST_DEVICE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+VIDLLM_HOST_DEVICE float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// NaN-propagating min and max (fminf/fmaxf would drop a NaN).
+VIDLLM_HOST_DEVICE float min_propagate(float acc, float x) { return (x < acc || x != x) ? x : acc; }
+VIDLLM_HOST_DEVICE float max_propagate(float acc, float x) { return (x > acc || x != x) ? x : acc; }
+
+// Running statistics of one group, fed value by value in the group's order; start() first.
+template <Mode kMode>
+struct GroupAccumulator {
+  float low;   // minmax2: running min; sign1/trit: running sum of |x| (from 0, in order)
+  float high;  // minmax2: running max
+
+  VIDLLM_HOST_DEVICE void start() {
+    low = kMode == Mode::kMinMax2 ? INFINITY : 0.0f;
+    high = -INFINITY;
+  }
+  VIDLLM_HOST_DEVICE void add(float x) {
+    if constexpr (kMode == Mode::kMinMax2) {
+      low = min_propagate(low, x);
+      high = max_propagate(high, x);
+    } else {
+      low = add_rn(low, fabsf(x));
+    }
+  }
+  // scale and (minmax2) zero of the `count` values added.
+  VIDLLM_HOST_DEVICE void finish(int64_t count, float& scale, float& zero) const {
+    if constexpr (kMode == Mode::kMinMax2) {
+      scale = div_rn(sub_rn(high, low), 3.0f);
+      zero = low;
+    } else {
+      scale = div_rn(low, static_cast<float>(count));
+      zero = 0.0f;
+    }
+  }
+};
+
+// The digit stored for x (minmax2: the code; sign1: the bit; trit: t + 1).
+template <Mode kMode>
+VIDLLM_HOST_DEVICE unsigned int encode(float x, float scale, float zero) {
+  if constexpr (kMode == Mode::kMinMax2) {
+    if (scale == 0.0f) return 0u;
+    const float level = rintf(div_rn(sub_rn(x, zero), scale));  // rint: ties to even
+    if (!(level > 0.0f)) return 0u;                             // also NaN
+    return level >= 3.0f ? 3u : static_cast<unsigned int>(level);
+  } else if constexpr (kMode == Mode::kSign1) {
+    (void)scale;
+    (void)zero;
+    return x >= 0.0f ? 1u : 0u;
+  } else {
+    (void)zero;
+    const float half = mul_rn(scale, 0.5f);
+    return x > half ? 2u : (x < -half ? 0u : 1u);
+  }
+}
+
+template <Mode kMode>
+VIDLLM_HOST_DEVICE float decode(unsigned int digit, float scale, float zero) {
+  if constexpr (kMode == Mode::kMinMax2) {
+    return add_rn(mul_rn(static_cast<float>(digit), scale), zero);
+  } else if constexpr (kMode == Mode::kSign1) {
+    (void)zero;
+    return digit != 0u ? scale : -scale;
+  } else {
+    (void)zero;
+    return mul_rn(scale, static_cast<float>(static_cast<int>(digit) - 1));
+  }
+}
+
+// ---- float32 -> storage type, round to nearest even (bitwise like torch's .to(dtype)) -------
+
+template <typename T>
+VIDLLM_HOST_DEVICE T from_float(float value);
+
+template <>
+VIDLLM_HOST_DEVICE float from_float<float>(float value) {
+  return value;
+}
+
+// c10::BFloat16's rounding: NaN becomes 0x7fc0.
+template <>
+VIDLLM_HOST_DEVICE BFloat16 from_float<BFloat16>(float value) {
+  if (value != value) return BFloat16{0x7fc0u};
+  const uint32_t bits = float_to_bits(value);
+  const uint32_t rounding_bias = ((bits >> 16) & 1u) + 0x7fffu;
+  return BFloat16{static_cast<uint16_t>((bits + rounding_bias) >> 16)};
+}
+
+// IEEE round to nearest even with subnormals and overflow to infinity; NaN becomes sign | 0x7e00
+// (c10::Half's conversion). The host branch is the FP16 library's bit-exact algorithm.
+template <>
+VIDLLM_HOST_DEVICE Half from_float<Half>(float value) {
+  const uint32_t bits = float_to_bits(value);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  if (value != value) return Half{static_cast<uint16_t>(sign | 0x7e00u)};
+#if defined(__CUDA_ARCH__)
+  return Half{__half_as_ushort(__float2half_rn(value))};
+#else
+  const float scale_to_inf = 0x1.0p+112f;
+  const float scale_to_zero = 0x1.0p-110f;
+  float base = (std::fabs(value) * scale_to_inf) * scale_to_zero;
+  const uint32_t shl1 = bits + bits;
+  uint32_t bias = shl1 & 0xff000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = bits_to_float((bias >> 1) + 0x07800000u) + base;
+  const uint32_t base_bits = float_to_bits(base);
+  const uint32_t exponent_bits = (base_bits >> 13) & 0x00007c00u;
+  const uint32_t mantissa_bits = base_bits & 0x00000fffu;
+  return Half{static_cast<uint16_t>(sign | (exponent_bits + mantissa_bits))};
+#endif
+}
+
+}  // namespace vidllm::kv_quant

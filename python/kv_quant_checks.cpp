@@ -1,0 +1,99 @@
+#include "kv_quant_checks.h"
+
+#include <string>
+#include <vector>
+
+namespace vidllm::binding {
+
+using kv_quant::Mode;
+using kv_quant::Packing;
+
+Packing parse_packing(const std::string& packing) {
+  if (packing == "bits1") return Packing::kBits1;
+  if (packing == "bits2") return Packing::kBits2;
+  if (packing == "trits") return Packing::kTrits;
+  throw py::value_error("packing: expected 'bits1', 'bits2' or 'trits', got '" + packing + "'");
+}
+
+Mode parse_kv_mode(const std::string& mode) {
+  if (mode == "minmax2") return Mode::kMinMax2;
+  if (mode == "sign1") return Mode::kSign1;
+  if (mode == "trit") return Mode::kTrit;
+  throw py::value_error("mode: expected 'minmax2', 'sign1' or 'trit', got '" + mode + "'");
+}
+
+void check_group_size(int64_t group_size) {
+  if (group_size < 1) {
+    throw py::value_error("group_size: expected a positive integer, got " +
+                          std::to_string(group_size));
+  }
+}
+
+void expect_dense(const TensorArg& tensor) {
+  if (tensor.numel() > 0) tensor.expect_contiguous();
+}
+
+void check_buffer(const TensorArg& tensor, DLDataTypeCode code, int bits, const char* dtype_name,
+                  const TensorArg& primary, int64_t d0, int64_t d1, int64_t d2,
+                  const char* layout) {
+  tensor.expect_same_device(primary);
+  tensor.expect_dtype(code, bits, dtype_name);
+  tensor.expect_ndim(3, layout);
+  tensor.expect_size(0, d0, layout);
+  tensor.expect_size(1, d1, layout);
+  tensor.expect_size(2, d2, layout);
+  expect_dense(tensor);
+}
+
+namespace {
+
+void check_channel_values(const int64_t* values, int64_t heads, int64_t count, int64_t limit,
+                          const char* limit_name, bool require_distinct) {
+  std::vector<char> seen(require_distinct ? static_cast<size_t>(limit) : 0);
+  for (int64_t h = 0; h < heads; ++h) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t c = 0; c < count; ++c) {
+      const int64_t channel = values[h * count + c];
+      const std::string where = " at [" + std::to_string(h) + ", " + std::to_string(c) + "]";
+      if (channel < 0 || channel >= limit) {
+        throw py::value_error("channels: expected indices in [0, " + std::to_string(limit) + ") (" +
+                              limit_name + "), got " + std::to_string(channel) + where);
+      }
+      if (require_distinct) {
+        if (seen[channel]) {
+          throw py::value_error("channels: expected distinct channels in each row, got " +
+                                std::to_string(channel) + " twice in row " + std::to_string(h));
+        }
+        seen[channel] = 1;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+ChannelMap check_channel_map(const std::optional<TensorArg>& channels, const TensorArg& primary,
+                             int64_t rows, int64_t limit, const char* limit_name,
+                             bool require_distinct) {
+  ChannelMap map;
+  if (!channels) {
+    map.count = limit;
+    return map;
+  }
+  channels->expect_same_device(primary);
+  channels->expect_dtype(kDLInt, 64, "int64");
+  channels->expect_ndim(2, "[heads, C]");
+  expect_dense(*channels);
+  map.heads = channels->size(0);
+  map.count = channels->size(1);
+  if (map.heads < 1 || rows % map.heads != 0) {
+    throw py::value_error("channels: expected a number of heads (dimension 0) that divides the " +
+                          std::to_string(rows) + " rows, got shape " + channels->shape_string());
+  }
+  map.data = static_cast<const int64_t*>(channels->data());
+  if (!channels->is_cuda())
+    check_channel_values(map.data, map.heads, map.count, limit, limit_name, require_distinct);
+  return map;
+}
+
+}  // namespace vidllm::binding
