@@ -203,7 +203,7 @@ def dequantize_keys_with(prims: ModuleType, packed: PackedKeys) -> Tensor:
             _rows(packed.zero2).float(),
             "minmax2",
             group,
-            two_bit,
+            dim,
             out=out,
             channels=packed.channels2,
         )
