@@ -1,5 +1,7 @@
 #include "kv_quant_checks.h"
 
+#include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -12,19 +14,19 @@ Packing parse_packing(const std::string& packing) {
   if (packing == "bits1") return Packing::kBits1;
   if (packing == "bits2") return Packing::kBits2;
   if (packing == "trits") return Packing::kTrits;
-  throw py::value_error("packing: expected 'bits1', 'bits2' or 'trits', got '" + packing + "'");
+  throw py::value_error("packing: expected 'bits1' or 'bits2' or 'trits', got '" + packing + "'");
 }
 
 Mode parse_kv_mode(const std::string& mode) {
   if (mode == "minmax2") return Mode::kMinMax2;
   if (mode == "sign1") return Mode::kSign1;
   if (mode == "trit") return Mode::kTrit;
-  throw py::value_error("mode: expected 'minmax2', 'sign1' or 'trit', got '" + mode + "'");
+  throw py::value_error("mode: expected 'minmax2' or 'sign1' or 'trit', got '" + mode + "'");
 }
 
 void check_group_size(int64_t group_size) {
-  if (group_size < 1) {
-    throw py::value_error("group_size: expected a positive integer, got " +
+  if (group_size < 1 || group_size > std::numeric_limits<int32_t>::max()) {
+    throw py::value_error("group_size: expected an integer in [1, 2147483647], got " +
                           std::to_string(group_size));
   }
 }

@@ -30,12 +30,19 @@ def ceil_groups(count: int, group_size: int) -> int:
     return -(-count // group_size)
 
 
-def check_int(value: object, name: str, minimum: int) -> int:
+MAX_GROUP_SIZE = 2**31 - 1
+
+
+def check_int(value: object, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected a Python int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name}: expected an integer in [{minimum}, {maximum}], got {value}")
     return value
+
+
+def check_group_size(group_size: object) -> int:
+    return check_int(group_size, "group_size", 1, MAX_GROUP_SIZE)
 
 
 def check_bits(bits: object) -> int:
@@ -179,7 +186,7 @@ def channel_quantize_args(x: object, mode: object, group_size: object, channels:
     """(x, mode, group_size, channels, C) for quantize_channel_groups."""
     x = check_x(x)
     mode = check_mode(mode)
-    group_size = check_int(group_size, "group_size", 1)
+    group_size = check_group_size(group_size)
     channels = check_channels(channels, x.shape[0], x.device)
     count = x.shape[2] if channels is None else channels.shape[1]
     return x, mode, group_size, channels, count
@@ -199,7 +206,7 @@ def channel_dequantize_args(
     """(codes, scale, zero or None, mode, group_size, channels, out or None, dtype) for
     dequantize_channel_groups; zero is None for modes without zero points."""
     mode = check_mode(mode)
-    group_size = check_int(group_size, "group_size", 1)
+    group_size = check_group_size(group_size)
     n_channels = check_int(n_channels, "n_channels", 0)
     dtype = check_dtype(dtype)
     scale = check_tensor(scale, "scale")
@@ -233,14 +240,14 @@ def channel_dequantize_args(
 
 
 def token_quantize_args(x: object, group_size: object):
-    return check_x(x), check_int(group_size, "group_size", 1)
+    return check_x(x), check_group_size(group_size)
 
 
 def token_dequantize_args(
     codes: object, scale: object, zero: object, group_size: object, n_channels: object, dtype
 ):
     """(codes, scale, zero, group_size, n_channels, dtype) for dequantize_token_groups."""
-    group_size = check_int(group_size, "group_size", 1)
+    group_size = check_group_size(group_size)
     n_channels = check_int(n_channels, "n_channels", 0)
     dtype = check_dtype(dtype)
     codes = check_group_codes(codes, packed_bytes(n_channels, 4), f"{n_channels} 2-bit channels")

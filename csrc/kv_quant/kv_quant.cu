@@ -99,8 +99,8 @@ __global__ void __launch_bounds__(kThreads)
   const uint4* src = static_cast<const uint4*>(p.codes);
   uint4* dst = reinterpret_cast<uint4*>(p.packed);
   long long invalid = 0;
-  int byte_invalid = 0;
   for (int64_t v = global_thread(); v < vectors; v += global_threads()) {
+    int vector_invalid = 0;  // at most 16 * kPerByte
     uint32_t in[4 * kPerByte];
 #pragma unroll
     for (int k = 0; k < kPerByte; ++k) {
@@ -118,18 +118,20 @@ __global__ void __launch_bounds__(kThreads)
           [&in, b](int k) {
             return code_digit<kPacking>(static_cast<Code>(byte_of(in, b * kPerByte + k)));
           },
-          byte_invalid);
+          vector_invalid);
       out[b / 4] |= static_cast<uint32_t>(byte) << (8 * (b % 4));
     }
     dst[v] = make_uint4(out[0], out[1], out[2], out[3]);
+    invalid += vector_invalid;
   }
   const Code* codes = static_cast<const Code*>(p.codes);
   for (int64_t i = vectors * 16 + global_thread(); i < total_bytes; i += global_threads()) {
     const Code* first = codes + i * kPerByte;
+    int byte_invalid = 0;
     p.packed[i] = pack_digits<kPacking>(
         kPerByte, [first](int k) { return code_digit<kPacking>(first[k]); }, byte_invalid);
+    invalid += byte_invalid;
   }
-  invalid += byte_invalid;
   add_invalid(p.invalid, invalid);
 }
 

@@ -24,6 +24,20 @@
 namespace vidllm::kv_quant {
 namespace {
 
+// Below this many elements of work a launcher runs on the calling thread: waking a thread team
+// costs more than the work (and far more on an oversubscribed machine).
+constexpr int64_t kSerialElements = int64_t{1} << 16;
+
+// parallel_for, or a plain loop when items * elements_per_item is below kSerialElements.
+template <typename Body>
+void parallel_for_work(int64_t items, int64_t elements_per_item, const Body& body) {
+  if (items * elements_per_item < kSerialElements) {
+    for (int64_t i = 0; i < items; ++i) body(i);
+  } else {
+    parallel_for(items, body);
+  }
+}
+
 // Packed bytes per work item of pack/unpack: long rows are split so one row still uses every
 // thread, short rows are grouped.
 constexpr int64_t kBytesPerItem = 4096;
@@ -70,12 +84,13 @@ int64_t for_each_byte_range(int64_t rows, int64_t bytes_per_row, const Work& wor
   if (rows == 0 || bytes_per_row == 0) return 0;
   const int64_t items_per_row = (bytes_per_row + kBytesPerItem - 1) / kBytesPerItem;
   std::atomic<int64_t> invalid{0};
-  parallel_for(rows * items_per_row, [&](int64_t item) {
-    const int64_t row = item / items_per_row;
-    const int64_t first = (item - row * items_per_row) * kBytesPerItem;
-    const int64_t found = work(row, first, std::min(first + kBytesPerItem, bytes_per_row));
-    if (found != 0) invalid.fetch_add(found, std::memory_order_relaxed);
-  });
+  parallel_for_work(
+      rows * items_per_row, std::min(bytes_per_row, kBytesPerItem) * 8, [&](int64_t item) {
+        const int64_t row = item / items_per_row;
+        const int64_t first = (item - row * items_per_row) * kBytesPerItem;
+        const int64_t found = work(row, first, std::min(first + kBytesPerItem, bytes_per_row));
+        if (found != 0) invalid.fetch_add(found, std::memory_order_relaxed);
+      });
   return invalid.load();
 }
 
@@ -270,10 +285,12 @@ Status quantize_channel_groups_cpu(const ChannelGroupQuantParams& p) {
   const int64_t groups = ceil_groups(p.tokens, p.group_size);
   if (p.rows == 0 || groups == 0 || p.quantized_channels == 0) return Status::ok();
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      p.dtype, VIDLLM_KV_DISPATCH_MODE(p.mode, parallel_for(p.rows * groups, [&](int64_t item) {
-                                         quantize_channel_group<scalar_t, kMode>(
-                                             p, groups, item / groups, item % groups);
-                                       })));
+      p.dtype, VIDLLM_KV_DISPATCH_MODE(
+                   p.mode, parallel_for_work(p.rows * groups, p.group_size * p.quantized_channels,
+                                             [&](int64_t item) {
+                                               quantize_channel_group<scalar_t, kMode>(
+                                                   p, groups, item / groups, item % groups);
+                                             })));
   return Status::ok();
 }
 
@@ -286,10 +303,10 @@ Status dequantize_channel_groups_cpu(const ChannelGroupDequantParams& p) {
   if (p.rows == 0 || p.tokens == 0 || p.quantized_channels == 0) return Status::ok();
   VIDLLM_DISPATCH_FLOAT_TYPES(
       p.out_dtype,
-      VIDLLM_KV_DISPATCH_MODE(p.mode, parallel_for(p.rows * p.tokens, [&](int64_t item) {
-                                dequantize_channel_token<scalar_t, kMode>(
-                                    p, groups, item / p.tokens, item % p.tokens);
-                              })));
+      VIDLLM_KV_DISPATCH_MODE(
+          p.mode, parallel_for_work(p.rows * p.tokens, p.quantized_channels, [&](int64_t item) {
+            dequantize_channel_token<scalar_t, kMode>(p, groups, item / p.tokens, item % p.tokens);
+          })));
   return Status::ok();
 }
 
@@ -297,10 +314,10 @@ Status quantize_token_groups_cpu(const TokenGroupQuantParams& p) {
   if (p.group_size < 1) return Status::invalid("group_size must be at least 1");
   const int64_t groups = ceil_groups(p.channels, p.group_size);
   if (p.rows == 0 || p.tokens == 0 || p.channels == 0) return Status::ok();
-  VIDLLM_DISPATCH_FLOAT_TYPES(p.dtype, parallel_for(p.rows * p.tokens, [&](int64_t item) {
-                                quantize_token<scalar_t>(p, groups, item / p.tokens,
-                                                         item % p.tokens);
-                              }));
+  VIDLLM_DISPATCH_FLOAT_TYPES(
+      p.dtype, parallel_for_work(p.rows * p.tokens, p.channels, [&](int64_t item) {
+        quantize_token<scalar_t>(p, groups, item / p.tokens, item % p.tokens);
+      }));
   return Status::ok();
 }
 
@@ -308,7 +325,8 @@ Status dequantize_token_groups_cpu(const TokenGroupDequantParams& p) {
   if (p.group_size < 1) return Status::invalid("group_size must be at least 1");
   const int64_t groups = ceil_groups(p.channels, p.group_size);
   if (p.rows == 0 || p.tokens == 0 || p.channels == 0) return Status::ok();
-  VIDLLM_DISPATCH_FLOAT_TYPES(p.out_dtype, parallel_for(p.rows * p.tokens, [&](int64_t token) {
+  VIDLLM_DISPATCH_FLOAT_TYPES(p.out_dtype,
+                              parallel_for_work(p.rows * p.tokens, p.channels, [&](int64_t token) {
                                 dequantize_token<scalar_t>(p, groups, token);
                               }));
   return Status::ok();

@@ -105,16 +105,18 @@ VIDLLM_HOST_DEVICE bool unpack_digits(uint8_t byte, int count, const EmitFn& emi
   return invalid || value != 0;
 }
 
-// The digit in position `slot` (0 = least significant) of a byte.
+// The digit in position `slot` (0 = least significant) of a byte. Trits divide by 3^slot with a
+// multiply and a shift (floor(b * ceil(2^16 / 3^slot) / 2^16) == floor(b / 3^slot) for every byte
+// b), so neither twin pays for a division by a runtime value.
 template <Packing kPacking>
 VIDLLM_HOST_DEVICE unsigned int digit_at(uint8_t byte, int slot) {
   if constexpr (kPacking == Packing::kTrits) {
-    const unsigned int power = slot == 0   ? 1u
-                               : slot == 1 ? 3u
-                               : slot == 2 ? 9u
-                               : slot == 3 ? 27u
-                                           : 81u;
-    return (byte / power) % 3u;
+    const unsigned int reciprocal = slot == 0   ? 65536u
+                                    : slot == 1 ? 21846u
+                                    : slot == 2 ? 7282u
+                                    : slot == 3 ? 2428u
+                                                : 810u;
+    return ((byte * reciprocal) >> 16) % 3u;
   } else {
     constexpr int kBits = kPacking == Packing::kBits1 ? 1 : 2;
     return (static_cast<unsigned int>(byte) >> (kBits * slot)) & ((1u << kBits) - 1u);
@@ -189,33 +191,35 @@ VIDLLM_HOST_DEVICE float div_rn(float a, float b) {
 #endif
 }
 
-// NaN-propagating min and max (fminf/fmaxf would drop a NaN).
-VIDLLM_HOST_DEVICE float min_propagate(float acc, float x) { return (x < acc || x != x) ? x : acc; }
-VIDLLM_HOST_DEVICE float max_propagate(float acc, float x) { return (x > acc || x != x) ? x : acc; }
-
-// Running statistics of one group, fed value by value in the group's order; start() first.
+// Running statistics of one group, fed value by value in the group's order; start() first. The
+// running min and max ignore NaN (x < low ? x : low compiles to a branch-free min) and a flag
+// records it instead, so a NaN anywhere in the group makes both NaN at the end.
 template <Mode kMode>
 struct GroupAccumulator {
   float low;   // minmax2: running min; sign1/trit: running sum of |x| (from 0, in order)
   float high;  // minmax2: running max
+  bool saw_nan;
 
   VIDLLM_HOST_DEVICE void start() {
     low = kMode == Mode::kMinMax2 ? INFINITY : 0.0f;
     high = -INFINITY;
+    saw_nan = false;
   }
   VIDLLM_HOST_DEVICE void add(float x) {
     if constexpr (kMode == Mode::kMinMax2) {
-      low = min_propagate(low, x);
-      high = max_propagate(high, x);
+      low = x < low ? x : low;
+      high = x > high ? x : high;
+      saw_nan |= x != x;
     } else {
-      low = add_rn(low, fabsf(x));
+      low = add_rn(low, fabsf(x));  // NaN propagates through the sum
     }
   }
   // scale and (minmax2) zero of the `count` values added.
   VIDLLM_HOST_DEVICE void finish(int64_t count, float& scale, float& zero) const {
     if constexpr (kMode == Mode::kMinMax2) {
-      scale = div_rn(sub_rn(high, low), 3.0f);
-      zero = low;
+      const float lowest = saw_nan ? NAN : low;
+      scale = div_rn(sub_rn(saw_nan ? NAN : high, lowest), 3.0f);
+      zero = lowest;
     } else {
       scale = div_rn(low, static_cast<float>(count));
       zero = 0.0f;
@@ -223,14 +227,16 @@ struct GroupAccumulator {
   }
 };
 
-// The digit stored for x (minmax2: the code; sign1: the bit; trit: t + 1).
+// The digit stored for x (minmax2: the code; sign1: the bit; trit: t + 1), branch-free: the
+// signs and levels of real data are unpredictable. For minmax2, with q = (x - m) / s,
+// clamp(round_half_even(q), 0, 3) == (q > 0.5) + (q >= 1.5) + (q > 2.5) for every float q
+// (NaN: 0), since 0.5, 1.5 and 2.5 are exact.
 template <Mode kMode>
 VIDLLM_HOST_DEVICE unsigned int encode(float x, float scale, float zero) {
   if constexpr (kMode == Mode::kMinMax2) {
-    if (scale == 0.0f) return 0u;
-    const float level = rintf(div_rn(sub_rn(x, zero), scale));  // rint: ties to even
-    if (!(level > 0.0f)) return 0u;                             // also NaN
-    return level >= 3.0f ? 3u : static_cast<unsigned int>(level);
+    const float q = div_rn(sub_rn(x, zero), scale);
+    const unsigned int level = (q > 0.5f ? 1u : 0u) + (q >= 1.5f ? 1u : 0u) + (q > 2.5f ? 1u : 0u);
+    return scale != 0.0f ? level : 0u;
   } else if constexpr (kMode == Mode::kSign1) {
     (void)scale;
     (void)zero;
@@ -238,17 +244,18 @@ VIDLLM_HOST_DEVICE unsigned int encode(float x, float scale, float zero) {
   } else {
     (void)zero;
     const float half = mul_rn(scale, 0.5f);
-    return x > half ? 2u : (x < -half ? 0u : 1u);
+    return 1u + (x > half ? 1u : 0u) - (x < -half ? 1u : 0u);
   }
 }
 
+// sign1's -alpha is a sign flip of alpha's bits (what negation does), so no branch either.
 template <Mode kMode>
 VIDLLM_HOST_DEVICE float decode(unsigned int digit, float scale, float zero) {
   if constexpr (kMode == Mode::kMinMax2) {
     return add_rn(mul_rn(static_cast<float>(digit), scale), zero);
   } else if constexpr (kMode == Mode::kSign1) {
     (void)zero;
-    return digit != 0u ? scale : -scale;
+    return bits_to_float(float_to_bits(scale) ^ ((~digit & 1u) << 31));
   } else {
     (void)zero;
     return mul_rn(scale, static_cast<float>(static_cast<int>(digit) - 1));

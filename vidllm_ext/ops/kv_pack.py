@@ -198,6 +198,7 @@ def unpack_trits(packed: Tensor, n: int) -> Tensor:
 
 
 # ---- group quantizer custom ops (arguments validated by the functions below) -----------------
+# (The mode argument is `quant_mode`: torch's functionalization machinery reserves `mode`.)
 
 
 @torch.library.custom_op(
@@ -205,21 +206,21 @@ def unpack_trits(packed: Tensor, n: int) -> Tensor:
 )
 def _quantize_channel_groups_op(
     x: Tensor,
-    mode: str,
+    quant_mode: str,
     group_size: int,
     channels: Optional[Tensor],
     codes: Tensor,
     scale: Tensor,
     zero: Tensor,
 ) -> None:
-    zero_arg = dl(zero) if mode == "minmax2" else None
+    zero_arg = dl(zero) if quant_mode == "minmax2" else None
     C.kv_quantize_channel_groups(
-        dl(x), dl(channels), dl(codes), dl(scale), zero_arg, mode, group_size, stream_of(x)
+        dl(x), dl(channels), dl(codes), dl(scale), zero_arg, quant_mode, group_size, stream_of(x)
     )
 
 
 @_quantize_channel_groups_op.register_fake
-def _(x, mode, group_size, channels, codes, scale, zero) -> None:
+def _(x, quant_mode, group_size, channels, codes, scale, zero) -> None:
     return None
 
 
@@ -228,18 +229,25 @@ def _dequantize_channel_groups_op(
     codes: Tensor,
     scale: Tensor,
     zero: Optional[Tensor],
-    mode: str,
+    quant_mode: str,
     group_size: int,
     channels: Optional[Tensor],
     out: Tensor,
 ) -> None:
     C.kv_dequantize_channel_groups(
-        dl(codes), dl(scale), dl(zero), dl(channels), dl(out), mode, group_size, stream_of(out)
+        dl(codes),
+        dl(scale),
+        dl(zero),
+        dl(channels),
+        dl(out),
+        quant_mode,
+        group_size,
+        stream_of(out),
     )
 
 
 @_dequantize_channel_groups_op.register_fake
-def _(codes, scale, zero, mode, group_size, channels, out) -> None:
+def _(codes, scale, zero, quant_mode, group_size, channels, out) -> None:
     return None
 
 
