@@ -200,3 +200,16 @@ def test_image_tokens_beside_a_video_are_untouched(family):
     assert after.shape[1] == before.shape[1] - (64 - stats.video_tokens_after)
     # The image block leads the prompt, so it keeps its columns, every token of it.
     assert torch.equal(after[0, image_columns], before[0, image_columns])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_beam_search_with_dtd(family):
+    # Beam search repeats each sample's rows but passes each video's grid once.
+    model = build_model(family)
+    inputs = make_inputs(family, [SyntheticVideo(), SyntheticVideo(seed=1, moving=(1,))], [3, 5])
+    vidllm_ext.patch(model, dtd=dtd_for(family))
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False, num_beams=2)
+    assert out.shape == (2, inputs["input_ids"].shape[1] + 4)
+    stats = vidllm_ext.last_stats(model)
+    assert stats.samples == [0, 1, 2, 3]  # every beam row dropped like its sample
+    assert torch.equal(stats.step_drop_ratios[0], stats.step_drop_ratios[1])

@@ -61,8 +61,13 @@ class QwenVLAdapter:
         is_video = input_ids == self.video_token_id
         grids = [tuple(int(v) for v in grid) for grid in grids.tolist()]
         pixel_rows = self._pixel_rows(captured, grids, method)
-        segments, video = [], 0
+        beams = self._rows_per_sample(is_video, grids)
+        segments, video, first_video = [], 0, 0
         for sample in range(input_ids.shape[0]):
+            if sample % beams:  # beam search: a copy of the previous row's videos
+                video = first_video
+            else:
+                first_video = video
             columns = is_video[sample].nonzero().flatten()
             sizes = []
             while sum(sizes) < columns.numel() and video + len(sizes) < len(grids):
@@ -77,6 +82,16 @@ class QwenVLAdapter:
                 segments.append(VideoSegment(sample, video_columns, steps, tokens, pixels))
                 video += 1
         return segments
+
+    def _rows_per_sample(self, is_video: torch.Tensor, grids: list) -> int:
+        """Beam search repeats each sample's rows but not its video grids: how many times."""
+        described = sum(t * h * w // self.merge**2 for t, h, w in grids)
+        present = int(is_video.sum())
+        if described and present != described and present % described == 0:
+            copies = present // described
+            if is_video.shape[0] % copies == 0:
+                return copies
+        return 1
 
     def _pixel_rows(self, captured: dict, grids: list, method: str):
         """Per video, its rows of pixel_values_videos: patch rows of one token are consecutive
