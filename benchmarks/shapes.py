@@ -11,3 +11,7 @@ from vidllm_ext.bench.shapes import (
 )
 
 __all__ = ["DEFAULT_SHAPES", "SHAPES", "Shape", "dtype_label", "dtype_size", "video_frames"]
+
+# Sub-2-bit KV cache kernels: one layer's keys or values per call, as rows x tokens x head_dim.
+# Qwen2.5-VL-7B: batch 1, 4 KV heads, head_dim 128, 4096 tokens quantized per call.
+KV_SHAPES = {"qwen2.5-vl-7b": (1 * 4, 4096, 128)}

@@ -25,7 +25,6 @@ namespace vidllm::kv_quant {
 namespace {
 
 using cuda::ceil_div;
-using cuda::Vec;
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
@@ -56,6 +55,17 @@ __device__ __forceinline__ void add_invalid(int64_t* counter, long long count) {
   if (threadIdx.x % 32 == 0 && count != 0)
     atomicAdd(reinterpret_cast<unsigned long long*>(counter),
               static_cast<unsigned long long>(count));
+}
+
+// The storage bits of value rounded to T, in the low bits of a word (assembled into 16-byte
+// stores in registers; building a Vec<T> of 16-bit structs went through local memory).
+template <typename T>
+__device__ __forceinline__ uint32_t storage_bits(float value) {
+  if constexpr (sizeof(T) == 4) {
+    return __float_as_uint(value);
+  } else {
+    return from_float<T>(value).bits;
+  }
 }
 
 // Byte k of 16-byte words held as 32-bit lanes (k a compile-time constant after unrolling).
@@ -384,6 +394,8 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs 
   constexpr Packing kPacking = ModeTraits<kMode>::kPacking;
   constexpr int kPerByte = PackingTraits<kPacking>::kPerByte;
   constexpr int kWidth = cuda::kVectorWidth<T>;
+  constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));  // outputs per 32-bit word
+  constexpr int kWordShift = 8 * static_cast<int>(sizeof(T));
   const int64_t chunks = ceil_div(a.count, static_cast<int64_t>(kWidth));
   const int64_t bytes_per_token = packed_bytes(a.count, kPacking);
   const int64_t total = a.rows * a.tokens * chunks;
@@ -402,10 +414,13 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs 
     };
     T* out = static_cast<T*>(a.out) + row * a.out_stride_row + t * a.out_stride_token;
     if constexpr (kVector) {
-      Vec<T, kWidth> vector;
+      uint32_t words[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
-      for (int k = 0; k < kWidth; ++k) vector.elem[k] = from_float<T>(value_of(first + k));
-      vector.store(out + first);
+      for (int k = 0; k < kWidth; ++k) {
+        words[k / kPerWord] |= storage_bits<T>(value_of(first + k))
+                               << (kWordShift * (k % kPerWord));
+      }
+      *reinterpret_cast<uint4*>(out + first) = make_uint4(words[0], words[1], words[2], words[3]);
     } else {
       const int64_t* map = a.channels == nullptr ? nullptr : a.channels + (row % a.heads) * a.count;
 #pragma unroll
