@@ -52,7 +52,7 @@ void merge_metric(py::handle x_obj, py::handle metric_obj, int64_t rows, int64_t
   }
   const TokenLayout layout = check_tokens(x, geometry, dim, false);
   metric.expect_dtype(kDLFloat, 32, "float32");
-  metric.expect_contiguous();
+  expect_compact(metric);
   metric.expect_ndim(3, "[rows, tokens, dim / chunks]");
   metric.expect_size(0, rows, "rows");
   metric.expect_size(1, tokens, "tokens per row");

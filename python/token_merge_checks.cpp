@@ -19,6 +19,10 @@ std::string rows_text(const token_merge::Rows& rows) {
 
 }  // namespace
 
+void expect_compact(const TensorArg& tensor) {
+  if (tensor.numel() > 0) tensor.expect_contiguous();
+}
+
 int64_t check_count(int64_t value, int64_t limit, const char* name, const char* what) {
   if (value < 0 || value > limit) {
     throw py::value_error(std::string(name) + ": expected " + what + " in [0, " +
@@ -50,7 +54,7 @@ int64_t feature_dim(const TensorArg& tensor) {
 
 TokenLayout check_tokens(const TensorArg& tensor, const token_merge::Rows& rows, int64_t dim,
                          bool contiguous) {
-  if (contiguous) tensor.expect_contiguous();
+  if (contiguous) expect_compact(tensor);
   tensor.expect_last_dim_contiguous();
   if (tensor.ndim() == 3) {
     tensor.expect_size(0, rows.count, "rows");
@@ -71,7 +75,7 @@ TokenLayout check_tokens(const TensorArg& tensor, const token_merge::Rows& rows,
 void check_per_token(const TensorArg& tensor, const token_merge::Rows& rows, DLDataTypeCode code,
                      int bits, const char* dtype_name) {
   tensor.expect_dtype(code, bits, dtype_name);
-  tensor.expect_contiguous();
+  expect_compact(tensor);
   if (tensor.ndim() == 2) {
     tensor.expect_size(0, rows.count, "rows");
     tensor.expect_size(1, rows.tokens, "tokens per row");
@@ -88,7 +92,7 @@ void check_per_token(const TensorArg& tensor, const token_merge::Rows& rows, DLD
 void check_table(const TensorArg& tensor, int64_t rows, int64_t columns, DLDataTypeCode code,
                  int bits, const char* dtype_name, const char* layout) {
   tensor.expect_dtype(code, bits, dtype_name);
-  tensor.expect_contiguous();
+  expect_compact(tensor);
   tensor.expect_ndim(2, layout);
   tensor.expect_size(0, rows, "rows");
   tensor.expect_size(1, columns, layout);

@@ -15,6 +15,10 @@ struct TokenLayout {
   int64_t token_stride = 0;
 };
 
+// Contiguous, or empty: TensorArg::expect_contiguous also insists on the strides of an empty
+// tensor, which torch leaves arbitrary when an inner dimension is 0.
+void expect_compact(const TensorArg& tensor);
+
 // A non-negative int argument; `limit` is the largest accepted value.
 int64_t check_count(int64_t value, int64_t limit, const char* name, const char* what);
 
