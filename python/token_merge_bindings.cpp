@@ -183,8 +183,8 @@ void merge_wavg(py::handle x_obj, py::handle size_obj, py::handle index_obj,
   if (size) size->expect_same_device(x);
   if (index) index->expect_same_device(x);
   if (index_out) index_out->expect_same_device(x);
-  if (index.has_value() != index_out.has_value())
-    throw py::value_error("index_out: expected a tensor exactly when index is given");
+  if (index && !index_out)
+    throw py::value_error("index_out: expected a tensor when index is given");
   const DType dtype = x.expect_float();
   check_same_float(out, x);
   kept_index.expect_ndim(2, "[rows, tokens - r]");
@@ -274,6 +274,8 @@ void merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle out_ob
 
 }  // namespace
 
+void register_token_merge_hierarchical(py::module_& m);
+
 void register_token_merge(py::module_& m) {
   m.def("merge_metric", &merge_metric, py::arg("x"), py::arg("metric"), py::arg("rows"),
         py::arg("tokens"), py::arg("last_tokens"), py::arg("chunks"), py::arg("stream") = 0,
@@ -293,6 +295,7 @@ void register_token_merge(py::module_& m) {
         "Writes the size-weighted merge of x under a plan, the sizes and the carried index.");
   m.def("merge_unmerge", &merge_unmerge, py::arg("x_merged"), py::arg("slot"), py::arg("out"),
         py::arg("stream") = 0, "Writes out[b, t] = x_merged[b, slot[b, t]].");
+  register_token_merge_hierarchical(m);
 }
 
 }  // namespace vidllm::binding

@@ -232,8 +232,8 @@ __global__ void __launch_bounds__(kRowThreads) merge_kernel(const MergeParams pa
         params.size == nullptr ? nullptr : params.size + row * params.size_row_stride;
     const float kept_size = size == nullptr ? 1.0f : size[kept];
     T* out = static_cast<T*>(params.out) + item * params.dim;
-    if (lane == 0 && params.index != nullptr)
-      params.index_out[item] = params.index[row * params.index_row_stride + kept];
+    if (lane == 0 && params.index_out != nullptr)
+      params.index_out[item] = carried_index(params.index, params.index_row_stride, row, kept);
     const T* kept_row = x + kept * params.x_token_stride;
     if (begin == end) {  // nothing merged into this token: copied unchanged
       copy_row<T, VEC>(kept_row, out, params.dim, lane);

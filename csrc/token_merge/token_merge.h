@@ -79,14 +79,16 @@ struct MergeParams {
   int64_t x_token_stride = 0;
   const float* size = nullptr;  // [rows, tokens] token sizes; null: every size is 1
   int64_t size_row_stride = 0;
-  const int64_t* index = nullptr;  // [rows, tokens] carried along (hierarchical); may be null
+  // [rows, tokens] carried to index_out (the hierarchical merge's representatives). Null: the
+  // flat position row * index_row_stride + token.
+  const int64_t* index = nullptr;
   int64_t index_row_stride = 0;
   const int64_t* kept_index = nullptr;      // [rows, out_capacity], from plan
   const int64_t* source_offsets = nullptr;  // [rows, out_capacity + 1]
   const int64_t* source_index = nullptr;    // [rows, merges]
   void* out = nullptr;                      // [rows, out_capacity, dim], contiguous
   float* size_out = nullptr;                // [rows, out_capacity], contiguous
-  int64_t* index_out = nullptr;             // [rows, out_capacity], contiguous; null iff index is
+  int64_t* index_out = nullptr;             // [rows, out_capacity], contiguous; may be null
   int64_t dim = 0;
   DType dtype = DType::kFloat32;
   Rows rows;
@@ -105,11 +107,37 @@ struct UnmergeParams {
   int device = 0;
 };
 
+// The whole LongVLM merge of one video: rounds of metric, match, plan and merge over all segments
+// at once, r_i = min(T_i - target, T_i / 2), until every segment holds `target` tokens (or all it
+// has). Host code that only launches the stages: the schedule comes from the shapes.
+struct HierarchicalParams {
+  const void* tokens = nullptr;  // [total, dim]: segment after segment, (frame, position) order
+  int64_t token_stride = 0;
+  void* out = nullptr;              // [merged, dim], contiguous, tokens' dtype
+  float* sizes = nullptr;           // [merged]: input tokens per output token
+  int64_t* source_index = nullptr;  // [merged]: flat input index of each output's representative
+  void* workspace = nullptr;        // hierarchical_workspace_bytes() bytes, 16-byte aligned
+  int64_t workspace_bytes = 0;
+  int64_t segments = 0;
+  int64_t segment_tokens = 0;  // tokens of every segment but the last
+  int64_t last_tokens = 0;     // tokens of the last segment (<= segment_tokens)
+  int64_t dim = 0;
+  int64_t chunks = 1;  // metric: the mean of `chunks` channel chunks; divides dim
+  int64_t target = 1;  // tokens_per_segment
+  DType dtype = DType::kFloat32;
+  int device = 0;
+};
+
+// Output tokens: min(target, segment tokens) summed over the segments.
+int64_t hierarchical_merged_tokens(const HierarchicalParams& params);
+int64_t hierarchical_workspace_bytes(const HierarchicalParams& params);
+
 Status metric_cpu(const MetricParams& params);
 Status match_cpu(const MatchParams& params);
 Status plan_cpu(const PlanParams& params);
 Status merge_cpu(const MergeParams& params);
 Status unmerge_cpu(const UnmergeParams& params);
+Status hierarchical_cpu(const HierarchicalParams& params);
 
 #if defined(VIDLLM_WITH_CUDA)
 // Run on `stream` (a cudaStream_t); they never allocate and never synchronize.
@@ -118,6 +146,7 @@ Status match_cuda(const MatchParams& params, void* stream);
 Status plan_cuda(const PlanParams& params, void* stream);
 Status merge_cuda(const MergeParams& params, void* stream);
 Status unmerge_cuda(const UnmergeParams& params, void* stream);
+Status hierarchical_cuda(const HierarchicalParams& params, void* stream);
 #endif
 
 // ---- row geometry ----------------------------------------------------------------------------
@@ -153,6 +182,12 @@ VIDLLM_HOST_DEVICE int64_t b_token(int64_t protected_tokens, int64_t j) {
 // plan handed straight to vidllm_ext._C cannot reach outside its rows. Requires count >= 1.
 VIDLLM_HOST_DEVICE int64_t clamp_index(int64_t index, int64_t count) {
   return index < 0 ? 0 : (index >= count ? count - 1 : index);
+}
+
+// The index a merge carries from input token `token` of `row` (see MergeParams::index).
+VIDLLM_HOST_DEVICE int64_t carried_index(const int64_t* index, int64_t row_stride, int64_t row,
+                                         int64_t token) {
+  return index == nullptr ? row * row_stride + token : index[row * row_stride + token];
 }
 
 // ---- float32 arithmetic shared by both twins ---------------------------------------------------

@@ -126,7 +126,8 @@ void merge_output(const MergeParams& p, int64_t row, int64_t out_slot) {
   const float* size = p.size == nullptr ? nullptr : p.size + row * p.size_row_stride;
   auto size_of = [&](int64_t token) { return size == nullptr ? 1.0f : size[token]; };
 
-  if (p.index != nullptr) p.index_out[plan_slot] = p.index[row * p.index_row_stride + kept];
+  if (p.index_out != nullptr)
+    p.index_out[plan_slot] = carried_index(p.index, p.index_row_stride, row, kept);
   const T* kept_row = x + kept * p.x_token_stride;
   if (begin == end) {  // nothing merged into this token: copied unchanged
     std::memcpy(out, kept_row, static_cast<size_t>(p.dim) * sizeof(T));
