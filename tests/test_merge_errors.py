@@ -141,7 +141,7 @@ def test_binding_checks_arguments_itself():
             X, None, None, *merge_args, torch.empty(2, 6, 16).half(), torch.empty(2, 6), None,
             9, 9, 3,
         )  # fmt: skip
-    with pytest.raises(ValueError, match="index_out: expected a tensor exactly when index"):
+    with pytest.raises(ValueError, match="index_out: expected a tensor when index is given"):
         _C.merge_wavg(
             X, None, torch.zeros(2, 9, dtype=torch.int64), *merge_args, torch.empty(2, 6, 16),
             torch.empty(2, 6), None, 9, 9, 3,
@@ -206,3 +206,35 @@ def test_malformed_plan_cannot_reach_outside_its_rows(device):
     merged, size = ops.merge_wavg(bad, x)
     restored = ops.unmerge(bad, merged)
     assert merged.isfinite().all() and size.isfinite().all() and restored.isfinite().all()
+
+
+def test_hierarchical_binding_checks_arguments_itself():
+    tokens = torch.randn(50, 8)  # segments of 20, 20 and 10 tokens
+    geometry = (3, 20, 10, 2, 6)
+    bytes_needed = _C.merge_hierarchical_workspace(tokens, *geometry)
+    outputs = [torch.empty(18, 8), torch.empty(18), torch.empty(18, dtype=torch.int64)]
+    workspace = torch.empty(bytes_needed, dtype=torch.uint8)
+    _C.merge_hierarchical(tokens, workspace, *outputs, *geometry)
+    assert torch.equal(outputs[1], reference.hierarchical_merge(
+        tokens.view(10, 5, 8), frames_per_segment=4, tokens_per_segment=6, metric_chunks=2
+    ).sizes)  # fmt: skip
+    with pytest.raises(ValueError, match=f"workspace: expected at least {bytes_needed} bytes"):
+        _C.merge_hierarchical(tokens, workspace[:-1], *outputs, *geometry)
+    with pytest.raises(ValueError, match=r"out: expected 18 tokens"):
+        _C.merge_hierarchical(tokens, workspace, torch.empty(17, 8), *outputs[1:], *geometry)
+    with pytest.raises(ValueError, match=r"tokens: expected 51 tokens \(3 rows of 20 tokens"):
+        _C.merge_hierarchical_workspace(tokens, 3, 20, 11, 2, 6)
+    with pytest.raises(ValueError, match="metric_chunks: expected a divisor"):
+        _C.merge_hierarchical_workspace(tokens, 3, 20, 10, 3, 6)
+    with pytest.raises(ValueError, match="tokens_per_segment: expected an int >= 1"):
+        _C.merge_hierarchical_workspace(tokens, 3, 20, 10, 2, 0)
+
+
+def test_merge_binding_carries_flat_positions_without_an_index():
+    plan = ops.bipartite_soft_matching(METRIC, 3)
+    index_out = torch.full((2, 6), -7)
+    _C.merge_wavg(
+        X, None, None, plan.kept_index, plan.source_offsets, plan.source_index,
+        torch.empty(2, 6, 16), torch.empty(2, 6), index_out, 9, 9, 3,
+    )  # fmt: skip
+    assert torch.equal(index_out, plan.kept_index + 9 * torch.arange(2)[:, None])

@@ -16,11 +16,7 @@ import torch
 from torch import Tensor
 
 from vidllm_ext import _merge_validation as check
-from vidllm_ext.merge_schedule import (
-    merge_schedule,
-    merged_token_count,
-    video_segments,
-)
+from vidllm_ext.merge_schedule import merged_token_count, video_segments
 from vidllm_ext.merge_types import MergePlan, MergeResult
 from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
 from vidllm_ext.reference.merge import set_sizes
@@ -172,32 +168,21 @@ def _hierarchical_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     frames, per_frame, dim = tokens.shape
     segments = video_segments(frames, per_frame, frames_per_segment)
+    flat = rows_contiguous(tokens.reshape(frames * per_frame, dim))
     device = tokens.device
-    x = rows_contiguous(tokens.reshape(frames * per_frame, dim))
-    size = None
-    index = torch.arange(frames * per_frame, device=device)
-    rounds = _rounds(segments, tokens_per_segment)
-    row_tokens, last_tokens = segments.tokens, segments.last_tokens
-    for merges, last_merges in rounds:
-        x, size, index = _merge_round(
-            x,
-            size,
-            index,
-            segments.count,
-            row_tokens,
-            last_tokens,
-            merges,
-            last_merges,
-            metric_chunks,
-        )
-        row_tokens, last_tokens = row_tokens - merges, last_tokens - last_merges
-    if not rounds:  # nothing to merge: outputs must not alias the input
-        x = x.clone()
-        size = torch.ones(x.shape[0], device=device)
-    segment = torch.div(
-        torch.arange(x.shape[0], device=device), max(row_tokens, 1), rounding_mode="floor"
+    total = merged_token_count(segments, tokens_per_segment)
+    out = flat.new_empty((total, dim))
+    sizes = torch.empty(total, dtype=torch.float32, device=device)
+    source_index = torch.empty(total, dtype=torch.int64, device=device)
+    geometry = (*segments, metric_chunks, tokens_per_segment)
+    workspace_bytes = C.merge_hierarchical_workspace(dl(flat), *geometry)
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
+    C.merge_hierarchical(
+        dl(flat), dl(workspace), dl(out), dl(sizes), dl(source_index), *geometry, stream_of(flat)
     )
-    return x, size, index, segment.clamp_max(max(segments.count - 1, 0))
+    kept_per_segment = max(min(segments.tokens, tokens_per_segment), 1)
+    segment = torch.div(torch.arange(total, device=device), kept_per_segment, rounding_mode="floor")
+    return out, sizes, source_index, segment
 
 
 @_hierarchical_op.register_fake
@@ -212,67 +197,6 @@ def _(tokens, frames_per_segment, tokens_per_segment, metric_chunks):
         tokens.new_empty((total,), dtype=torch.int64),
         tokens.new_empty((total,), dtype=torch.int64),
     )
-
-
-def _rounds(segments, tokens_per_segment: int) -> list[tuple[int, int]]:
-    """``(r of the full segments, r of the last)`` per round; the last may finish earlier."""
-    full = merge_schedule(segments.tokens, tokens_per_segment) if segments.count else []
-    last = merge_schedule(segments.last_tokens, tokens_per_segment) if segments.count else []
-    return [(r, last[i] if i < len(last) else 0) for i, r in enumerate(full)]
-
-
-def _merge_round(x, size, index, rows, tokens, last_tokens, merges, last_merges, chunks):
-    """One round over every segment at once: metric, match, plan, merge (four launches)."""
-    device = x.device
-    stream = stream_of(x)
-    dim = x.shape[1]
-    metric = torch.empty((rows, tokens, dim // chunks), dtype=torch.float32, device=device)
-    C.merge_metric(dl(x), dl(metric), rows, tokens, last_tokens, chunks, stream)
-    a_size = set_sizes(tokens, 0)[0]
-    partner = torch.empty((rows, a_size), dtype=torch.int64, device=device)
-    score = torch.empty((rows, a_size), dtype=torch.float32, device=device)
-    C.merge_match(dl(metric), dl(partner), dl(score), last_tokens, 0, stream)
-    outputs = tokens - merges
-    slot = torch.empty((rows, tokens), dtype=torch.int64, device=device)
-    kept_index, cursor = (
-        torch.empty((rows, outputs), dtype=torch.int64, device=device) for _ in range(2)
-    )
-    offsets = torch.empty((rows, outputs + 1), dtype=torch.int64, device=device)
-    source_index = torch.empty((rows, merges), dtype=torch.int64, device=device)
-    C.merge_plan(
-        dl(score),
-        dl(partner),
-        dl(slot),
-        dl(kept_index),
-        dl(offsets),
-        dl(source_index),
-        dl(cursor),
-        last_tokens,
-        0,
-        merges,
-        last_merges,
-        stream,
-    )
-    total = (rows - 1) * outputs + last_tokens - last_merges
-    x_out = x.new_empty((total, dim))
-    size_out = torch.empty(total, dtype=torch.float32, device=device)
-    index_out = torch.empty(total, dtype=torch.int64, device=device)
-    C.merge_wavg(
-        dl(x),
-        dl(size),
-        dl(index),
-        dl(kept_index),
-        dl(offsets),
-        dl(source_index),
-        dl(x_out),
-        dl(size_out),
-        dl(index_out),
-        tokens,
-        last_tokens,
-        last_merges,
-        stream,
-    )
-    return x_out, size_out, index_out
 
 
 # ---- public API ----------------------------------------------------------------------------
@@ -368,8 +292,9 @@ def hierarchical_merge(
     space and time by rounds of bipartite soft matching with ``r_i = min(T_i - M, T_i // 2)``
     until it holds ``M = tokens_per_segment`` tokens (a segment holding fewer keeps them all).
     Each round's metric is the features' mean over ``metric_chunks`` equal channel chunks (LongVLM
-    uses 16); sizes carry across rounds. All segments of a round run in one launch per stage, and
-    the schedule is computed on the host: no host synchronization.
+    uses 16); sizes carry across rounds. All segments of a round run in one launch per stage (one
+    call into the kernels for the whole merge), and the schedule is computed on the host from the
+    shapes: no host synchronization.
 
     Args:
         tokens: ``[F, N, D]`` float32/float16/bfloat16, CPU or CUDA: F frames of N tokens.
