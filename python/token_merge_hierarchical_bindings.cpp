@@ -7,6 +7,7 @@
 #include "tensor_arg.h"
 #include "token_merge/token_merge.h"
 #include "token_merge_checks.h"
+#include "token_merge_launch.h"
 
 namespace vidllm::binding {
 namespace {
@@ -90,20 +91,8 @@ void merge_hierarchical(py::handle tokens_obj, py::handle workspace_obj, py::han
   params.source_index = static_cast<int64_t*>(source_index.data());
   params.workspace = workspace.data();
   params.workspace_bytes = workspace.size(0);
-  Status status;
-  {
-    py::gil_scoped_release no_gil;
-#if defined(VIDLLM_WITH_CUDA)
-    status = backend == Backend::kCuda
-                 ? token_merge::hierarchical_cuda(params, stream_from_int(stream))
-                 : token_merge::hierarchical_cpu(params);
-#else
-    (void)backend;
-    (void)stream;
-    status = token_merge::hierarchical_cpu(params);
-#endif
-  }
-  throw_if_failed(status, "merge_hierarchical");
+  run_merge_stage("merge_hierarchical",
+                  [&] { return TOKEN_MERGE_LAUNCH(hierarchical, params, backend, stream); });
 }
 
 }  // namespace
