@@ -116,6 +116,7 @@ def _(x, size, slot, kept_index, source_offsets, source_index):
 def _merge_wavg_setup_context(ctx, inputs, output) -> None:
     _, size, slot, _, source_offsets, _ = inputs
     ctx.save_for_backward(size, slot, source_offsets, output[1])
+    ctx.mark_non_differentiable(output[1])  # merged sizes depend on the sizes alone
 
 
 def _merge_wavg_backward(ctx, grad_x, grad_size):
