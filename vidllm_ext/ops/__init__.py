@@ -9,8 +9,16 @@ from vidllm_ext.ops.dtd import (
 )
 from vidllm_ext.ops.kv import dequantize_keys, dequantize_values, quantize_keys, quantize_values
 from vidllm_ext.ops.kv_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
+from vidllm_ext.ops.merge import (
+    bipartite_soft_matching,
+    hierarchical_merge,
+    merge_wavg,
+    proportional_attention_bias,
+    unmerge,
+)
 
 __all__ = [
+    "bipartite_soft_matching",
     "compact_tokens",
     "compact_tokens_into",
     "dequantize_keys",
@@ -18,10 +26,14 @@ __all__ = [
     "drop_redundant_tokens",
     "dtd_keep_mask",
     "dtd_scores",
+    "hierarchical_merge",
+    "merge_wavg",
     "pack_bits",
     "pack_trits",
+    "proportional_attention_bias",
     "quantize_keys",
     "quantize_values",
+    "unmerge",
     "unpack_bits",
     "unpack_trits",
 ]

@@ -7,6 +7,20 @@ from vidllm_ext.reference.dtd import (
     dtd_scores,
 )
 from vidllm_ext.reference.kv_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
+from vidllm_ext.reference.merge import (
+    bipartite_soft_matching,
+    hierarchical_merge,
+    merge_wavg,
+    proportional_attention_bias,
+    unmerge,
+)
 
 __all__ = ["compact_tokens", "drop_redundant_tokens", "dtd_keep_mask", "dtd_scores"]
 __all__ += ["pack_bits", "pack_trits", "unpack_bits", "unpack_trits"]
+__all__ += [
+    "bipartite_soft_matching",
+    "hierarchical_merge",
+    "merge_wavg",
+    "proportional_attention_bias",
+    "unmerge",
+]

@@ -1,0 +1,53 @@
+"""GPU benchmark of token merging; writes benchmarks/results/merge_<device>_<date>.md.
+
+Run from the repository root: ``python benchmarks/gpu_merge.py [--shapes NAMES...] [--quick]``.
+Exits 0 with a message, measuring nothing, when no usable CUDA device is there.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import sys
+from pathlib import Path
+
+import merge_suite
+import torch
+
+from vidllm_ext import build_info
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_path(device_name: str, date: datetime.date) -> Path:
+    """``results/merge_<device-slug>_<YYYY-MM-DD>.md``.
+
+    Example:
+        >>> results_path("NVIDIA H200", datetime.date(2026, 11, 21)).name
+        'merge_nvidia-h200_2026-11-21.md'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+    return RESULTS / f"merge_{slug}_{date.isoformat()}.md"
+
+
+def main(argv: list[str]) -> int:
+    """Runs ``merge_suite --device cuda`` with ``argv`` appended, writing the results file;
+    returns its exit code, or 0 after a message when CUDA cannot be used.
+
+    Example:
+        >>> main(["--quick"])
+        0
+    """
+    if not torch.cuda.is_available():
+        print("gpu_merge: skipped, torch sees no CUDA device")
+        return 0
+    if not build_info()["cuda_compiled"]:
+        print("gpu_merge: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
+        return 0
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    path = results_path(torch.cuda.get_device_name(), today)
+    return merge_suite.main(["--device", "cuda", "--markdown", str(path), *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,133 @@
+// The host driver of the hierarchical merge, shared by the CPU and CUDA entry points: the
+// schedule, the workspace layout, and the rounds, each one launch per stage for all segments.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/status.h"
+#include "token_merge/token_merge.h"
+
+namespace vidllm::token_merge::detail {
+
+// One round over every segment: all but the last hold `tokens`, the last `last_tokens`.
+struct Round {
+  int64_t tokens = 0;
+  int64_t last_tokens = 0;
+  int64_t merges = 0;
+  int64_t last_merges = 0;
+};
+
+// LongVLM's schedule; the last segment may finish earlier (merges 0 from then on). A video with
+// nothing to merge gets one round of no merges, which copies; an empty video gets none.
+std::vector<Round> hierarchical_rounds(const HierarchicalParams& params);
+
+// Byte offsets into the workspace (multiples of 256, so buffers keep the base's alignment) and
+// the total. Plan buffers are sized
+// for the first round (the largest); intermediate features alternate between two buffers.
+struct WorkspaceLayout {
+  int64_t metric = 0;
+  int64_t partner = 0;
+  int64_t score = 0;
+  int64_t slot = 0;
+  int64_t kept_index = 0;
+  int64_t cursor = 0;
+  int64_t source_offsets = 0;
+  int64_t source_index = 0;
+  int64_t x[2] = {0, 0};
+  int64_t size[2] = {0, 0};
+  int64_t index[2] = {0, 0};
+  int64_t bytes = 0;
+};
+
+WorkspaceLayout workspace_layout(const HierarchicalParams& params,
+                                 const std::vector<Round>& rounds);
+
+// Runs every round through `stages` (metric, match, plan, merge: the CPU or CUDA launchers).
+template <typename Stages>
+Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
+  const std::vector<Round> rounds = hierarchical_rounds(p);
+  const WorkspaceLayout layout = workspace_layout(p, rounds);
+  if (rounds.empty()) return Status::ok();
+  if (p.workspace_bytes < layout.bytes)
+    return Status::invalid("hierarchical merge: the workspace is smaller than required");
+  char* base = static_cast<char*>(p.workspace);
+  auto at = [base](int64_t offset) { return static_cast<void*>(base + offset); };
+  const int64_t channels = p.dim / p.chunks;
+
+  const void* x = p.tokens;
+  int64_t token_stride = p.token_stride;
+  const float* size = nullptr;     // round 1: every size is 1
+  const int64_t* index = nullptr;  // round 1: the flat position
+  for (size_t k = 0; k < rounds.size(); ++k) {
+    const Round& round = rounds[k];
+    const bool last_round = k + 1 == rounds.size();
+    const Rows rows{p.segments, round.tokens, round.last_tokens,
+                    0,          round.merges, round.last_merges};
+    float* metric = static_cast<float*>(at(layout.metric));
+    int64_t* partner = static_cast<int64_t*>(at(layout.partner));
+    float* score = static_cast<float*>(at(layout.score));
+    if (round.merges > 0) {
+      MetricParams metric_params;
+      metric_params.x = x;
+      metric_params.x_row_stride = round.tokens * token_stride;
+      metric_params.x_token_stride = token_stride;
+      metric_params.metric = metric;
+      metric_params.dim = p.dim;
+      metric_params.chunks = p.chunks;
+      metric_params.dtype = p.dtype;
+      metric_params.rows = rows;
+      metric_params.device = p.device;
+      if (const Status status = stages.metric(metric_params); !status.is_ok()) return status;
+      MatchParams match_params;
+      match_params.metric = metric;
+      match_params.metric_row_stride = round.tokens * channels;
+      match_params.metric_token_stride = channels;
+      match_params.channels = channels;
+      match_params.dtype = DType::kFloat32;
+      match_params.partner = partner;
+      match_params.score = score;
+      match_params.rows = rows;
+      match_params.device = p.device;
+      if (const Status status = stages.match(match_params); !status.is_ok()) return status;
+    }
+    PlanParams plan;
+    plan.score = score;
+    plan.partner = partner;
+    plan.slot = static_cast<int64_t*>(at(layout.slot));
+    plan.kept_index = static_cast<int64_t*>(at(layout.kept_index));
+    plan.source_offsets = static_cast<int64_t*>(at(layout.source_offsets));
+    plan.source_index = static_cast<int64_t*>(at(layout.source_index));
+    plan.cursor = static_cast<int64_t*>(at(layout.cursor));
+    plan.rows = rows;
+    plan.device = p.device;
+    if (const Status status = stages.plan(plan); !status.is_ok()) return status;
+
+    MergeParams merge;
+    merge.x = x;
+    merge.x_row_stride = round.tokens * token_stride;
+    merge.x_token_stride = token_stride;
+    merge.size = size;
+    merge.size_row_stride = round.tokens;
+    merge.index = index;
+    merge.index_row_stride = round.tokens;
+    merge.kept_index = plan.kept_index;
+    merge.source_offsets = plan.source_offsets;
+    merge.source_index = plan.source_index;
+    merge.out = last_round ? p.out : at(layout.x[k % 2]);
+    merge.size_out = last_round ? p.sizes : static_cast<float*>(at(layout.size[k % 2]));
+    merge.index_out = last_round ? p.source_index : static_cast<int64_t*>(at(layout.index[k % 2]));
+    merge.dim = p.dim;
+    merge.dtype = p.dtype;
+    merge.rows = rows;
+    merge.device = p.device;
+    if (const Status status = stages.merge(merge); !status.is_ok()) return status;
+    x = merge.out;
+    token_stride = p.dim;
+    size = merge.size_out;
+    index = merge.index_out;
+  }
+  return Status::ok();
+}
+
+}  // namespace vidllm::token_merge::detail
