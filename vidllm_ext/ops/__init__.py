@@ -7,6 +7,14 @@ from vidllm_ext.ops.dtd import (
     dtd_keep_mask,
     dtd_scores,
 )
+from vidllm_ext.ops.routing import (
+    gather_rows,
+    routed_update,
+    scatter_add_rows,
+    select_routed_tokens,
+    topk_per_segment,
+    topk_per_segment_into,
+)
 
 __all__ = [
     "compact_tokens",
@@ -14,4 +22,12 @@ __all__ = [
     "drop_redundant_tokens",
     "dtd_keep_mask",
     "dtd_scores",
+]
+__all__ += [
+    "gather_rows",
+    "routed_update",
+    "scatter_add_rows",
+    "select_routed_tokens",
+    "topk_per_segment",
+    "topk_per_segment_into",
 ]

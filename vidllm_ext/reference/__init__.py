@@ -6,5 +6,19 @@ from vidllm_ext.reference.dtd import (
     dtd_keep_mask,
     dtd_scores,
 )
+from vidllm_ext.reference.routing import (
+    gather_rows,
+    routed_update,
+    scatter_add_rows,
+    select_routed_tokens,
+    topk_per_segment,
+)
 
 __all__ = ["compact_tokens", "drop_redundant_tokens", "dtd_keep_mask", "dtd_scores"]
+__all__ += [
+    "gather_rows",
+    "routed_update",
+    "scatter_add_rows",
+    "select_routed_tokens",
+    "topk_per_segment",
+]
