@@ -105,7 +105,7 @@ Status scatter_cuda(const ScatterParams& params, void* stream);
 // ---- per-element math shared by the CPU and CUDA kernels ----------------------------------
 
 // k_s = min(n, ceil(keep_ratio * n)), the product rounded to float64 first, exactly as Python's
-// math.ceil(keep_ratio * n) (so 0.7 of 10 tokens keeps 8: 0.7 * 10 == 7.000000000000001).
+// math.ceil(keep_ratio * n) (so 0.14 of 50 tokens keeps 8: 0.14 * 50 == 7.000000000000001).
 VIDLLM_HOST_DEVICE int64_t keep_count(double keep_ratio, int64_t tokens) {
   if (tokens <= 0) return 0;
 #if defined(__CUDA_ARCH__)

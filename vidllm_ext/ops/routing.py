@@ -225,7 +225,7 @@ def topk_per_segment(scores: Tensor, segment_offsets: Tensor, keep_ratio: float)
             ``[o_s, o_{s+1})``; the offsets run from 0 to ``tokens`` without decreasing
             (empty segments allowed). Otherwise ValueError (on CUDA after the one synchronization).
         keep_ratio: in [0, 1]. The product ``keep_ratio * n_s`` is rounded to float64 before the
-            ceiling, as ``math.ceil(keep_ratio * n_s)`` does (0.7 of 10 tokens keeps 8).
+            ceiling, as ``math.ceil(keep_ratio * n_s)`` does (0.14 of 50 tokens keeps 8).
 
     Returns:
         int64 ``[K]``, ``K = sum_s k_s``: the kept token indices, ascending. Ranking: higher score

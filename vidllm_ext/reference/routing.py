@@ -18,8 +18,8 @@ from vidllm_ext import _routing_checks as check
 
 def keep_counts(tokens_per_segment: torch.Tensor, keep_ratio: float) -> torch.Tensor:
     """int64 [segments]: ``k_s = min(n_s, ceil(keep_ratio * n_s))``, the product rounded to
-    float64 first, exactly as ``math.ceil(keep_ratio * n)`` (0.7 of 10 keeps 8, since
-    ``0.7 * 10 == 7.000000000000001``)."""
+    float64 first, exactly as ``math.ceil(keep_ratio * n)`` (0.14 of 50 keeps 8, since
+    ``0.14 * 50 == 7.000000000000001``)."""
     tokens = tokens_per_segment.long()
     return torch.minimum(torch.ceil(tokens.double() * keep_ratio).long(), tokens)
 
