@@ -42,7 +42,7 @@ void check_scalar_output(const TensorArg& arg, DLDataTypeCode code, int bits, co
   arg.expect_dtype(code, bits, dtype);
   arg.expect_ndim(1, "[n]");
   arg.expect_size(0, size, what);
-  arg.expect_contiguous();
+  expect_dense(arg);
 }
 
 void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_ratio,
@@ -62,7 +62,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
   const DType score_dtype = scores.expect_float();
   offsets.expect_dtype(kDLInt, 64, "int64");
   offsets.expect_ndim(1, "[segments + 1]");
-  offsets.expect_contiguous();
+  expect_dense(offsets);
   if (offsets.size(0) < 1) {
     throw py::value_error(
         "segment_offsets: expected at least one entry ([segments + 1]), got "
@@ -80,7 +80,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
     index->expect_same_device(scores);
     index->expect_dtype(kDLInt, 64, "int64");
     index->expect_ndim(1, "[capacity]");
-    index->expect_contiguous();
+    expect_dense(*index);
   }
   // values (host memory only)
   if (backend == Backend::kCpu) {
@@ -143,7 +143,7 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
     out->expect_same_device(source);
     check_rows(*out, "[count, dim]");
     expect_same_row_type(*out, source);
-    out->expect_contiguous();
+    expect_dense(*out);
     out->expect_size(0, count, "one row per index entry");
     out->expect_size(1, dim, "dim of source");
   }
@@ -185,7 +185,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   delta.expect_same_device(y);
   // dtypes, layout, shapes
   const RowType dtype = check_rows(y, "[rows, dim]");
-  y.expect_contiguous();
+  expect_dense(y);
   const int64_t rows = y.size(0);
   const int64_t dim = y.size(1);
   if (x) {
@@ -231,7 +231,7 @@ void routing_check_offsets(py::handle offsets_obj, int64_t tokens) {
   if (offsets.is_cuda()) throw py::value_error("segment_offsets: expected a CPU copy");
   offsets.expect_dtype(kDLInt, 64, "int64");
   offsets.expect_ndim(1, "[segments + 1]");
-  offsets.expect_contiguous();
+  expect_dense(offsets);
   if (offsets.size(0) < 1) throw py::value_error("segment_offsets: expected at least one entry");
   check_offset_values(static_cast<const int64_t*>(offsets.data()), offsets.size(0), tokens);
 }
@@ -242,7 +242,7 @@ void routing_check_index(py::handle index_obj, int64_t rows, bool unique,
   if (index.is_cuda()) throw py::value_error("index: expected a CPU copy");
   index.expect_dtype(kDLInt, 64, "int64");
   index.expect_ndim(1, "[count]");
-  index.expect_contiguous();
+  expect_dense(index);
   check_index_values(static_cast<const int64_t*>(index.data()), index.size(0), rows, unique,
                      rows_name.c_str());
 }

@@ -33,11 +33,15 @@ void expect_same_row_type(const TensorArg& arg, const TensorArg& like) {
   }
 }
 
+void expect_dense(const TensorArg& arg) {
+  if (arg.numel() > 0) arg.expect_contiguous();
+}
+
 void check_index(const TensorArg& index, const TensorArg& primary) {
   index.expect_same_device(primary);
   index.expect_dtype(kDLInt, 64, "int64");
   index.expect_ndim(1, "[count]");
-  index.expect_contiguous();
+  expect_dense(index);
 }
 
 void check_row_scalars(const TensorArg& arg, RowType rows_type, int64_t count,
@@ -49,7 +53,7 @@ void check_row_scalars(const TensorArg& arg, RowType rows_type, int64_t count,
     arg.expect_dtype(kDLFloat, 32, "float32");
   arg.expect_ndim(1, "[count]");
   arg.expect_size(0, count, "one per index entry");
-  arg.expect_contiguous();
+  expect_dense(arg);
 }
 
 void check_status(const TensorArg& status, const TensorArg& primary) {

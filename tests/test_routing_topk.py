@@ -62,18 +62,21 @@ def test_reference_matches_a_plain_python_loop(layout, keep_ratio):
 @pytest.mark.parametrize("device", DEVICES)
 def test_topk_semantics_by_hand(device):
     nan, inf = math.nan, math.inf
-    scores = torch.tensor(
-        [0.5, 0.1, 0.9, 0.3, 0.2]  # keep ceil(2.5) = 3: 0.9, 0.5, 0.3
-        + [1.0, nan, 3.0]  # keep 2: NaN ranks below everything
-        + [2.0, 2.0, 2.0, 2.0]  # keep 2: ties go to the lower index
-        + [nan, -inf, nan]  # keep 2: -inf first, then the first NaN
-        + [-0.0, 0.0, 0.0]  # keep 2: -0.0 ties +0.0
-        + [7.0],  # keep 1
-        device=device,
-    )
-    offsets = offsets_from_counts([5, 0, 3, 4, 3, 3, 1]).to(device)
-    index = ops.topk_per_segment(scores, offsets, 0.5).cpu().tolist()
-    assert index == [0, 2, 3] + [5, 7] + [8, 9] + [12, 13] + [15, 16] + [18]
+    segments = [
+        ([0.5, 0.1, 0.9, 0.3, 0.2], [0, 2, 3]),  # keep ceil(2.5) = 3: 0.9, 0.5, 0.3
+        ([], []),  # an empty segment keeps nothing
+        ([1.0, nan, 3.0], [0, 2]),  # keep 2: NaN ranks below everything
+        ([2.0, 2.0, 2.0, 2.0], [0, 1]),  # keep 2: ties go to the lower index
+        ([nan, -inf, nan], [0, 1]),  # keep 2: -inf first, then the first NaN
+        ([-0.0, 0.0, 0.0], [0, 1]),  # keep 2: -0.0 ties +0.0
+        ([7.0], [0]),  # keep ceil(0.5) = 1
+    ]
+    scores = torch.tensor([v for values, _ in segments for v in values], device=device)
+    counts = [len(values) for values, _ in segments]
+    offsets = offsets_from_counts(counts)
+    expected = [int(offsets[s]) + i for s, (_, kept) in enumerate(segments) for i in kept]
+    index = ops.topk_per_segment(scores, offsets.to(device), 0.5).cpu().tolist()
+    assert index == expected
 
 
 def test_keep_count_is_the_float64_ceiling():
