@@ -209,3 +209,17 @@ def test_binding_checks_arguments_itself():
         _C.routing_scatter(
             dl(X.half()), dl(INDEX), dl(DELTA), None, dl(y), dl(row_source), dl(status), False
         )
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["ops", "reference"])
+def test_bad_selection_arguments(impl):
+    is_video = torch.tensor([False, True, True, True])
+    offsets = torch.tensor([0, 1, 3])
+    with pytest.raises(ValueError, match=r"is_video: expected shape \[3\]"):
+        impl.select_routed_tokens(torch.randn(3), is_video, offsets, 0.5)
+    with pytest.raises(ValueError, match=r"scores: expected a 1-D tensor"):
+        impl.select_routed_tokens(torch.randn(4, 1), is_video, offsets, 0.5)
+    with pytest.raises(ValueError, match="run from 0 to 3"):
+        impl.select_routed_tokens(torch.randn(4), is_video, torch.tensor([0, 2]), 0.5)
+    with pytest.raises(ValueError, match="keep_ratio: expected a fraction"):
+        impl.select_routed_tokens(torch.randn(4), is_video, offsets, -1.0)

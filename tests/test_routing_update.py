@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import DEVICES
 from helpers import assert_close_to_oracle
-from routing_cases import offsets_from_counts
+from routing_cases import offsets_from_counts, random_scores
 
 from vidllm_ext import ops, reference
 
@@ -102,6 +102,19 @@ def test_semantics_spelled_out(device, gate):
     expected[selected] = hidden[selected] + g[:, None] * delta
     assert torch.equal(out[~mask], hidden[~mask]), "unselected tokens pass through unchanged"
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("keep_ratio", [0.0, 0.3, 1.0])
+def test_selection_matches_reference(device, keep_ratio):
+    is_video, offsets = sequence(frames=7, tokens_per_frame=45, device=device)
+    scores = random_scores(is_video.shape[0], torch.bfloat16, seed=7, hostile=True).to(device)
+    selected = ops.select_routed_tokens(scores, is_video, offsets, keep_ratio)
+    expected = reference.select_routed_tokens(
+        scores.cpu(), is_video.cpu(), offsets.cpu(), keep_ratio
+    )
+    assert torch.equal(selected.cpu(), expected)
+    assert selected.numel() == int((~is_video).sum()) + 7 * math.ceil(keep_ratio * 45)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -148,14 +148,15 @@ def check_gate(gate: object) -> str:
     return gate
 
 
-def check_routed_inputs(
-    hidden: object, scores: object, is_video: object, segment_offsets: object
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """hidden [tokens, dim]; scores [tokens] float (float64 too); is_video bool [tokens];
-    segment_offsets int64 [segments + 1] over the video tokens, on hidden's device."""
-    hidden = check_rows(hidden, "hidden", "[tokens, dim]")
+def check_selection_inputs(
+    scores: object, is_video: object, segment_offsets: object, tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scores [tokens] float (float64 too); is_video bool [tokens]; segment_offsets int64
+    [segments + 1] over the video tokens; all on scores' device."""
     scores = check_tensor(scores, "scores")
-    tokens = hidden.shape[0]
+    if tokens is None and scores.dim() != 1:
+        raise ValueError(f"scores: expected a 1-D tensor [tokens], got shape {list(scores.shape)}")
+    tokens = scores.shape[0] if tokens is None else tokens
     if list(scores.shape) != [tokens]:
         raise ValueError(
             f"scores: expected shape [{tokens}] (one per token of hidden), got {list(scores.shape)}"
@@ -169,12 +170,22 @@ def check_routed_inputs(
         raise TypeError(f"is_video: expected dtype torch.bool, got {is_video.dtype}")
     if list(is_video.shape) != [tokens]:
         raise ValueError(
-            f"is_video: expected shape [{tokens}] (one per token of hidden), "
-            f"got {list(is_video.shape)}"
+            f"is_video: expected shape [{tokens}] (one per token), got {list(is_video.shape)}"
         )
-    for tensor, name in ((scores, "scores"), (is_video, "is_video")):
-        check_same_device(tensor, hidden, name, "hidden")
-    offsets = check_segment_offsets(segment_offsets, hidden, "hidden")
+    check_same_device(is_video, scores, "is_video", "scores")
+    return scores, is_video, check_segment_offsets(segment_offsets, scores)
+
+
+def check_routed_inputs(
+    hidden: object, scores: object, is_video: object, segment_offsets: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden [tokens, dim] and the selection inputs (:func:`check_selection_inputs`), all on
+    hidden's device."""
+    hidden = check_rows(hidden, "hidden", "[tokens, dim]")
+    scores, is_video, offsets = check_selection_inputs(
+        scores, is_video, segment_offsets, hidden.shape[0]
+    )
+    check_same_device(scores, hidden, "scores", "hidden")
     return hidden, scores, is_video, offsets
 
 

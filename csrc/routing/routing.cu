@@ -375,8 +375,6 @@ Status launch_scatter_rows(const ScatterParams& p, cudaStream_t stream) {
   return cuda::launch_status();
 }
 
-bool fits_grid(int64_t count) { return count <= kMaxGridX * int64_t{kRowWarps}; }
-
 }  // namespace
 
 // =============================== launchers ===============================
@@ -405,7 +403,6 @@ Status gather_cuda(const GatherParams& params, void* stream) {
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(params.status, 0, sizeof(int32_t), cuda_stream));
   if (params.count == 0) return Status::ok();
-  if (!fits_grid(params.count)) return Status::invalid("routing gather: too many index entries");
   Status status;
   VIDLLM_DISPATCH_ROW_TYPES(params.dtype, status = launch_gather<scalar_t>(params, cuda_stream));
   return status;
@@ -414,8 +411,6 @@ Status gather_cuda(const GatherParams& params, void* stream) {
 Status scatter_cuda(const ScatterParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  if (!fits_grid(params.rows) || params.count > kMaxGridX * int64_t{kRowThreads})
-    return Status::invalid("routing scatter: too many rows or index entries");
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(params.status, 0, sizeof(int32_t), cuda_stream));
   if (params.rows > 0) {
     // All bytes 0xff: every int64 entry is -1 (no update yet).

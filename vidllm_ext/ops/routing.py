@@ -357,6 +357,10 @@ def select_routed_tokens(
     Example:
         >>> selected_index = vidllm_ext.ops.select_routed_tokens(s, is_video, offsets, 0.2)
     """
+    scores, is_video, segment_offsets = check.check_selection_inputs(
+        scores, is_video, segment_offsets
+    )
+    keep_ratio = check.check_keep_ratio(keep_ratio)
     video_index = is_video.nonzero().flatten()
     video_scores = scores.detach()[video_index].float()
     kept_video = video_index[topk_per_segment(video_scores, segment_offsets, keep_ratio)]

@@ -143,6 +143,10 @@ def select_routed_tokens(
     """int64 [K], ascending: every token that is not video, plus in each segment of the video
     tokens (offsets count video tokens only, in sequence order) the top
     ``ceil(keep_ratio * n_s)`` by float32 score."""
+    scores, is_video, segment_offsets = check.check_selection_inputs(
+        scores, is_video, segment_offsets
+    )
+    keep_ratio = check.check_keep_ratio(keep_ratio)
     video_index = is_video.nonzero().flatten()
     video_scores = scores.detach()[video_index].float()
     kept_video = video_index[topk_per_segment(video_scores, segment_offsets, keep_ratio)]
