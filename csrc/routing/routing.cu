@@ -160,6 +160,7 @@ constexpr int kRowThreads = 256;
 constexpr int kRowWarps = kRowThreads / 32;
 constexpr int kRowBlocksPerSm = 8;  // 2048 threads: a full SM
 constexpr int kCopyUnroll = 4;      // units each lane loads before storing any
+constexpr int kRowUnroll = 4;       // vectors each lane loads before computing with any
 
 template <typename T>
 __device__ __forceinline__ void fill_nan(T* row, int64_t dim, int lane) {
@@ -228,18 +229,31 @@ __global__ void __launch_bounds__(kRowThreads) gather_scaled_kernel(const Gather
     const T* source = static_cast<const T*>(p.source) + row * p.source_stride;
     const T* other = kDot ? static_cast<const T*>(p.other) + k * p.other_stride : nullptr;
     Acc sum = 0;
-    for (int64_t v = lane; v < vectors; v += 32) {
-      const V s = V::load(source + v * VEC);
-      if (out != nullptr) {
-        V scaled;
+    for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
+      V sources[kRowUnroll];
+      V others[kRowUnroll];
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) scaled.elem[i] = narrow<T>(weight * widen(s.elem[i]));
-        scaled.store(out + v * VEC);
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        sources[u] = V::load(source + v * VEC);
+        if constexpr (kDot) others[u] = V::load(other + v * VEC);
       }
-      if constexpr (kDot) {
-        const V o = V::load(other + v * VEC);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) sum += widen(s.elem[i]) * widen(o.elem[i]);
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        if (out != nullptr) {
+          V scaled;
+#pragma unroll
+          for (int i = 0; i < VEC; ++i)
+            scaled.elem[i] = narrow<T>(weight * widen(sources[u].elem[i]));
+          scaled.store(out + v * VEC);
+        }
+        if constexpr (kDot) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) sum += widen(sources[u].elem[i]) * widen(others[u].elem[i]);
+        }
       }
     }
     if constexpr (kDot) {
@@ -272,9 +286,35 @@ __global__ void __launch_bounds__(kRowThreads) scatter_map_kernel(const ScatterP
   }
 }
 
+// A row of y with several updates: they are added in index order (the slow path: each vector of
+// the row scans the whole index; routing selects every row once).
+template <typename T, int VEC>
+__device__ void scatter_repeated_row(const ScatterParams& p, int64_t row, const T* x, T* y,
+                                     int64_t vectors, int lane) {
+  using Acc = acc_t<T>;
+  using V = Vec<T, VEC>;
+  for (int64_t v = lane; v < vectors; v += 32) {
+    const V base = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
+    Acc acc[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = widen(base.elem[i]);
+    for (int64_t j = 0; j < p.count; ++j) {
+      if (p.index[j] != row) continue;
+      const Acc weight = p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[j];
+      const V delta = V::load(static_cast<const T*>(p.delta) + j * p.delta_stride + v * VEC);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] = add_scaled(acc[i], weight, widen(delta.elem[i]));
+    }
+    V result;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) result.elem[i] = narrow<T>(acc[i]);
+    result.store(y + v * VEC);
+  }
+}
+
 // A warp per row of y. Rows without an update are copied from x (or zeroed), rows with one get
-// x + weight * delta, rows with several add their updates in index order (the slow path: each
-// vector of the row scans the whole index). An out-of-range index makes every row NaN.
+// x + weight * delta; each lane loads kRowUnroll vectors before storing any. An out-of-range
+// index makes every row NaN.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kRowThreads) scatter_rows_kernel(const ScatterParams p) {
   using Acc = acc_t<T>;
@@ -290,31 +330,37 @@ __global__ void __launch_bounds__(kRowThreads) scatter_rows_kernel(const Scatter
     }
     const T* x = p.x == nullptr ? nullptr : static_cast<const T*>(p.x) + row * p.x_stride;
     const int64_t k = p.row_source[row];
-    const auto add_update = [&](int64_t j, int64_t v, Acc(&acc)[VEC]) {
-      const Acc weight = p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[j];
-      const V delta = V::load(static_cast<const T*>(p.delta) + j * p.delta_stride + v * VEC);
+    if (k == -2) {
+      scatter_repeated_row<T, VEC>(p, row, x, y, vectors, lane);
+      continue;
+    }
+    const T* delta = k < 0 ? nullptr : static_cast<const T*>(p.delta) + k * p.delta_stride;
+    const Acc weight = k < 0 || p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[k];
+    for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
+      V bases[kRowUnroll];
+      V updates[kRowUnroll];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[i] = add_scaled(acc[i], weight, widen(delta.elem[i]));
-    };
-    for (int64_t v = lane; v < vectors; v += 32) {
-      const V base = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
-      if (k == -1) {
-        base.store(y + v * VEC);
-        continue;
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        bases[u] = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
+        if (delta != nullptr) updates[u] = V::load(delta + v * VEC);
       }
-      Acc acc[VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[i] = widen(base.elem[i]);
-      if (k >= 0) {
-        add_update(k, v, acc);
-      } else {
-        for (int64_t j = 0; j < p.count; ++j)
-          if (p.index[j] == row) add_update(j, v, acc);
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        if (delta == nullptr) {
+          bases[u].store(y + v * VEC);
+          continue;
+        }
+        V result;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+          result.elem[i] =
+              narrow<T>(add_scaled(widen(bases[u].elem[i]), weight, widen(updates[u].elem[i])));
+        result.store(y + v * VEC);
       }
-      V result;
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) result.elem[i] = narrow<T>(acc[i]);
-      result.store(y + v * VEC);
     }
   }
 }

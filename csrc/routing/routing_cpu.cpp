@@ -22,18 +22,22 @@
 namespace vidllm::routing {
 namespace {
 
-// Rows per work item of the row loops: amortizes the scheduling of short rows.
-constexpr int64_t kRowsPerItem = 16;
+// Bytes of rows per work item of the row loops: small problems stay on one thread, where waking
+// the others would cost more than the copy.
+constexpr int64_t kBytesPerItem = 64 * 1024;
 // Independent partial sums of a dot product: fixed lanes, so the result does not depend on the
 // thread count, and the compiler can vectorize without reassociating.
 constexpr int kLanes = 8;
 
+// body(row) for every row, in work items of about kBytesPerItem spread over the threads.
 template <typename Body>
-void for_row_blocks(int64_t rows, const Body& body) {
-  const int64_t items = (rows + kRowsPerItem - 1) / kRowsPerItem;
+void for_row_blocks(int64_t rows, int64_t row_bytes, const Body& body) {
+  const int64_t rows_per_item =
+      std::max<int64_t>(1, kBytesPerItem / std::max<int64_t>(row_bytes, 1));
+  const int64_t items = (rows + rows_per_item - 1) / rows_per_item;
   parallel_for(items, [&](int64_t item) {
-    const int64_t end = std::min(rows, (item + 1) * kRowsPerItem);
-    for (int64_t row = item * kRowsPerItem; row < end; ++row) body(row);
+    const int64_t end = std::min(rows, (item + 1) * rows_per_item);
+    for (int64_t row = item * rows_per_item; row < end; ++row) body(row);
   });
 }
 
@@ -211,8 +215,9 @@ Status gather_cpu(const GatherParams& p) {
   for (int64_t k = 0; k < p.count; ++k)
     if (p.index[k] < 0 || p.index[k] >= p.rows) status |= kIndexOutOfRange;
   *p.status = status;
+  const int64_t row_bytes = p.dim * row_element_size(p.dtype) * (p.other == nullptr ? 2 : 3);
   VIDLLM_DISPATCH_ROW_TYPES(
-      p.dtype, for_row_blocks(p.count, [&](int64_t k) { gather_row<scalar_t>(p, k); }));
+      p.dtype, for_row_blocks(p.count, row_bytes, [&](int64_t k) { gather_row<scalar_t>(p, k); }));
   return Status::ok();
 }
 
@@ -220,7 +225,8 @@ Status scatter_cpu(const ScatterParams& p) {
   const int32_t status = map_rows(p);
   *p.status = status;
   const bool poisoned = (status & kIndexOutOfRange) != 0;
-  VIDLLM_DISPATCH_ROW_TYPES(p.dtype, for_row_blocks(p.rows, [&](int64_t row) {
+  const int64_t row_bytes = 2 * p.dim * row_element_size(p.dtype);
+  VIDLLM_DISPATCH_ROW_TYPES(p.dtype, for_row_blocks(p.rows, row_bytes, [&](int64_t row) {
                               thread_local std::vector<acc_t<scalar_t>> acc;
                               scatter_row<scalar_t>(p, row, poisoned, acc);
                             }));
