@@ -18,6 +18,7 @@ selected rows, ``D`` the width, ``e`` the element size:
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,6 +233,8 @@ def report(
         *harness.run_facts(device, budget, copy_bytes_per_s),
         ("shapes", "; ".join(f"{shape.name}: {shape.about}" for shape in shapes)),
     ]
+    if device.type == "cpu":  # other processes share the cores: say how busy they were
+        facts.append(("host load average (1 min) at the end", f"{os.getloadavg()[0]:.2f}"))
     notes = [f"[{number}] {note}" for number, note in enumerate(notes, start=1)]
     lines = [*notes, *_targets(measured, copy_bytes_per_s)]
     text = "\n".join(
