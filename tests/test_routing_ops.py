@@ -115,23 +115,29 @@ def test_hostile_values_propagate_like_the_reference(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_rounding_matches_torch_over_the_whole_range(device):
-    """x + w * delta narrowed to float16/bfloat16 exactly as torch rounds: subnormals, overflow,
-    ties; a uniform spread of float32 bit patterns."""
-    bits = torch.randint(-(2**31), 2**31 - 1, (4096, 8), generator=torch.Generator().manual_seed(7))
-    delta = bits.to(torch.int32).view(torch.float32).nan_to_num(0.0)
-    for dtype in (torch.float16, torch.bfloat16):
-        x = torch.zeros(4096, 8, dtype=dtype)
-        index = torch.arange(4096)
-        weight = torch.ones(4096)
-        expected = reference.scatter_add_rows(x, index, delta.to(dtype), weight)
-        tensors = [t.to(device) for t in (x, index, delta.to(dtype), weight)]
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rounding_matches_torch_over_the_whole_range(device, dtype):
+    """With delta = 1, y = narrow(x + w): float32 weights of every exponent (random bit patterns,
+    ties, subnormal and overflow boundaries, NaN, inf) narrowed exactly as torch rounds."""
+    bits = torch.randint(-(2**31), 2**31 - 1, (20000,), generator=torch.Generator().manual_seed(7))
+    special = torch.tensor(
+        [1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-8, 1 + 3 * 2**-8, 65504.0, 65519.99, 65520.0,
+         2.0**-14, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 2.0**-26, 2.0**-133, 3.4e38, 1e-45,
+         float("inf"), float("-inf"), float("nan"), -0.0, 0.0],
+        dtype=torch.float32,
+    )  # fmt: skip
+    weight = torch.cat([bits.to(torch.int32).view(torch.float32), special, -special])
+    rows = weight.numel()
+    index = torch.arange(rows)
+    delta = torch.ones(rows, 3, dtype=dtype)
+    for x in (torch.zeros(rows, 3, dtype=dtype), random_rows(rows, 3, dtype, seed=17)):
+        expected = reference.scatter_add_rows(x, index, delta, weight)
+        tensors = [t.to(device) for t in (x, index, delta, weight)]
         assert_same(ops.scatter_add_rows(*tensors), expected)
-        # weight = 1 + 2^-10 rounds the product in float32 first: narrowing sees new values.
-        weight = torch.full((4096,), 1.0 + 2.0**-10)
-        expected = reference.scatter_add_rows(x, index, delta.to(dtype), weight)
-        tensors[3] = weight.to(device)
-        assert_same(ops.scatter_add_rows(*tensors), expected)
+        if not x.any():  # y = w in dtype: the special values round as torch's .to(dtype)
+            assert_same(
+                expected[-2 * special.numel() :, 0], torch.cat([special, -special]).to(dtype)
+            )
 
 
 @pytest.mark.parametrize("device", DEVICES)
