@@ -109,4 +109,34 @@ void check_index_values(const int64_t* index, int64_t count, int64_t rows, bool 
   }
 }
 
+void check_scalar_output(const TensorArg& arg, DLDataTypeCode code, int bits, const char* dtype,
+                         int64_t size, const char* what, const TensorArg& primary) {
+  arg.expect_same_device(primary);
+  arg.expect_dtype(code, bits, dtype);
+  arg.expect_ndim(1, "[n]");
+  arg.expect_size(0, size, what);
+  expect_dense(arg);
+}
+
+void routing_check_offsets(py::handle offsets_obj, int64_t tokens) {
+  const TensorArg offsets(offsets_obj, "segment_offsets");
+  if (offsets.is_cuda()) throw py::value_error("segment_offsets: expected a CPU copy");
+  offsets.expect_dtype(kDLInt, 64, "int64");
+  offsets.expect_ndim(1, "[segments + 1]");
+  expect_dense(offsets);
+  if (offsets.size(0) < 1) throw py::value_error("segment_offsets: expected at least one entry");
+  check_offset_values(static_cast<const int64_t*>(offsets.data()), offsets.size(0), tokens);
+}
+
+void routing_check_index(py::handle index_obj, int64_t rows, bool unique,
+                         const std::string& rows_name) {
+  const TensorArg index(index_obj, "index");
+  if (index.is_cuda()) throw py::value_error("index: expected a CPU copy");
+  index.expect_dtype(kDLInt, 64, "int64");
+  index.expect_ndim(1, "[count]");
+  expect_dense(index);
+  check_index_values(static_cast<const int64_t*>(index.data()), index.size(0), rows, unique,
+                     rows_name.c_str());
+}
+
 }  // namespace vidllm::binding

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "routing/routing.h"
 #include "tensor_arg.h"
@@ -26,6 +27,10 @@ void check_index(const TensorArg& index, const TensorArg& primary);
 void check_row_scalars(const TensorArg& arg, routing::RowType rows_type, int64_t count,
                        const TensorArg& primary);
 
+// A 1-D [size] output of the given type, contiguous, on primary's device.
+void check_scalar_output(const TensorArg& arg, DLDataTypeCode code, int bits, const char* dtype,
+                         int64_t size, const char* what, const TensorArg& primary);
+
 // status: int32 [1] contiguous on primary's device.
 void check_status(const TensorArg& status, const TensorArg& primary);
 
@@ -38,5 +43,11 @@ void check_keep_ratio(double keep_ratio);
 void check_offset_values(const int64_t* offsets, int64_t entries, int64_t tokens);
 void check_index_values(const int64_t* index, int64_t count, int64_t rows, bool unique,
                         const char* rows_name);
+
+// Bindings that check host copies of device values after a kernel flagged a problem (the
+// error path of the CUDA ops): they raise the ValueError the CPU paths raise.
+void routing_check_offsets(py::handle offsets_obj, int64_t tokens);
+void routing_check_index(py::handle index_obj, int64_t rows, bool unique,
+                         const std::string& rows_name);
 
 }  // namespace vidllm::binding
