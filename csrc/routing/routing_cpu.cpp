@@ -25,6 +25,8 @@ namespace {
 // Bytes of rows per work item of the row loops: small problems stay on one thread, where waking
 // the others would cost more than the copy.
 constexpr int64_t kBytesPerItem = 64 * 1024;
+// Tokens per work item of the top-k selection (whole segments).
+constexpr int64_t kTokensPerItem = 16 * 1024;
 // Independent partial sums of a dot product: fixed lanes, so the result does not depend on the
 // thread count, and the compiler can vectorize without reassociating.
 constexpr int kLanes = 8;
@@ -203,9 +205,18 @@ Status topk_plan_cpu(const TopkParams& p) {
 
 Status topk_select_cpu(const TopkParams& p) {
   if (*p.total < 0 || p.capacity <= 0) return Status::ok();
-  VIDLLM_DISPATCH_FLOAT_TYPES(p.score_dtype, parallel_for(p.segments, [&](int64_t segment) {
+  // Work items of whole segments holding about kTokensPerItem tokens: a few frames of a video
+  // stay on one thread, where waking the others would cost more than selecting.
+  std::vector<int64_t> item_start{0};
+  for (int64_t s = 0; s < p.segments; ++s)
+    if (p.offsets[s + 1] - p.offsets[item_start.back()] >= kTokensPerItem)
+      item_start.push_back(s + 1);
+  if (item_start.back() != p.segments) item_start.push_back(p.segments);
+  const int64_t items = static_cast<int64_t>(item_start.size()) - 1;
+  VIDLLM_DISPATCH_FLOAT_TYPES(p.score_dtype, parallel_for(items, [&](int64_t item) {
                                 thread_local std::vector<uint64_t> keys;
-                                select_segment<scalar_t>(p, segment, keys);
+                                for (int64_t s = item_start[item]; s < item_start[item + 1]; ++s)
+                                  select_segment<scalar_t>(p, s, keys);
                               }));
   return Status::ok();
 }
