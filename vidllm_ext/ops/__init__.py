@@ -16,6 +16,14 @@ from vidllm_ext.ops.merge import (
     proportional_attention_bias,
     unmerge,
 )
+from vidllm_ext.ops.routing import (
+    gather_rows,
+    routed_update,
+    scatter_add_rows,
+    select_routed_tokens,
+    topk_per_segment,
+    topk_per_segment_into,
+)
 
 __all__ = [
     "bipartite_soft_matching",
@@ -36,4 +44,12 @@ __all__ = [
     "unmerge",
     "unpack_bits",
     "unpack_trits",
+]
+__all__ += [
+    "gather_rows",
+    "routed_update",
+    "scatter_add_rows",
+    "select_routed_tokens",
+    "topk_per_segment",
+    "topk_per_segment_into",
 ]

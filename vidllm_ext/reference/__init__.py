@@ -14,6 +14,13 @@ from vidllm_ext.reference.merge import (
     proportional_attention_bias,
     unmerge,
 )
+from vidllm_ext.reference.routing import (
+    gather_rows,
+    routed_update,
+    scatter_add_rows,
+    select_routed_tokens,
+    topk_per_segment,
+)
 
 __all__ = ["compact_tokens", "drop_redundant_tokens", "dtd_keep_mask", "dtd_scores"]
 __all__ += ["pack_bits", "pack_trits", "unpack_bits", "unpack_trits"]
@@ -23,4 +30,11 @@ __all__ += [
     "merge_wavg",
     "proportional_attention_bias",
     "unmerge",
+]
+__all__ += [
+    "gather_rows",
+    "routed_update",
+    "scatter_add_rows",
+    "select_routed_tokens",
+    "topk_per_segment",
 ]

@@ -1,0 +1,478 @@
+// CUDA twin of routing_cpu.cpp, launched on the caller's stream:
+//   topk:    plan: one block checks the offsets and scans the per-segment keep counts;
+//            select: a warp per segment of at most 32 tokens (rank by counting), a block per
+//            longer segment (radix select of the k-th largest rank key, then a block scan);
+//   gather:  a warp per output row, 16-byte vectors when every row start allows;
+//   scatter: which k updates each row (a map kernel over the index), then a warp per row of y.
+#include <cub/block/block_scan.cuh>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "common/block_select.cuh"
+#include "common/cuda_device.h"
+#include "common/cuda_utils.cuh"
+#include "common/dtype.h"
+#include "common/rank_key.h"
+#include "routing/routing.h"
+
+namespace vidllm::routing {
+namespace {
+
+using cuda::ceil_div;
+using cuda::Vec;
+
+constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
+constexpr unsigned int kFullWarp = 0xffffffffu;
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Blocks for a grid-stride loop over `work` items handled `per_block` at a time: enough to fill
+// the device `per_sm` times over, never more than there is work for.
+int64_t grid_size(int64_t work, int64_t per_block, int64_t per_sm, int device) {
+  const int64_t sms = std::max(cuda::multiprocessor_count(device), 1);
+  return std::max<int64_t>(1, std::min(ceil_div(work, per_block), sms * per_sm));
+}
+
+// =============================== topk ===============================
+
+constexpr int kPlanThreads = 256;
+constexpr int kPlanItems = 4;  // segments per thread per tile of the scan
+constexpr int kSelectThreads = 256;
+constexpr int kSelectWarps = kSelectThreads / 32;
+constexpr int64_t kSmallSegment = 32;  // at most this many tokens: one warp ranks them
+
+// One block: *total = sum of k_s and slot_start = its exclusive prefix sum, tile by tile with a
+// running carry; *total = -1 when the offsets do not run from 0 to tokens without decreasing.
+__global__ void __launch_bounds__(kPlanThreads) topk_plan_kernel(const TopkParams p) {
+  using BlockScan = cub::BlockScan<int64_t, kPlanThreads>;
+  __shared__ typename BlockScan::TempStorage scan_storage;
+  int invalid = threadIdx.x == 0 && (p.offsets[0] != 0 || p.offsets[p.segments] != p.tokens);
+  int64_t carry = 0;
+  for (int64_t tile = 0; tile < p.segments; tile += kPlanThreads * kPlanItems) {
+    // Blocked arrangement: each thread scans kPlanItems consecutive segments.
+    const int64_t first = tile + static_cast<int64_t>(threadIdx.x) * kPlanItems;
+    int64_t items[kPlanItems];
+    int64_t prefix[kPlanItems];
+#pragma unroll
+    for (int i = 0; i < kPlanItems; ++i) {
+      items[i] = 0;
+      if (first + i < p.segments) {
+        const int64_t tokens = p.offsets[first + i + 1] - p.offsets[first + i];
+        invalid |= tokens < 0;
+        items[i] = keep_count(p.keep_ratio, tokens);
+      }
+    }
+    int64_t tile_total = 0;
+    BlockScan(scan_storage).ExclusiveSum(items, prefix, tile_total);
+#pragma unroll
+    for (int i = 0; i < kPlanItems; ++i)
+      if (first + i < p.segments) p.slot_start[first + i] = carry + prefix[i];
+    carry += tile_total;
+    __syncthreads();  // scan_storage is reused by the next tile
+  }
+  invalid = __syncthreads_or(invalid);
+  if (threadIdx.x == 0) *p.total = invalid ? -1 : carry;
+}
+
+template <typename T>
+__device__ __forceinline__ uint64_t token_key(const T* scores, int64_t stride, int64_t i) {
+  return rank_key(to_float(scores[i * stride]), static_cast<uint32_t>(i));
+}
+
+// A warp per segment of at most kSmallSegment tokens: lane i holds token i's key (absent lanes
+// key 0, below every real key), its rank is the number of larger keys in the warp, and the
+// selected lanes find their output slots by a ballot.
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads) topk_small_kernel(const TopkParams p) {
+  if (*p.total < 0) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kSelectWarps;
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * kSelectWarps + threadIdx.x / 32;
+       s < p.segments; s += warps) {
+    const int64_t first = p.offsets[s];
+    const int64_t tokens = p.offsets[s + 1] - first;
+    const int64_t kept = keep_count(p.keep_ratio, tokens);
+    const int64_t slot = p.slot_start[s];
+    if (tokens > kSmallSegment || kept == 0 || slot >= p.capacity) continue;  // warp-uniform
+    const T* scores = static_cast<const T*>(p.scores) + first * p.score_stride;
+    const bool present = lane < tokens;
+    const uint64_t key = present ? token_key(scores, p.score_stride, lane) : 0;
+    int rank = 0;
+#pragma unroll
+    for (int other = 0; other < 32; ++other) rank += __shfl_sync(kFullWarp, key, other) > key;
+    const bool selected = present && rank < kept;
+    const unsigned int ballot = __ballot_sync(kFullWarp, selected);
+    const int64_t out = slot + __popc(ballot & ((1u << lane) - 1u));
+    if (selected && out < p.capacity) p.index[out] = first + lane;
+  }
+}
+
+// A block per segment of more than kSmallSegment tokens (grid-stride): the k-th largest key by
+// radix select, then every key >= it (exactly k: keys are unique) written in token order through
+// a block scan over tiles of the segment.
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads) topk_large_kernel(const TopkParams p) {
+  using BlockSelect = cuda::BlockRadixSelect<kSelectThreads>;
+  using BlockScan = cub::BlockScan<int, kSelectThreads>;
+  __shared__ typename BlockSelect::Storage select_storage;
+  __shared__ typename BlockScan::TempStorage scan_storage;
+  if (*p.total < 0) return;
+  for (int64_t s = blockIdx.x; s < p.segments; s += gridDim.x) {
+    const int64_t first = p.offsets[s];
+    const int64_t tokens = p.offsets[s + 1] - first;
+    const int64_t kept = keep_count(p.keep_ratio, tokens);
+    int64_t slot = p.slot_start[s];
+    if (tokens <= kSmallSegment || kept == 0 || slot >= p.capacity) continue;  // block-uniform
+    const T* scores = static_cast<const T*>(p.scores) + first * p.score_stride;
+    const int64_t stride = p.score_stride;
+    const auto key = [scores, stride](int64_t i) { return token_key(scores, stride, i); };
+    const bool keep_all = kept == tokens;
+    const uint64_t kth = keep_all ? 0 : BlockSelect::kth_largest(key, tokens, kept, select_storage);
+    for (int64_t tile = 0; tile < tokens && slot < p.capacity; tile += kSelectThreads) {
+      const int64_t i = tile + threadIdx.x;
+      const int flag = i < tokens && (keep_all || key(i) >= kth);
+      int rank = 0;
+      int tile_kept = 0;
+      BlockScan(scan_storage).ExclusiveSum(flag, rank, tile_kept);
+      if (flag && slot + rank < p.capacity) p.index[slot + rank] = first + i;
+      slot += tile_kept;
+      __syncthreads();  // scan_storage is reused by the next tile
+    }
+  }
+}
+
+template <typename T>
+Status launch_topk_select(const TopkParams& p, cudaStream_t stream) {
+  const int64_t small_blocks = grid_size(p.segments, kSelectWarps, 8, p.device);
+  topk_small_kernel<T><<<static_cast<unsigned int>(small_blocks), kSelectThreads, 0, stream>>>(p);
+  VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
+  if (p.tokens <= kSmallSegment) return Status::ok();  // no segment can be long
+  const int64_t large_blocks = grid_size(p.segments, 1, 4, p.device);
+  topk_large_kernel<T><<<static_cast<unsigned int>(large_blocks), kSelectThreads, 0, stream>>>(p);
+  return cuda::launch_status();
+}
+
+// =============================== rows ===============================
+
+constexpr int kRowThreads = 256;
+constexpr int kRowWarps = kRowThreads / 32;
+constexpr int kRowBlocksPerSm = 8;  // 2048 threads: a full SM
+constexpr int kCopyUnroll = 4;      // units each lane loads before storing any
+constexpr int kRowUnroll = 4;       // vectors each lane loads before computing with any
+
+template <typename T>
+__device__ __forceinline__ void fill_nan(T* row, int64_t dim, int lane) {
+  const T nan = narrow<T>(std::numeric_limits<acc_t<T>>::quiet_NaN());
+  for (int64_t d = lane; d < dim; d += 32) row[d] = nan;
+}
+
+__device__ __forceinline__ int64_t warp_id() {
+  return (static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x) / 32;
+}
+
+__device__ __forceinline__ int64_t warp_count() {
+  return static_cast<int64_t>(gridDim.x) * kRowWarps;
+}
+
+// Plain gather: rows copied as raw Units (16-byte vectors when every row start allows, else
+// one element at a time).
+template <typename T, typename Unit>
+__global__ void __launch_bounds__(kRowThreads) gather_copy_kernel(const GatherParams p) {
+  const int64_t units =
+      p.dim * static_cast<int64_t>(sizeof(T)) / static_cast<int64_t>(sizeof(Unit));
+  const int lane = threadIdx.x % 32;
+  for (int64_t k = warp_id(); k < p.count; k += warp_count()) {
+    const int64_t row = p.index[k];
+    T* out = static_cast<T*>(p.out) + k * p.dim;
+    if (row < 0 || row >= p.rows) {
+      if (lane == 0) atomicOr(p.status, kIndexOutOfRange);
+      fill_nan(out, p.dim, lane);
+      continue;
+    }
+    const Unit* src =
+        reinterpret_cast<const Unit*>(static_cast<const T*>(p.source) + row * p.source_stride);
+    Unit* dst = reinterpret_cast<Unit*>(out);
+    for (int64_t base = lane; base < units; base += 32 * kCopyUnroll) {
+      Unit buffer[kCopyUnroll];
+#pragma unroll
+      for (int u = 0; u < kCopyUnroll; ++u)
+        if (base + u * 32 < units) buffer[u] = src[base + u * 32];
+#pragma unroll
+      for (int u = 0; u < kCopyUnroll; ++u)
+        if (base + u * 32 < units) dst[base + u * 32] = buffer[u];
+    }
+  }
+}
+
+// Gather with a weight and/or a dot product against `other`: the backward of scatter_add_rows,
+// grad_delta = weight * grad_y[index] and grad_weight = sum_d grad_y[index] * delta in one read.
+// The dot product is reduced by a fixed shuffle tree: deterministic.
+template <typename T, int VEC, bool kDot>
+__global__ void __launch_bounds__(kRowThreads) gather_scaled_kernel(const GatherParams p) {
+  using Acc = acc_t<T>;
+  using V = Vec<T, VEC>;
+  const int64_t vectors = p.dim / VEC;
+  const int lane = threadIdx.x % 32;
+  Acc* dot = static_cast<Acc*>(p.dot);
+  for (int64_t k = warp_id(); k < p.count; k += warp_count()) {
+    const int64_t row = p.index[k];
+    T* out = p.out == nullptr ? nullptr : static_cast<T*>(p.out) + k * p.dim;
+    if (row < 0 || row >= p.rows) {
+      if (lane == 0) atomicOr(p.status, kIndexOutOfRange);
+      if (out != nullptr) fill_nan(out, p.dim, lane);
+      if (kDot && lane == 0) dot[k] = std::numeric_limits<Acc>::quiet_NaN();
+      continue;
+    }
+    const Acc weight = p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[k];
+    const T* source = static_cast<const T*>(p.source) + row * p.source_stride;
+    const T* other = kDot ? static_cast<const T*>(p.other) + k * p.other_stride : nullptr;
+    Acc sum = 0;
+    for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
+      V sources[kRowUnroll];
+      V others[kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        sources[u] = V::load(source + v * VEC);
+        if constexpr (kDot) others[u] = V::load(other + v * VEC);
+      }
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        if (out != nullptr) {
+          V scaled;
+#pragma unroll
+          for (int i = 0; i < VEC; ++i)
+            scaled.elem[i] = narrow<T>(weight * widen(sources[u].elem[i]));
+          scaled.store(out + v * VEC);
+        }
+        if constexpr (kDot) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) sum += widen(sources[u].elem[i]) * widen(others[u].elem[i]);
+        }
+      }
+    }
+    if constexpr (kDot) {
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullWarp, sum, offset);
+      if (lane == 0) dot[k] = sum;
+    }
+  }
+}
+
+// Which k updates each row of y: row_source[row] = k for one update, -2 for several (their
+// order is then recovered from the index by the rows kernel). row_source starts at -1.
+__global__ void __launch_bounds__(kRowThreads) scatter_map_kernel(const ScatterParams p) {
+  using Word = unsigned long long;
+  constexpr Word kNone = static_cast<Word>(-1);
+  constexpr Word kSeveral = static_cast<Word>(-2);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kRowThreads;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x; k < p.count;
+       k += step) {
+    const int64_t row = p.index[k];
+    if (row < 0 || row >= p.rows) {
+      atomicOr(p.status, kIndexOutOfRange);
+      continue;
+    }
+    Word* source = reinterpret_cast<Word*>(p.row_source + row);
+    if (atomicCAS(source, kNone, static_cast<Word>(k)) != kNone) {
+      atomicExch(source, kSeveral);  // nothing ever sets it back to a single k
+      atomicOr(p.status, kIndexRepeated);
+    }
+  }
+}
+
+// A row of y with several updates: they are added in index order (the slow path: each vector of
+// the row scans the whole index; routing selects every row once).
+template <typename T, int VEC>
+__device__ void scatter_repeated_row(const ScatterParams& p, int64_t row, const T* x, T* y,
+                                     int64_t vectors, int lane) {
+  using Acc = acc_t<T>;
+  using V = Vec<T, VEC>;
+  for (int64_t v = lane; v < vectors; v += 32) {
+    const V base = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
+    Acc acc[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = widen(base.elem[i]);
+    for (int64_t j = 0; j < p.count; ++j) {
+      if (p.index[j] != row) continue;
+      const Acc weight = p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[j];
+      const V delta = V::load(static_cast<const T*>(p.delta) + j * p.delta_stride + v * VEC);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] = add_scaled(acc[i], weight, widen(delta.elem[i]));
+    }
+    V result;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) result.elem[i] = narrow<T>(acc[i]);
+    result.store(y + v * VEC);
+  }
+}
+
+// A warp per row of y. Rows without an update are copied from x (or zeroed), rows with one get
+// x + weight * delta; each lane loads kRowUnroll vectors before storing any. An out-of-range
+// index makes every row NaN.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kRowThreads) scatter_rows_kernel(const ScatterParams p) {
+  using Acc = acc_t<T>;
+  using V = Vec<T, VEC>;
+  const int64_t vectors = p.dim / VEC;
+  const int lane = threadIdx.x % 32;
+  const bool poisoned = (*p.status & kIndexOutOfRange) != 0;
+  for (int64_t row = warp_id(); row < p.rows; row += warp_count()) {
+    T* y = static_cast<T*>(p.y) + row * p.dim;
+    if (poisoned) {
+      fill_nan(y, p.dim, lane);
+      continue;
+    }
+    const T* x = p.x == nullptr ? nullptr : static_cast<const T*>(p.x) + row * p.x_stride;
+    const int64_t k = p.row_source[row];
+    if (k == -2) {
+      scatter_repeated_row<T, VEC>(p, row, x, y, vectors, lane);
+      continue;
+    }
+    const T* delta = k < 0 ? nullptr : static_cast<const T*>(p.delta) + k * p.delta_stride;
+    const Acc weight = k < 0 || p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[k];
+    for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
+      V bases[kRowUnroll];
+      V updates[kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        bases[u] = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
+        if (delta != nullptr) updates[u] = V::load(delta + v * VEC);
+      }
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        if (delta == nullptr) {
+          bases[u].store(y + v * VEC);
+          continue;
+        }
+        V result;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+          result.elem[i] =
+              narrow<T>(add_scaled(widen(bases[u].elem[i]), weight, widen(updates[u].elem[i])));
+        result.store(y + v * VEC);
+      }
+    }
+  }
+}
+
+// 16-byte vectors need every row start 16-byte aligned: base pointers, row strides (of tensors
+// with more than one row) and dim all multiples of the vector.
+bool rows_aligned(const void* base, int64_t stride, int64_t rows, int64_t vector) {
+  return base == nullptr || (aligned16(base) && (rows <= 1 || stride % vector == 0));
+}
+
+template <typename T>
+bool gather_vectorizable(const GatherParams& p) {
+  constexpr int64_t kVec = cuda::kVectorWidth<T>;
+  return p.dim % kVec == 0 && rows_aligned(p.source, p.source_stride, p.rows, kVec) &&
+         rows_aligned(p.other, p.other_stride, p.count, kVec) && rows_aligned(p.out, 0, 1, kVec);
+}
+
+template <typename T>
+bool scatter_vectorizable(const ScatterParams& p) {
+  constexpr int64_t kVec = cuda::kVectorWidth<T>;
+  return p.dim % kVec == 0 && rows_aligned(p.x, p.x_stride, p.rows, kVec) &&
+         rows_aligned(p.delta, p.delta_stride, p.count, kVec) && rows_aligned(p.y, 0, 1, kVec);
+}
+
+template <typename T>
+Status launch_gather(const GatherParams& p, cudaStream_t stream) {
+  constexpr int kVec = cuda::kVectorWidth<T>;
+  const bool vectorized = gather_vectorizable<T>(p);
+  const dim3 grid(
+      static_cast<unsigned int>(grid_size(p.count, kRowWarps, kRowBlocksPerSm, p.device)));
+  if (p.weight == nullptr && p.dot == nullptr) {
+    if (vectorized)
+      gather_copy_kernel<T, uint4><<<grid, kRowThreads, 0, stream>>>(p);
+    else
+      gather_copy_kernel<T, T><<<grid, kRowThreads, 0, stream>>>(p);
+  } else if (p.dot != nullptr) {
+    if (vectorized)
+      gather_scaled_kernel<T, kVec, true><<<grid, kRowThreads, 0, stream>>>(p);
+    else
+      gather_scaled_kernel<T, 1, true><<<grid, kRowThreads, 0, stream>>>(p);
+  } else {
+    if (vectorized)
+      gather_scaled_kernel<T, kVec, false><<<grid, kRowThreads, 0, stream>>>(p);
+    else
+      gather_scaled_kernel<T, 1, false><<<grid, kRowThreads, 0, stream>>>(p);
+  }
+  return cuda::launch_status();
+}
+
+template <typename T>
+Status launch_scatter_rows(const ScatterParams& p, cudaStream_t stream) {
+  const dim3 grid(
+      static_cast<unsigned int>(grid_size(p.rows, kRowWarps, kRowBlocksPerSm, p.device)));
+  if (scatter_vectorizable<T>(p))
+    scatter_rows_kernel<T, cuda::kVectorWidth<T>><<<grid, kRowThreads, 0, stream>>>(p);
+  else
+    scatter_rows_kernel<T, 1><<<grid, kRowThreads, 0, stream>>>(p);
+  return cuda::launch_status();
+}
+
+}  // namespace
+
+// =============================== launchers ===============================
+
+// Always writes *total (and slot_start): also for zero segments, where it checks tokens == 0.
+Status topk_plan_cuda(const TopkParams& params, void* stream) {
+  VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
+  topk_plan_kernel<<<1, kPlanThreads, 0, static_cast<cudaStream_t>(stream)>>>(params);
+  return cuda::launch_status();
+}
+
+// Reads *total on the device: nothing is written after a plan that found invalid offsets.
+Status topk_select_cuda(const TopkParams& params, void* stream) {
+  VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
+  if (params.segments == 0 || params.capacity <= 0) return Status::ok();
+  if (params.tokens > kMaxGridX)
+    return Status::invalid("routing topk: at most 2^31 - 1 tokens are supported");
+  Status status;
+  VIDLLM_DISPATCH_FLOAT_TYPES(params.score_dtype, status = launch_topk_select<scalar_t>(
+                                                      params, static_cast<cudaStream_t>(stream)));
+  return status;
+}
+
+Status gather_cuda(const GatherParams& params, void* stream) {
+  VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
+  const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+  VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(params.status, 0, sizeof(int32_t), cuda_stream));
+  if (params.count == 0) return Status::ok();
+  Status status;
+  VIDLLM_DISPATCH_ROW_TYPES(params.dtype, status = launch_gather<scalar_t>(params, cuda_stream));
+  return status;
+}
+
+Status scatter_cuda(const ScatterParams& params, void* stream) {
+  VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
+  const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+  VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(params.status, 0, sizeof(int32_t), cuda_stream));
+  if (params.rows > 0) {
+    // All bytes 0xff: every int64 entry is -1 (no update yet).
+    VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(
+        params.row_source, 0xff, static_cast<size_t>(params.rows) * sizeof(int64_t), cuda_stream));
+  }
+  if (params.count > 0) {
+    const int64_t blocks = grid_size(params.count, kRowThreads, kRowBlocksPerSm, params.device);
+    scatter_map_kernel<<<static_cast<unsigned int>(blocks), kRowThreads, 0, cuda_stream>>>(params);
+    VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
+  }
+  if (params.rows == 0 || params.dim == 0) return Status::ok();
+  Status status;
+  VIDLLM_DISPATCH_ROW_TYPES(params.dtype,
+                            status = launch_scatter_rows<scalar_t>(params, cuda_stream));
+  return status;
+}
+
+}  // namespace vidllm::routing
