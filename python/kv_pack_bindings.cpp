@@ -46,7 +46,7 @@ void kv_pack(py::handle codes_obj, py::handle packed_obj, py::handle invalid_obj
   codes.expect_ndim(2, "[rows, n]");
   codes.expect_last_dim_contiguous();
   packed.expect_ndim(2, "[rows, packed bytes]");
-  expect_dense(packed);
+  packed.expect_dense();
   packed.expect_size(0, codes.size(0), "rows of codes");
   packed.expect_size(1, kv_quant::packed_bytes(codes.size(1), packing), "ceil(n / codes per byte)");
 
@@ -76,7 +76,7 @@ void kv_unpack(py::handle packed_obj, py::handle codes_obj, py::handle invalid_o
   packed.expect_ndim(2, "[rows, packed bytes]");
   packed.expect_last_dim_contiguous();
   codes.expect_ndim(2, "[rows, n]");
-  expect_dense(codes);
+  codes.expect_dense();
   codes.expect_size(0, packed.size(0), "rows of packed");
   packed.expect_size(1, kv_quant::packed_bytes(codes.size(1), packing),
                      "ceil(n / codes per byte) for the n columns of codes");

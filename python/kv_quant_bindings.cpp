@@ -165,7 +165,7 @@ void kv_dequantize_token_groups(py::handle codes_obj, py::handle scale_obj, py::
   const Backend backend = select_backend(out);
   out.expect_ndim(3, "[rows, tokens, channels]");
   const DType out_dtype = out.expect_float();
-  expect_dense(out);
+  out.expect_dense();
   const int64_t rows = out.size(0);
   const int64_t tokens = out.size(1);
   const int64_t channels = out.size(2);

@@ -31,10 +31,6 @@ void check_group_size(int64_t group_size) {
   }
 }
 
-void expect_dense(const TensorArg& tensor) {
-  if (tensor.numel() > 0) tensor.expect_contiguous();
-}
-
 void check_buffer(const TensorArg& tensor, DLDataTypeCode code, int bits, const char* dtype_name,
                   const TensorArg& primary, int64_t d0, int64_t d1, int64_t d2,
                   const char* layout) {
@@ -44,7 +40,7 @@ void check_buffer(const TensorArg& tensor, DLDataTypeCode code, int bits, const 
   tensor.expect_size(0, d0, layout);
   tensor.expect_size(1, d1, layout);
   tensor.expect_size(2, d2, layout);
-  expect_dense(tensor);
+  tensor.expect_dense();
 }
 
 namespace {
@@ -85,7 +81,7 @@ ChannelMap check_channel_map(const std::optional<TensorArg>& channels, const Ten
   channels->expect_same_device(primary);
   channels->expect_dtype(kDLInt, 64, "int64");
   channels->expect_ndim(2, "[heads, C]");
-  expect_dense(*channels);
+  channels->expect_dense();
   map.heads = channels->size(0);
   map.count = channels->size(1);
   if (map.heads < 1 || rows % map.heads != 0) {

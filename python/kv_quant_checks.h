@@ -18,10 +18,6 @@ kv_quant::Packing parse_packing(const std::string& packing);
 kv_quant::Mode parse_kv_mode(const std::string& mode);
 void check_group_size(int64_t group_size);
 
-// Contiguous, or empty: torch exports some empty tensors with strides that are not the compact
-// ones (e.g. [3, 0] with strides [1, 1]), which TensorArg::expect_contiguous rejects.
-void expect_dense(const TensorArg& tensor);
-
 // A 3-D tensor of `dtype` on primary's device, contiguous, of shape [d0, d1, d2].
 void check_buffer(const TensorArg& tensor, DLDataTypeCode code, int bits, const char* dtype_name,
                   const TensorArg& primary, int64_t d0, int64_t d1, int64_t d2, const char* layout);

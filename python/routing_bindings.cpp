@@ -53,7 +53,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
   const DType score_dtype = scores.expect_float();
   offsets.expect_dtype(kDLInt, 64, "int64");
   offsets.expect_ndim(1, "[segments + 1]");
-  expect_dense(offsets);
+  offsets.expect_dense();
   if (offsets.size(0) < 1) {
     throw py::value_error(
         "segment_offsets: expected at least one entry ([segments + 1]), got "
@@ -71,7 +71,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
     index->expect_same_device(scores);
     index->expect_dtype(kDLInt, 64, "int64");
     index->expect_ndim(1, "[capacity]");
-    expect_dense(*index);
+    index->expect_dense();
   }
   // values (host memory only)
   if (backend == Backend::kCpu) {
@@ -134,7 +134,7 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
     out->expect_same_device(source);
     check_rows(*out, "[count, dim]");
     expect_same_row_type(*out, source);
-    expect_dense(*out);
+    out->expect_dense();
     out->expect_size(0, count, "one row per index entry");
     out->expect_size(1, dim, "dim of source");
   }
@@ -176,7 +176,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   delta.expect_same_device(y);
   // dtypes, layout, shapes
   const RowType dtype = check_rows(y, "[rows, dim]");
-  expect_dense(y);
+  y.expect_dense();
   const int64_t rows = y.size(0);
   const int64_t dim = y.size(1);
   if (x) {

@@ -33,15 +33,11 @@ void expect_same_row_type(const TensorArg& arg, const TensorArg& like) {
   }
 }
 
-void expect_dense(const TensorArg& arg) {
-  if (arg.numel() > 0) arg.expect_contiguous();
-}
-
 void check_index(const TensorArg& index, const TensorArg& primary) {
   index.expect_same_device(primary);
   index.expect_dtype(kDLInt, 64, "int64");
   index.expect_ndim(1, "[count]");
-  expect_dense(index);
+  index.expect_dense();
 }
 
 void check_row_scalars(const TensorArg& arg, RowType rows_type, int64_t count,
@@ -53,7 +49,7 @@ void check_row_scalars(const TensorArg& arg, RowType rows_type, int64_t count,
     arg.expect_dtype(kDLFloat, 32, "float32");
   arg.expect_ndim(1, "[count]");
   arg.expect_size(0, count, "one per index entry");
-  expect_dense(arg);
+  arg.expect_dense();
 }
 
 void check_status(const TensorArg& status, const TensorArg& primary) {
@@ -115,7 +111,7 @@ void check_scalar_output(const TensorArg& arg, DLDataTypeCode code, int bits, co
   arg.expect_dtype(code, bits, dtype);
   arg.expect_ndim(1, "[n]");
   arg.expect_size(0, size, what);
-  expect_dense(arg);
+  arg.expect_dense();
 }
 
 void routing_check_offsets(py::handle offsets_obj, int64_t tokens) {
@@ -123,7 +119,7 @@ void routing_check_offsets(py::handle offsets_obj, int64_t tokens) {
   if (offsets.is_cuda()) throw py::value_error("segment_offsets: expected a CPU copy");
   offsets.expect_dtype(kDLInt, 64, "int64");
   offsets.expect_ndim(1, "[segments + 1]");
-  expect_dense(offsets);
+  offsets.expect_dense();
   if (offsets.size(0) < 1) throw py::value_error("segment_offsets: expected at least one entry");
   check_offset_values(static_cast<const int64_t*>(offsets.data()), offsets.size(0), tokens);
 }
@@ -134,7 +130,7 @@ void routing_check_index(py::handle index_obj, int64_t rows, bool unique,
   if (index.is_cuda()) throw py::value_error("index: expected a CPU copy");
   index.expect_dtype(kDLInt, 64, "int64");
   index.expect_ndim(1, "[count]");
-  expect_dense(index);
+  index.expect_dense();
   check_index_values(static_cast<const int64_t*>(index.data()), index.size(0), rows, unique,
                      rows_name.c_str());
 }

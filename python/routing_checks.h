@@ -17,9 +17,6 @@ routing::RowType check_rows(const TensorArg& rows, const char* layout);
 // `arg` has the element type of `like` (a rows tensor already checked).
 void expect_same_row_type(const TensorArg& arg, const TensorArg& like);
 
-// Contiguous, or empty (producers report arbitrary strides for empty tensors).
-void expect_dense(const TensorArg& arg);
-
 // index: int64 [count], contiguous, on primary's device.
 void check_index(const TensorArg& index, const TensorArg& primary);
 

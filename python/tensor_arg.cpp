@@ -168,6 +168,10 @@ void TensorArg::expect_size(int dim, int64_t expected, const char* what) const {
   }
 }
 
+void TensorArg::expect_dense() const {
+  if (numel() > 0) expect_contiguous();
+}
+
 void TensorArg::expect_contiguous() const {
   int64_t compact = 1;
   for (int d = tensor_->ndim - 1; d >= 0; --d) {

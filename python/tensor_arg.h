@@ -44,6 +44,7 @@ class TensorArg {
   void expect_bool() const;  // 1-byte bool (or uint8, as older producers export bool)
   void expect_size(int dim, int64_t expected, const char* what) const;
   void expect_contiguous() const;
+  void expect_dense() const;  // contiguous unless empty (torch gives empty tensors any strides)
   void expect_last_dim_contiguous() const;
   void expect_same_device(const TensorArg& reference) const;
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/exact_math.h"
 #include "common/macros.h"
 
 namespace vidllm::kv_quant {
@@ -157,38 +158,6 @@ inline Packing mode_packing(Mode mode) {
   return mode == Mode::kMinMax2 ? Packing::kBits2
          : mode == Mode::kSign1 ? Packing::kBits1
                                 : Packing::kTrits;
-}
-
-VIDLLM_HOST_DEVICE float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-VIDLLM_HOST_DEVICE float sub_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-VIDLLM_HOST_DEVICE float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-VIDLLM_HOST_DEVICE float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
 }
 
 // Running statistics of one group, fed value by value in the group's order; start() first. The

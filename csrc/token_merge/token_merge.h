@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/exact_math.h"
 #include "common/macros.h"
 #include "common/status.h"
 
@@ -193,30 +194,6 @@ VIDLLM_HOST_DEVICE int64_t carried_index(const int64_t* index, int64_t row_strid
 // ---- float32 arithmetic shared by both twins ---------------------------------------------------
 // Rounded IEEE operations. On the device the _rn intrinsics are never contracted into FMA; the
 // CPU sources turn contraction off (see token_merge_cpu.cpp), so both sides round alike.
-
-VIDLLM_HOST_DEVICE float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-VIDLLM_HOST_DEVICE float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-VIDLLM_HOST_DEVICE float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
 
 // acc + a * b with two roundings. Dot products, norms and weighted sums are chains of these in a
 // fixed order (ascending channel, ascending source), so every twin computes the same bits.
