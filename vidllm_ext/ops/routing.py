@@ -28,7 +28,7 @@ from vidllm_ext.ops._routing_ops import (
     topk_into_op,
     topk_op,
 )
-from vidllm_ext.reference.routing import gate_weights
+from vidllm_ext.reference import routing as scheme
 
 
 def topk_per_segment(scores: Tensor, segment_offsets: Tensor, keep_ratio: float) -> Tensor:
@@ -172,16 +172,9 @@ def select_routed_tokens(
     Example:
         >>> selected_index = vidllm_ext.ops.select_routed_tokens(s, is_video, offsets, 0.2)
     """
-    scores, is_video, segment_offsets = check.check_selection_inputs(
-        scores, is_video, segment_offsets
+    return scheme.select_routed_tokens_with(
+        topk_per_segment, scores, is_video, segment_offsets, keep_ratio
     )
-    keep_ratio = check.check_keep_ratio(keep_ratio)
-    video_index = is_video.nonzero().flatten()
-    video_scores = scores.detach()[video_index].float()
-    kept_video = video_index[topk_per_segment(video_scores, segment_offsets, keep_ratio)]
-    selected = ~is_video
-    selected[kept_video] = True
-    return selected.nonzero().flatten()
 
 
 def routed_update(
@@ -207,18 +200,7 @@ def routed_update(
         >>> out = vidllm_ext.ops.routed_update(h, router(h).squeeze(-1), is_video, offsets, 0.2,
         ...                                    layer)
     """
-    hidden, scores, is_video, segment_offsets = check.check_routed_inputs(
-        hidden, scores, is_video, segment_offsets
+    primitives = (topk_per_segment, gather_rows, scatter_add_rows)
+    return scheme.routed_update_with(
+        primitives, hidden, scores, is_video, segment_offsets, keep_ratio, layer_fn, gate
     )
-    keep_ratio = check.check_keep_ratio(keep_ratio)
-    gate = check.check_gate(gate)
-    selected_index = select_routed_tokens(scores, is_video, segment_offsets, keep_ratio)
-    if selected_index.numel() == 0:
-        return hidden.clone()
-    selected = gather_rows(hidden, selected_index)
-    delta = layer_fn(selected, selected_index) - selected
-    weight = None
-    if gate != "none":
-        gates = gate_weights(scores[selected_index], gate)
-        weight = torch.where(is_video[selected_index], gates, torch.ones_like(gates))
-    return scatter_add_rows(hidden, selected_index, delta, weight)

@@ -143,16 +143,9 @@ def select_routed_tokens(
     """int64 [K], ascending: every token that is not video, plus in each segment of the video
     tokens (offsets count video tokens only, in sequence order) the top
     ``ceil(keep_ratio * n_s)`` by float32 score."""
-    scores, is_video, segment_offsets = check.check_selection_inputs(
-        scores, is_video, segment_offsets
+    return select_routed_tokens_with(
+        topk_per_segment, scores, is_video, segment_offsets, keep_ratio
     )
-    keep_ratio = check.check_keep_ratio(keep_ratio)
-    video_index = is_video.nonzero().flatten()
-    video_scores = scores.detach()[video_index].float()
-    kept_video = video_index[topk_per_segment(video_scores, segment_offsets, keep_ratio)]
-    selected = ~is_video
-    selected[kept_video] = True
-    return selected.nonzero().flatten()
 
 
 def routed_update(
@@ -182,17 +175,46 @@ def routed_update(
         [tokens, dim]: ``h + g(s) * delta`` for selected video tokens, ``h + delta`` for the
         other selected tokens, ``h`` for the rest, with ``delta = layer_fn(h_sel) - h_sel``.
     """
+    primitives = (topk_per_segment, gather_rows, scatter_add_rows)
+    return routed_update_with(
+        primitives, hidden, scores, is_video, segment_offsets, keep_ratio, layer_fn, gate
+    )
+
+
+# ---- the routed layer's composition, written once over its primitives -----------------------
+# ``vidllm_ext.ops`` runs the same code on the kernels (topk_per_segment, gather_rows,
+# scatter_add_rows), so ops and reference differ only where the kernels do.
+
+
+def select_routed_tokens_with(topk, scores, is_video, segment_offsets, keep_ratio: float):
+    scores, is_video, segment_offsets = check.check_selection_inputs(
+        scores, is_video, segment_offsets
+    )
+    keep_ratio = check.check_keep_ratio(keep_ratio)
+    video_index = is_video.nonzero().flatten()
+    video_scores = scores.detach()[video_index].float()
+    kept_video = video_index[topk(video_scores, segment_offsets, keep_ratio)]
+    selected = ~is_video
+    selected[kept_video] = True
+    return selected.nonzero().flatten()
+
+
+def routed_update_with(
+    primitives, hidden, scores, is_video, segment_offsets, keep_ratio, layer_fn, gate
+):
+    topk, gather, scatter_add = primitives
     hidden, scores, is_video, segment_offsets = check.check_routed_inputs(
         hidden, scores, is_video, segment_offsets
     )
     keep_ratio = check.check_keep_ratio(keep_ratio)
     gate = check.check_gate(gate)
-    selected_index = select_routed_tokens(scores, is_video, segment_offsets, keep_ratio)
+    selected_index = select_routed_tokens_with(topk, scores, is_video, segment_offsets, keep_ratio)
     if selected_index.numel() == 0:
         return hidden.clone()
-    selected = hidden[selected_index]
+    selected = gather(hidden, selected_index)
     delta = layer_fn(selected, selected_index) - selected
-    video = is_video[selected_index]
-    gates = gate_weights(scores[selected_index], gate)
-    weight = torch.where(video, gates, torch.ones_like(gates))
-    return scatter_add_rows(hidden, selected_index, delta, weight)
+    weight = None  # gate "none": every selected token takes the layer's update as is
+    if gate != "none":
+        gates = gate_weights(scores[selected_index], gate)
+        weight = torch.where(is_video[selected_index], gates, torch.ones_like(gates))
+    return scatter_add(hidden, selected_index, delta, weight)
