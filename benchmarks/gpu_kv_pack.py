@@ -70,24 +70,18 @@ def table_row(case: Case, timing: dict, copy_bytes_per_s: float | None, notes: l
     op_s = timing["op_s"]
     bandwidth = case.bytes / op_s
     fraction = [] if copy_bytes_per_s is None else [f"{bandwidth / copy_bytes_per_s:.0%}"]
-    compiled = timing["compiled_s"]
-    if isinstance(compiled, float):
-        compiled_cells = [f"{compiled * 1e3:#.4g}", f"{compiled / op_s:.2f}x"]
-    else:
-        if compiled not in notes:
-            notes.append(compiled)
-        compiled_cells = [f"n/a [{notes.index(compiled) + 1}]", "n/a"]
+    compiled_ms, compiled_speedup = harness.compiled_cells(timing["compiled_s"], op_s, notes)
     return [
         case.name,
         f"{case.bytes / 1e6:.2f}",
         f"{case.flops / 1e6:.1f}",
-        f"{op_s * 1e3:#.4g}",
+        harness.format_ms(op_s),
         f"{bandwidth / 1e9:.1f}",
         *fraction,
-        f"{timing['reference_s'] * 1e3:#.4g}",
-        compiled_cells[0],
+        harness.format_ms(timing["reference_s"]),
+        compiled_ms,
         f"{timing['reference_s'] / op_s:.2f}x",
-        compiled_cells[1],
+        compiled_speedup,
     ]
 
 

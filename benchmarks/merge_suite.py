@@ -278,24 +278,16 @@ def report(device, budget, shapes, measured: list[Measured], copy: float | None)
 
 def _row(item: Measured, copy: float | None, notes: list[str]) -> list[str]:
     cost = item.case.cost
-    if isinstance(item.compiled_s, float):
-        compiled, versus = _ms(item.compiled_s), f"{item.compiled_s / item.op_s:.2f}x"
-    else:
-        if item.compiled_s not in notes:
-            notes.append(item.compiled_s)
-        compiled, versus = f"n/a [{notes.index(item.compiled_s) + 1}]", "n/a"
+    compiled, versus = harness.compiled_cells(item.compiled_s, item.op_s, notes)
     bandwidth = cost.bytes / item.op_s
     return [
         item.shape.name, item.shape.label, dtype_label(item.shape.dtype), item.case.stage,
-        f"{cost.bytes / 1e6:.1f}", f"{cost.flops / 1e9:.2f}", _ms(item.op_s),
+        f"{cost.bytes / 1e6:.1f}", f"{cost.flops / 1e9:.2f}", harness.format_ms(item.op_s),
         f"{bandwidth / 1e9:.1f}", f"{cost.flops / item.op_s / 1e9:.1f}",
-        *([f"{bandwidth / copy:.0%}"] if copy else []), _ms(item.reference_s), compiled,
+        *([f"{bandwidth / copy:.0%}"] if copy else []),
+        harness.format_ms(item.reference_s), compiled,
         f"{item.reference_s / item.op_s:.2f}x", versus,
     ]  # fmt: skip
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:#.4g}"
 
 
 def _targets(device: torch.device, measured: list[Measured]) -> list[str]:

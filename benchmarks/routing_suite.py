@@ -285,12 +285,7 @@ def _row(item: Measured, copy_bytes_per_s: float | None, notes: list[str]) -> li
     shape, op_s = item.shape, item.op_s
     bandwidth = item.bytes / op_s
     copy = [] if copy_bytes_per_s is None else [f"{bandwidth / copy_bytes_per_s:.0%}"]
-    if isinstance(item.compiled_s, float):
-        compiled_ms, compiled_speedup = _ms(item.compiled_s), f"{item.compiled_s / op_s:.2f}x"
-    else:
-        if item.compiled_s not in notes:
-            notes.append(item.compiled_s)
-        compiled_ms, compiled_speedup = f"n/a [{notes.index(item.compiled_s) + 1}]", "n/a"
+    compiled_ms, compiled_speedup = harness.compiled_cells(item.compiled_s, op_s, notes)
     dtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[shape.dtype]
     rows = shape.selected - shape.text_tokens if item.case == "topk" else shape.selected
     return [
@@ -300,19 +295,15 @@ def _row(item: Measured, copy_bytes_per_s: float | None, notes: list[str]) -> li
         item.case,
         str(rows),
         f"{item.bytes / 1e6:.1f}",
-        _ms(op_s),
+        harness.format_ms(op_s),
         f"{bandwidth / 1e9:.1f}",
         f"{item.flops / op_s / 1e9:.1f}" if item.flops else "-",
         *copy,
-        _ms(item.reference_s),
+        harness.format_ms(item.reference_s),
         compiled_ms,
         f"{item.reference_s / op_s:.2f}x",
         compiled_speedup,
     ]
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:#.4g}"
 
 
 def _targets(measured: list[Measured], copy_bytes_per_s: float | None) -> list[str]:

@@ -315,7 +315,7 @@ def _row(item: Measured, copy_bytes_per_s: float | None, notes: list[str]) -> li
     copy_fraction = (
         [] if copy_bytes_per_s is None else [f"{item.bytes_per_s / copy_bytes_per_s:.0%}"]
     )
-    compiled_ms, compiled_speedup = _compiled_cells(item, notes)
+    compiled_ms, compiled_speedup = harness.compiled_cells(item.compiled_s, op_s, notes)
     return [
         item.shape.name,
         item.shape.label,
@@ -324,28 +324,15 @@ def _row(item: Measured, copy_bytes_per_s: float | None, notes: list[str]) -> li
         item.case.label,
         f"{item.case.threshold:g}",
         f"{item.drop_ratio:.1%}",
-        _ms(op_s),
+        harness.format_ms(op_s),
         f"{item.bytes_per_s / 1e9:.1f}",
         f"{item.flops / op_s / 1e9:.1f}",
         *copy_fraction,
-        _ms(item.reference_s),
+        harness.format_ms(item.reference_s),
         compiled_ms,
         f"{item.reference_s / op_s:.2f}x",
         compiled_speedup,
     ]
-
-
-def _compiled_cells(item: Measured, notes: list[str]) -> tuple[str, str]:
-    # A compiled reference that could not be timed becomes "n/a [k]", its reason note k.
-    if isinstance(item.compiled_s, float):
-        return _ms(item.compiled_s), f"{item.compiled_s / item.op_s:.2f}x"
-    if item.compiled_s not in notes:
-        notes.append(item.compiled_s)
-    return f"n/a [{notes.index(item.compiled_s) + 1}]", "n/a"
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:#.4g}"
 
 
 def _targets(

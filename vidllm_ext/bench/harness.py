@@ -216,6 +216,22 @@ def timing_method(device: torch.device, budget: Budget) -> str:
     return f"{repeats}; wall clock (time.perf_counter)"
 
 
+def format_ms(seconds: float) -> str:
+    """Seconds as milliseconds with four significant digits: ``0.001234 -> "1.234"``."""
+    return f"{seconds * 1e3:#.4g}"
+
+
+def compiled_cells(compiled_s: float | str, op_s: float, notes: list[str]) -> tuple[str, str]:
+    """The "compiled ms" and "vs compiled" cells. A compiled reference that could not be timed
+    (``compiled_s`` is the reason) becomes ``"n/a [k]"``, its reason appended to ``notes`` once
+    as note k."""
+    if isinstance(compiled_s, float):
+        return format_ms(compiled_s), f"{compiled_s / op_s:.2f}x"
+    if compiled_s not in notes:
+        notes.append(compiled_s)
+    return f"n/a [{notes.index(compiled_s) + 1}]", "n/a"
+
+
 @dataclass(frozen=True)
 class Column:
     """A table column: its title and whether its cells are numbers (right-aligned)."""
