@@ -142,15 +142,18 @@ def _check_split(split: Tensor, heads: int, head_dim: int, two_bit: int, device)
         raise ValueError(
             f"channel_split must be [H, D2] = [{heads}, {two_bit}], got {tuple(split.shape)}"
         )
-    split = split.to(device)
-    if split.numel():
-        if int(split.min()) < 0 or int(split.max()) >= head_dim:
-            raise ValueError(f"channel_split indices must be in [0, {head_dim})")
-        ordered = split.sort(dim=1).values
-        if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
-            raise ValueError("channel_split must not repeat a channel within a head")
-        split = ordered
-    return split
+    if not split.numel():
+        return split.to(device)
+    ordered = split.to(device).sort(dim=1).values
+    # One host read for both checks (the cache validates its split at every flush).
+    out_of_range = (ordered[:, 0] < 0) | (ordered[:, -1] >= head_dim)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]).any(1)
+    problems = torch.stack([out_of_range.any(), repeated.any()]).tolist()
+    if problems[0]:
+        raise ValueError(f"channel_split indices must be in [0, {head_dim})")
+    if problems[1]:
+        raise ValueError("channel_split must not repeat a channel within a head")
+    return ordered
 
 
 # ---- the scheme, over a set of primitives ---------------------------------------------------
