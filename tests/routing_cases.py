@@ -23,7 +23,6 @@ def offsets_from_counts(counts) -> torch.Tensor:
 # thousands of tiny segments, nothing at all.
 SEGMENT_LAYOUTS = {
     "frames_16x256": [256] * 16,
-    "frames_130x256": [256] * 130,  # more tokens than one CPU work item
     "odd": [1, 7, 257, 33, 32, 31, 2],
     "empty_segments": [0, 5, 0, 0, 40, 0],
     "single_257": [257],

@@ -43,6 +43,17 @@ def test_topk_matches_reference(device, layout, keep_ratio, hostile):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_topk_many_frames(device):
+    """130 frames of 256 tokens: more than one work item of the CPU kernel."""
+    counts = [256] * 130
+    scores = random_scores(sum(counts), torch.float32, seed=9, hostile=True).to(device)
+    offsets = offsets_from_counts(counts).to(device)
+    expected = reference.topk_per_segment(scores.cpu(), offsets.cpu(), 0.2)
+    assert torch.equal(ops.topk_per_segment(scores, offsets, 0.2).cpu(), expected)
+    assert expected.numel() == 130 * 52
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("layout", ["odd", "long_4100", "tiny_many"])
 def test_topk_score_dtypes(device, dtype, layout):
