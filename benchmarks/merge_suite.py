@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,6 +246,7 @@ def run(device: torch.device, shapes: list[MergeShape], quick: bool) -> list[str
     """Measures every case on every shape; returns the report as markdown lines and prints it."""
     budget = harness.QUICK if quick else harness.FULL
     copy = harness.copy_bandwidth(device, budget) if device.type == "cuda" else None
+    load_at_start = os.getloadavg()[0]
     measured = []
     for shape in shapes:
         tokens = video_tokens(shape, device)
@@ -252,10 +254,13 @@ def run(device: torch.device, shapes: list[MergeShape], quick: bool) -> list[str
         for number, case in enumerate(cases, start=1):
             print(f"[{shape.name} {number}/{len(cases)}] {case.stage}", file=sys.stderr, flush=True)
             measured.append(measure(shape, case, device, budget, not quick))
-    return report(device, budget, shapes, measured, copy)
+    load = f"{load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+    return report(device, budget, shapes, measured, copy, load)
 
 
-def report(device, budget, shapes, measured: list[Measured], copy: float | None) -> list[str]:
+def report(
+    device, budget, shapes, measured: list[Measured], copy: float | None, load: str
+) -> list[str]:
     notes: list[str] = []
     columns = [
         Column("case", numeric=False), Column("shape", numeric=False),
@@ -267,6 +272,8 @@ def report(device, budget, shapes, measured: list[Measured], copy: float | None)
     rows = [_row(item, copy, notes) for item in measured]
     facts = [*harness.run_facts(device, budget, copy)]
     facts.append(("shapes", "; ".join(f"{s.name}: {s.about}" for s in shapes)))
+    # A shared machine makes rows measured at different moments hard to compare; say how busy.
+    facts.append(("load average (1 min)", f"{load}; {os.cpu_count()} logical CPUs"))
     lines = ["# Token merging benchmark", "", *(f"- **{k}**: {v}" for k, v in facts), ""]
     lines += [harness.markdown_table(columns, rows), ""]
     footnotes = [f"[{n}] {note}" for n, note in enumerate(notes, start=1)]
