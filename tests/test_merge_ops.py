@@ -261,3 +261,12 @@ def test_proportional_attention_bias():
         v_rep = v[b, 0].repeat_interleave(copies[b], 0)[None, None]
         expected = torch.nn.functional.scaled_dot_product_attention(q[b : b + 1], k_rep, v_rep)
         assert torch.allclose(out[b : b + 1], expected, atol=1e-5)
+
+
+def test_ops_accept_reference_plans():
+    metric = random_metric(2, 31, 8, seed=19)
+    x = random_metric(2, 31, 12, seed=20)
+    plan = reference.bipartite_soft_matching(metric, 9, protected=1)
+    merged, size = ops.merge_wavg(plan, x)
+    assert torch.equal(size, reference.merge_wavg(plan, x)[1])
+    assert torch.equal(ops.unmerge(plan, merged), reference.unmerge(plan, merged))

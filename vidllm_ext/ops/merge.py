@@ -257,9 +257,8 @@ def merge_wavg(plan: MergePlan, x: Tensor, size: Optional[Tensor] = None) -> tup
     """
     plan, x, size = check.check_merge_input(plan, x, size)
     size = None if size is None else size.float().contiguous()
-    return _merge_wavg_op(
-        rows_contiguous(x), size, plan.slot, plan.kept_index, plan.source_offsets, plan.source_index
-    )
+    plan_tensors = (plan.slot, plan.kept_index, plan.source_offsets, plan.source_index)
+    return _merge_wavg_op(rows_contiguous(x), size, *(t.contiguous() for t in plan_tensors))
 
 
 def unmerge(plan: MergePlan, x_merged: Tensor) -> Tensor:
@@ -276,7 +275,7 @@ def unmerge(plan: MergePlan, x_merged: Tensor) -> Tensor:
         >>> restored = vidllm_ext.ops.unmerge(plan, x_merged)  # [B, T, D]
     """
     plan, x_merged = check.check_unmerge_input(plan, x_merged)
-    return _unmerge_op(rows_contiguous(x_merged), plan.slot)
+    return _unmerge_op(rows_contiguous(x_merged), plan.slot.contiguous())
 
 
 def hierarchical_merge(

@@ -34,15 +34,17 @@ def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def best_partner(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(partner, score)`` of every row of ``[B, |A|, |B|]``: the most similar B token (NaN
-    lowest, ties to the lower index) and its similarity; ``(-1, NaN)`` when B is empty."""
+    lowest, ties to the lower index) and its similarity; ``(-1, NaN)`` when B is empty.
+
+    NaN is taken as -inf: a similarity of -inf itself cannot occur (a dot product that overflows
+    overflows a sum of squares first, and inf / inf is NaN), so the order is the kernels'.
+    """
     batch, a_size, b_size = similarity.shape
     if b_size == 0:
         partner = torch.full((batch, a_size), -1, dtype=torch.int64, device=similarity.device)
         return partner, torch.full((batch, a_size), math.nan, device=similarity.device)
-    valid = ~similarity.isnan()
-    best = similarity.masked_fill(~valid, -math.inf).amax(-1, keepdim=True)
-    # argmax returns the first maximal index; rows of NaN only have no candidate and pick 0.
-    partner = (valid & (similarity == best)).to(torch.int32).argmax(-1)
+    # max returns the first maximal index; rows of NaN only pick 0 and keep score NaN.
+    partner = similarity.masked_fill(similarity.isnan(), -math.inf).max(-1)[1]
     return partner, similarity.gather(-1, partner[..., None])[..., 0]
 
 
@@ -90,7 +92,10 @@ def plan_from_merges(
     slot[:, a_tokens] = survivor_slot.gather(1, destination)
 
     outputs = tokens - r
-    kept_index = torch.arange(tokens, device=device).expand(batch, tokens)[survives]
+    # Survivors scatter to their slots; merged tokens to a spare column that is cut off.
+    token_index = torch.arange(tokens, device=device).expand(batch, tokens)
+    kept_index = torch.zeros(batch, outputs + 1, dtype=torch.int64, device=device)
+    kept_index.scatter_(1, torch.where(survives, survivor_slot, outputs), token_index)
     merged_slot = slot[:, a_tokens]
     counts = torch.zeros(batch, outputs, dtype=torch.int64, device=device)
     counts.scatter_add_(1, merged_slot, merged.long())
@@ -100,7 +105,7 @@ def plan_from_merges(
     source_index = key.sort(1)[0][:, :r] % max(tokens, 1)
     return MergePlan(
         slot=slot,
-        kept_index=kept_index.view(batch, outputs),
+        kept_index=kept_index[:, :outputs].contiguous(),
         source_offsets=source_offsets,
         source_index=source_index,
         partner=partner,
@@ -121,11 +126,10 @@ def merge_wavg(
     outputs = plan.merged_tokens
     weights = torch.ones(batch, tokens, device=x.device) if size is None else size.float()
     total = weights.new_zeros(batch, outputs).scatter_add(1, plan.slot, weights)
-    weighted = (x.float() * weights[..., None]).new_zeros(batch, outputs, dim)
-    weighted.scatter_add_(
-        1, plan.slot[..., None].expand(-1, -1, dim), x.float() * weights[..., None]
-    )
-    averaged = (weighted / total[..., None]).to(x.dtype)
+    weighted = x.float() * weights[..., None]
+    summed = weighted.new_zeros(batch, outputs, dim)
+    summed.scatter_add_(1, plan.slot[..., None].expand(-1, -1, dim), weighted)
+    averaged = (summed / total[..., None]).to(x.dtype)
     kept = x.gather(1, plan.kept_index[..., None].expand(-1, -1, dim))
     received = plan.source_offsets.diff(dim=1) > 0
     x_merged = torch.where(received[..., None], averaged, kept)
