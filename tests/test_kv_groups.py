@@ -48,6 +48,12 @@ def assert_same_values(actual, expected):
     assert torch.equal(actual[~nan], expected[~nan])
 
 
+def bits_of(tensor):
+    """Integer view for bitwise comparisons (NaN payloads and zero signs included)."""
+    view_dtype = {4: torch.int32, 2: torch.int16, 1: torch.uint8}[tensor.element_size()]
+    return tensor.cpu().contiguous().view(view_dtype)
+
+
 def mean_abs_float64(x, group_size, channels=None):
     """The float64 oracle of the mean-|x| statistics, [R, NG, C]."""
     values = x.double()
@@ -204,6 +210,30 @@ def test_nan_and_inf_propagate_to_their_groups(device, mode, dtype):
     )
 
 
+# The NaN every kernel writes, by output dtype: CPU arithmetic keeps NaN payloads and signs that
+# the GPU's does not, so the kernels canonicalize (CUDA == CPU bitwise relies on it).
+CANONICAL_NAN_BITS = {torch.float32: 0x7FC00000, torch.float16: 0x7E00, torch.bfloat16: 0x7FC0}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_nan_results_are_canonical(device, mode, dtype):
+    x = kv_like(2, 24, 6, torch.float32, "cpu", seed=34)
+    x[0, 2, 1] = -math.nan  # negative NaN input: sign and payload must not leak
+    x[1, 9, :3] = math.inf  # inf - inf, 0 * inf: the default NaNs of the hardware
+    x[1, 10, :3] = -math.inf
+    codes, scale, zero = kv.quantize_channel_groups(x.to(device), mode, 8)
+    for stats in (scale, zero):
+        nan = stats.isnan()
+        assert (bits_of(stats)[nan.cpu()] == 0x7FC00000).all()
+    assert scale.isnan().any()
+    decoded = kv.dequantize_channel_groups(codes, scale, zero, mode, 8, 6, dtype=dtype)
+    nan = decoded.isnan().cpu()
+    assert nan.any()
+    assert (bits_of(decoded)[nan].long() & 0xFFFFFFFF == CANONICAL_NAN_BITS[dtype]).all()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_constant_groups_have_zero_scale_and_code_zero(device, dtype):
@@ -308,12 +338,6 @@ def test_outputs_are_deterministic(device):
             assert all(torch.equal(a, b) for a, b in zip(first, again))
             again_decoded = kv.dequantize_channel_groups(*again, mode, 32, 127)
             assert torch.equal(again_decoded.view(torch.int32), decoded)
-
-
-def bits_of(tensor):
-    """Integer view for bitwise comparisons (NaN payloads and zero signs included)."""
-    view_dtype = {4: torch.int32, 2: torch.int16, 1: torch.uint8}[tensor.element_size()]
-    return tensor.cpu().contiguous().view(view_dtype)
 
 
 @pytest.mark.cuda

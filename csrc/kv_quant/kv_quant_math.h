@@ -160,6 +160,11 @@ inline Packing mode_packing(Mode mode) {
                                 : Packing::kTrits;
 }
 
+// NaN made canonical (0x7fc00000): arithmetic on NaN keeps an operand's payload and sign on the
+// CPU (or makes a negative default NaN) but gives 0x7fffffff on the GPU; statistics and decoded
+// values pass through this so both twins agree bitwise.
+VIDLLM_HOST_DEVICE float canonical_nan(float value) { return value != value ? NAN : value; }
+
 // Running statistics of one group, fed value by value in the group's order; start() first. The
 // running min and max ignore NaN (x < low ? x : low compiles to a branch-free min) and a flag
 // records it instead, so a NaN anywhere in the group makes both NaN at the end.
@@ -186,11 +191,10 @@ struct GroupAccumulator {
   // scale and (minmax2) zero of the `count` values added.
   VIDLLM_HOST_DEVICE void finish(int64_t count, float& scale, float& zero) const {
     if constexpr (kMode == Mode::kMinMax2) {
-      const float lowest = saw_nan ? NAN : low;
-      scale = div_rn(sub_rn(saw_nan ? NAN : high, lowest), 3.0f);
-      zero = lowest;
+      scale = saw_nan ? NAN : canonical_nan(div_rn(sub_rn(high, low), 3.0f));  // inf - inf
+      zero = saw_nan ? NAN : low;
     } else {
-      scale = div_rn(low, static_cast<float>(count));
+      scale = canonical_nan(div_rn(low, static_cast<float>(count)));
       zero = 0.0f;
     }
   }
@@ -221,13 +225,13 @@ VIDLLM_HOST_DEVICE unsigned int encode(float x, float scale, float zero) {
 template <Mode kMode>
 VIDLLM_HOST_DEVICE float decode(unsigned int digit, float scale, float zero) {
   if constexpr (kMode == Mode::kMinMax2) {
-    return add_rn(mul_rn(static_cast<float>(digit), scale), zero);
+    return canonical_nan(add_rn(mul_rn(static_cast<float>(digit), scale), zero));
   } else if constexpr (kMode == Mode::kSign1) {
     (void)zero;
-    return bits_to_float(float_to_bits(scale) ^ ((~digit & 1u) << 31));
+    return canonical_nan(bits_to_float(float_to_bits(scale) ^ ((~digit & 1u) << 31)));
   } else {
     (void)zero;
-    return mul_rn(scale, static_cast<float>(static_cast<int>(digit) - 1));
+    return canonical_nan(mul_rn(scale, static_cast<float>(static_cast<int>(digit) - 1)));
   }
 }
 
