@@ -127,13 +127,13 @@ VIDLLM_HOST_DEVICE unsigned int digit_at(uint8_t byte, int slot) {
 // ---- quantizers --------------------------------------------------------------------------
 
 // Statistics and codes of a group of values (float32 math, IEEE rounding, no FMA):
-//   kMinMax2: zero m = min, scale s = (max - m) / 3, code = clamp(rint((x - m) / s), 0, 3), 0 where
-//             s == 0 or the quotient is NaN; x^ = code * s + m.
+//   kMinMax2: zero m = min, scale s = (max - m) / 3, code = clamp(round_half_even((x - m) / s),
+//             0, 3), 0 where s == 0 or the quotient is NaN; x^ = code * s + m.
 //   kSign1:   scale alpha = sum |x| / count (sequential float32 sum in group order); code = x >= 0;
 //             x^ = code ? alpha : -alpha.
 //   kTrit:    scale gamma = sum |x| / count; t = +1 where x > gamma / 2, -1 where x < -gamma / 2,
 //             else 0 (NaN: 0); x^ = gamma * t.
-// min, max and the sums propagate NaN, so a NaN anywhere in a group makes its statistics NaN.
+// A NaN anywhere in a group makes its statistics NaN (min and max included).
 enum class Mode : int { kMinMax2 = 0, kSign1 = 1, kTrit = 2 };
 
 template <Mode kMode>
@@ -141,17 +141,14 @@ struct ModeTraits;
 template <>
 struct ModeTraits<Mode::kMinMax2> {
   static constexpr Packing kPacking = Packing::kBits2;
-  static constexpr bool kHasZero = true;
 };
 template <>
 struct ModeTraits<Mode::kSign1> {
   static constexpr Packing kPacking = Packing::kBits1;
-  static constexpr bool kHasZero = false;
 };
 template <>
 struct ModeTraits<Mode::kTrit> {
   static constexpr Packing kPacking = Packing::kTrits;
-  static constexpr bool kHasZero = false;
 };
 
 inline Packing mode_packing(Mode mode) {
