@@ -24,6 +24,7 @@ void register_frame_drop(py::module_& m);
 void register_kv_quant(py::module_& m);
 void register_token_merge(py::module_& m);
 void register_routing(py::module_& m);
+void register_kv_attention(py::module_& m);
 
 namespace {
 
@@ -75,4 +76,5 @@ PYBIND11_MODULE(_C, m) {
   vidllm::binding::register_kv_quant(m);
   vidllm::binding::register_token_merge(m);
   vidllm::binding::register_routing(m);
+  vidllm::binding::register_kv_attention(m);
 }

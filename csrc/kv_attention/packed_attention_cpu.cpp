@@ -106,8 +106,9 @@ void decode_keys(const SegmentParams& p, const Item& item, int64_t start, int64_
 bool visible(const SegmentParams& p, const Item& item, int64_t query, int64_t position) {
   if (position > p.q.query_start + query) return false;
   const Mask& m = p.mask;
-  return !m.data || m.data[item.batch * m.stride_batch + query * m.stride_query +
-                           position * m.stride_key] != 0;
+  return !m.data ||
+         m.data[item.batch * m.stride_batch + query * m.stride_query + position * m.stride_key] !=
+             0;
 }
 
 void score_tile(const SegmentParams& p, const Item& item, int64_t start, int64_t count,

@@ -16,6 +16,7 @@ from vidllm_ext.ops.merge import (
     proportional_attention_bias,
     unmerge,
 )
+from vidllm_ext.ops.packed_attention import packed_attention
 from vidllm_ext.ops.routing import (
     gather_rows,
     routed_update,
@@ -53,3 +54,4 @@ __all__ += [
     "topk_per_segment",
     "topk_per_segment_into",
 ]
+__all__ += ["packed_attention"]

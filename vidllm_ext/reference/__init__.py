@@ -38,3 +38,6 @@ __all__ += [
     "select_routed_tokens",
     "topk_per_segment",
 ]
+from vidllm_ext.reference.packed_attention import packed_attention  # noqa: E402
+
+__all__ += ["packed_attention"]
