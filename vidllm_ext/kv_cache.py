@@ -6,7 +6,11 @@ the C++/CUDA quantizers. A token is quantized exactly once, when it leaves the w
 channel split is fixed at a layer's first flush from the tokens present then.
 
 Attention sees what the cache holds: ``update`` returns the dequantized old tokens followed by
-the window, so the tokens a step flushes are attended in their quantized form at once.
+the window, so the tokens a step flushes are attended in their quantized form at once. With
+``packed_attention=True`` (what ``vidllm_ext.patch(model, kv=...)`` sets up) nothing is
+dequantized: once tokens are packed, ``update`` returns placeholders that carry the layer, and
+the registered attention function (:mod:`vidllm_ext.integration.attention`) reads the codes,
+statistics and window directly through ``ops.packed_attention``.
 """
 
 from __future__ import annotations
@@ -79,6 +83,13 @@ class SalientTokens:
             self.mask = fn(self.mask.to(torch.int8)).to("cpu", torch.bool)
 
 
+class CacheOptions:
+    """Settings shared by the layers of one cache (they may change after the layers exist)."""
+
+    def __init__(self, packed_attention: bool = False) -> None:
+        self.packed_attention = packed_attention
+
+
 class PackedKVLayer(CacheLayerMixin):
     """One decoder layer's packed cache: quantized blocks followed by the full-precision window."""
 
@@ -86,10 +97,16 @@ class PackedKVLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, config: KVQuantConfig, salient: SalientTokens | None = None):
+    def __init__(
+        self,
+        config: KVQuantConfig,
+        salient: SalientTokens | None = None,
+        options: CacheOptions | None = None,
+    ):
         super().__init__()
         self.config = config
         self.salient = salient if salient is not None else SalientTokens()
+        self.options = options if options is not None else CacheOptions()
         self.key_blocks: list[KeyBlock] = []
         self.value_blocks: list[ValueBlock] = []
         self.channel_split: Tensor | None = None
@@ -112,8 +129,21 @@ class PackedKVLayer(CacheLayerMixin):
         self._flush_whole_groups()
         if not self.key_blocks:
             return self.keys, self.values
+        if self.options.packed_attention:
+            return self.attention_placeholders()
         old_keys, old_values = self.dequantized_old()
         return torch.cat([old_keys, self.keys], -2), torch.cat([old_values, self.values], -2)
+
+    def attention_placeholders(self) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, H, T, D] for the packed attention function: NaN everywhere (one
+        stored element, expanded) with this layer attached as ``_vidllm_packed_layer``. Any
+        other attention function reading them returns NaN, never a silently wrong answer."""
+        batch, heads, _, dim = self.keys.shape
+        shape = (batch, heads, self.get_seq_length(), dim)
+        keys = self.keys.new_full((1, 1, 1, 1), float("nan")).expand(shape)
+        values = self.values.new_full((1, 1, 1, 1), float("nan")).expand(shape)
+        keys._vidllm_packed_layer = values._vidllm_packed_layer = self
+        return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -250,6 +280,11 @@ class PackedKVCache(Cache):
 
     Args:
         config: the :class:`vidllm_ext.KVQuantConfig`.
+        packed_attention: let attention read the packed codes directly instead of receiving
+            dequantized keys and values from ``update``. Needs a model whose attention is
+            vidllm's (``vidllm_ext.patch(model, kv=...)`` installs it and turns this on for
+            the caches its ``generate`` and :class:`StreamingSession` use); any other attention
+            function would read NaN placeholders.
 
     Works with ``model.generate`` (greedy, sampling, beam search, padded batches) for any decoder
     with full-attention layers. ``nbytes()`` counts every byte held; ``bits_per_element()`` the
@@ -262,7 +297,7 @@ class PackedKVCache(Cache):
         >>> cache.bits_per_element()
     """
 
-    def __init__(self, config: KVQuantConfig | None = None):
+    def __init__(self, config: KVQuantConfig | None = None, *, packed_attention: bool = False):
         config = KVQuantConfig() if config is None else config
         if not isinstance(config, KVQuantConfig):
             raise TypeError(
@@ -270,7 +305,19 @@ class PackedKVCache(Cache):
             )
         self.config = config
         self.salient = SalientTokens()
-        super().__init__(layer_class_to_replicate=partial(PackedKVLayer, config, self.salient))
+        self.options = CacheOptions(bool(packed_attention))
+        super().__init__(
+            layer_class_to_replicate=partial(PackedKVLayer, config, self.salient, self.options)
+        )
+
+    @property
+    def packed_attention(self) -> bool:
+        """Whether attention reads the packed codes directly (see the class docstring)."""
+        return self.options.packed_attention
+
+    @packed_attention.setter
+    def packed_attention(self, value: bool) -> None:
+        self.options.packed_attention = bool(value)
 
     def mark_salient(self, mask: Tensor, offset: int | None = None) -> None:
         """Store the values of these tokens at 2 bits (needs ``salient_ratio`` > 0).

@@ -68,7 +68,7 @@ class StreamingSession:
         self.model = patch(model, dtd=dtd, kv=kv)
         self.processor = processor
         if kv is not None:
-            self.cache = PackedKVCache(kv)
+            self.cache = PackedKVCache(kv, packed_attention=True)
         else:
             self.cache = DynamicCache(config=model.config.get_text_config())
         self.sequence: list[int] = []  # every token of the stream, dropped ones included

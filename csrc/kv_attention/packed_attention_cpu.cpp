@@ -68,8 +68,9 @@ void prepare_queries(const SegmentParams& p, const Item& item, int64_t key_group
     float* out = &s.query[r * dim];
     float bias = 0.0f;
     for (int64_t c = 0; c < k.two_bit; ++c) {
-      out[c] = qp[c] * load_stat(k.scale2, base2 + c, k.scale_type);
-      bias += qp[c] * load_stat(k.zero2, base2 + c, k.scale_type);
+      const float scale = load_stat(k.scale2, base2 + c, k.scale_type);
+      out[c] = qp[c] * scale;
+      bias += qp[c] * centered_zero(load_stat(k.zero2, base2 + c, k.scale_type), scale);
     }
     for (int64_t c = 0; c < k.one_bit; ++c)
       out[k.two_bit + c] = qp[k.two_bit + c] * load_stat(k.alpha1, base1 + c, k.scale_type);
@@ -77,8 +78,8 @@ void prepare_queries(const SegmentParams& p, const Item& item, int64_t key_group
   }
 }
 
-// Decodes the keys of the tile's rows into s.keys (channel-major): 2-bit codes as levels 0..3 and
-// 1-bit codes as -1 / +1 (packed), or the stored floats (full).
+// Decodes the keys of the tile's rows into s.keys (channel-major): 2-bit codes as centered levels
+// -1.5 .. 1.5 and 1-bit codes as -1 / +1 (packed), or the stored floats (full).
 template <typename KeyT>
 void decode_keys(const SegmentParams& p, const Item& item, int64_t start, int64_t count,
                  Scratch& s) {
@@ -97,7 +98,7 @@ void decode_keys(const SegmentParams& p, const Item& item, int64_t start, int64_
     const int64_t bytes1 = (k.one_bit + 7) / 8;
     const uint8_t* row2 = k.codes2 + (head * k.tokens + token) * bytes2;
     const uint8_t* row1 = k.codes1 + (head * k.tokens + token) * bytes1;
-    for (int64_t c = 0; c < k.two_bit; ++c) s.keys[c * kMaxTile + t] = code2_at(row2, c);
+    for (int64_t c = 0; c < k.two_bit; ++c) s.keys[c * kMaxTile + t] = centered_code2_at(row2, c);
     for (int64_t c = 0; c < k.one_bit; ++c)
       s.keys[(k.two_bit + c) * kMaxTile + t] = bit_at(row1, c) ? 1.0f : -1.0f;
   }

@@ -51,6 +51,15 @@ VIDLLM_HOST_DEVICE float code2_at(const uint8_t* row, int64_t channel) {
   return static_cast<float>((row[channel >> 2] >> ((channel & 3) * 2)) & 3u);
 }
 
+// Keys are scored with centered levels, code * s + m = (code - 1.5) * s + (m + 1.5 * s): the
+// folded bias q . (m + 1.5 s) and the code terms then stay within the group's range instead of
+// cancelling each other (m can be far below zero while code * s is far above it).
+VIDLLM_HOST_DEVICE float centered_code2_at(const uint8_t* row, int64_t channel) {
+  return code2_at(row, channel) - 1.5f;
+}
+
+VIDLLM_HOST_DEVICE float centered_zero(float zero, float scale) { return zero + 1.5f * scale; }
+
 VIDLLM_HOST_DEVICE bool bit_at(const uint8_t* row, int64_t channel) {
   return (row[channel >> 3] >> (channel & 7)) & 1u;
 }

@@ -20,13 +20,17 @@ from vidllm_ext.reference.kv import salient_video_tokens
 
 
 def default_packed_cache(model, config: KVQuantConfig):
-    """``model.generate`` that brings a fresh :class:`PackedKVCache` unless given a cache."""
+    """``model.generate`` that brings a fresh :class:`PackedKVCache` unless given a cache, and
+    lets the packed attention function read any PackedKVCache it uses."""
     original = model.generate
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("use_cache", True):
-            kwargs["past_key_values"] = PackedKVCache(config)
+        cache = kwargs.get("past_key_values")
+        if cache is None and kwargs.get("use_cache", True):
+            kwargs["past_key_values"] = PackedKVCache(config, packed_attention=True)
+        elif isinstance(cache, PackedKVCache):
+            cache.packed_attention = True
         return original(*args, **kwargs)
 
     return generate

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vidllm_ext.integration.attention import AttentionImplementation
 from vidllm_ext.integration.config import DTDConfig
 from vidllm_ext.integration.kv import default_packed_cache, mark_salient_tokens
 from vidllm_ext.integration.registry import adapter_for
@@ -72,8 +73,10 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         dtd: :class:`DTDConfig` to drop redundant video tokens before the first decoder layer, or
             None.
         kv: :class:`KVQuantConfig`: ``generate`` (and :class:`StreamingSession`) use a
-            :class:`PackedKVCache` with it unless given ``past_key_values``; with
-            ``salient_ratio`` > 0 the prompt's most text-relevant video tokens keep 2-bit values.
+            :class:`PackedKVCache` with it unless given ``past_key_values``, and the decoder's
+            attention reads the packed codes directly (``ops.packed_attention``; a caller's
+            PackedKVCache is switched to it too); with ``salient_ratio`` > 0 the prompt's most
+            text-relevant video tokens keep 2-bit values.
         merge, mod: reserved for later features (NotImplementedError).
 
     Patching twice replaces the configuration; with every technique off the model computes
@@ -121,7 +124,10 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
             )
         )
     if kv is not None:
-        state.handles.append(_InstanceAttribute(model, "generate", default_packed_cache(model, kv)))
+        state.handles += [
+            _InstanceAttribute(model, "generate", default_packed_cache(model, kv)),
+            AttentionImplementation(adapter.language_model.config),
+        ]
     setattr(model, STATE_ATTRIBUTE, state)
     return model
 

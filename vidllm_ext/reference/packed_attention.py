@@ -1,9 +1,11 @@
 """Attention over a PackedKVCache layer in plain PyTorch: the oracle of ``ops.packed_attention``.
 
-The quantized part is dequantized to float32 with the reference dequantizers (no rounding to the
-cache dtype), followed by the full-precision window; attention is causal with the queries as the
-newest ``Lq`` cached tokens, GQA by repeating KV heads, an optional boolean mask on top, softmax
-in ``compute_dtype``. A query that sees no key at all gets zeros.
+The quantized part is dequantized in ``compute_dtype`` straight from the codes and the stored
+statistics (float32: the reference dequantizers, no rounding to the cache dtype; float64: the
+same formulas in float64, the exact values the codes stand for), followed by the full-precision
+window; attention is causal with the queries as the newest ``Lq`` cached tokens, GQA by
+repeating KV heads, an optional boolean mask on top, softmax in ``compute_dtype``. A query that
+sees no key at all gets zeros.
 """
 
 from __future__ import annotations
@@ -14,21 +16,95 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from vidllm_ext.kv_types import PackedKeys, PackedValues
 from vidllm_ext.reference import kv as scheme
+from vidllm_ext.reference.kv_pack import _BITS1, _BITS2, _MODE_LAYOUT, _unpack_digits
 
 
-def _float32_block(block, dequantize) -> Tensor:
+def _per_token(stats: Tensor, group_size: int, tokens: int) -> Tensor:
+    """[B, H, T, C] float64 from per-group statistics [B, H, NG, C]."""
+    return stats.double().repeat_interleave(group_size, dim=2)[:, :, :tokens]
+
+
+def _digits(codes: Tensor, layout, count: int) -> Tensor:
+    return _unpack_digits(codes, layout)[..., :count].double()
+
+
+def _scatter_channels(out: Tensor, channels: Tensor, x: Tensor) -> None:
+    index = channels.to(out.device)[None, :, None, :].expand(*x.shape)
+    out.scatter_(3, index, x)
+
+
+def exact_keys(block: PackedKeys) -> Tensor:
+    """float64 [B, H, T, D]: code * s + m and M^T (+-alpha) computed in float64."""
+    batch, heads, tokens, dim = block.shape
+    out = torch.zeros(batch, heads, tokens, dim, dtype=torch.float64, device=block.codes2.device)
+    two_bit, group = block.two_bit_channels, block.group_size
+    if two_bit:
+        x = _digits(block.codes2, _BITS2, two_bit) * _per_token(block.scale2, group, tokens)
+        _scatter_channels(out, block.channels2, x + _per_token(block.zero2, group, tokens))
+    one_bit = dim - two_bit
+    if one_bit:
+        alpha = _per_token(block.alpha1, group, tokens)
+        signs = torch.where(_digits(block.codes1, _BITS1, one_bit) == 1, alpha, -alpha)
+        matrix = scheme.transform_matrix(block.transform, one_bit, out.device).double()
+        _scatter_channels(out, block.channels1, signs @ matrix)
+    return out
+
+
+def _exact_value_rows(codes, scale, zero, mode: str, group: int, dim: int) -> Tensor:
+    tokens = codes.shape[2]
+    if mode == "token2":
+        scale, zero = (s.double().repeat_interleave(group, dim=3)[..., :dim] for s in (scale, zero))
+        return _digits(codes, _BITS2, dim) * scale + zero
+    digits = _digits(codes, _MODE_LAYOUT[mode], dim)
+    if mode == "trit":
+        return (digits - 1) * _per_token(scale, group, tokens)
+    return digits * _per_token(scale, group, tokens) + _per_token(zero, group, tokens)
+
+
+def exact_values(block: PackedValues) -> Tensor:
+    """float64 [B, H, T, D] values, salient tokens back at their positions."""
+    group, dim = block.group_size, block.head_dim
+    regular = _exact_value_rows(block.codes, block.scale, block.zero, block.mode, group, dim)
+    if block.salient_index is None:
+        return regular
+    salient = _exact_value_rows(
+        block.salient_codes, block.salient_scale, block.salient_zero, "minmax2", group, dim
+    )
+    batch, heads, tokens, _ = block.shape
+    is_salient = torch.zeros(batch, tokens, dtype=torch.bool, device=regular.device)
+    is_salient.scatter_(1, block.salient_index, True)
+    regular_index = torch.argsort(is_salient.to(torch.int8), dim=1, stable=True)
+    out = regular.new_empty(batch, heads, tokens, dim)
+    for index, rows in (
+        (regular_index[:, : regular.shape[2]], regular),
+        (block.salient_index, salient),
+    ):
+        out.scatter_(2, index[:, None, :, None].expand(batch, heads, index.shape[1], dim), rows)
+    return out
+
+
+def _dequantized(block, dequantize, exact, dtype: torch.dtype) -> Tensor:
     if isinstance(block, Tensor):
-        return block.float()
-    return dequantize(replace(block, dtype=torch.float32))
+        return block.to(dtype)
+    if dtype == torch.float64:
+        return exact(block)
+    return dequantize(replace(block, dtype=torch.float32)).to(dtype)
 
 
-def dequantized_layer(layer_state) -> tuple[Tensor, Tensor]:
-    """float32 keys and values [B, Hkv, T, D] of every cached token, quantized part first."""
-    keys = [_float32_block(b, scheme.dequantize_keys) for b in layer_state.key_blocks]
-    values = [_float32_block(b, scheme.dequantize_values) for b in layer_state.value_blocks]
-    keys.append(layer_state.keys.float())
-    values.append(layer_state.values.float())
+def dequantized_layer(layer_state, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Keys and values [B, Hkv, T, D] of every cached token in ``dtype``, quantized part first
+    (float64: exact from the codes; otherwise the float32 reference dequantizers)."""
+    keys = [
+        _dequantized(b, scheme.dequantize_keys, exact_keys, dtype) for b in layer_state.key_blocks
+    ]
+    values = [
+        _dequantized(b, scheme.dequantize_values, exact_values, dtype)
+        for b in layer_state.value_blocks
+    ]
+    keys.append(layer_state.keys.to(dtype))
+    values.append(layer_state.values.to(dtype))
     return torch.cat(keys, 2), torch.cat(values, 2)
 
 
@@ -41,7 +117,9 @@ def packed_attention(
     compute_dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """[B, Hq, Lq, D] in q's dtype; see :func:`vidllm_ext.ops.packed_attention`."""
-    keys, values = dequantized_layer(layer_state)
+    keys, values = dequantized_layer(
+        layer_state, torch.float64 if compute_dtype == torch.float64 else torch.float32
+    )
     batch, q_heads, q_len, dim = q.shape
     group = q_heads // keys.shape[1]
     keys = keys.repeat_interleave(group, 1).to(compute_dtype)
