@@ -235,7 +235,7 @@ __device__ void prepare_queries(const SegmentParams& p, const Shape& shape, cons
       if (channel >= 0 && row >= 0) {
         const float q = queries[row * dim + channel];
         value = kPackedKeys ? q * scale : q;
-        if (kPackedKeys && channel < k.two_bit) bias[r] += q * zero;
+        if (kPackedKeys && channel < k.two_bit) bias[r] += q * centered_zero(zero, scale);
       }
       s.query[r * shape.query_stride + j] = value;
     }
@@ -295,7 +295,8 @@ __device__ __forceinline__ void store_partial_scores(const Shared& s, const floa
   for (int r = 0; r < QT; ++r) s.partial[(warp * QT + r) * kTile + lane] = part[r];
 }
 
-// Scores against packed keys: lane t decodes tile row t, warp w its code bytes w, w + kWarps, ...
+// Scores against packed keys (2-bit codes as centered levels, see centered_code2_at): lane t
+// decodes tile row t, warp w its code bytes w, w + kWarps, ...
 // (2-bit bytes hold 4 channels, 1-bit bytes 8) and dots them with the prepared query rows.
 template <int QT>
 __device__ void score_packed(const Shape& shape, int count, const Staged& staged, const Shared& s) {
@@ -310,7 +311,7 @@ __device__ void score_packed(const Shape& shape, int count, const Staged& staged
     const unsigned int byte = codes2[u];
     float level[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) level[k] = small_to_float((byte >> (2 * k)) & 3u);
+    for (int k = 0; k < 4; ++k) level[k] = small_to_float((byte >> (2 * k)) & 3u) - 1.5f;
 #pragma unroll
     for (int r = 0; r < QT; ++r) {
       const float4 q = load_float4(s.query + r * shape.query_stride + 4 * u);
