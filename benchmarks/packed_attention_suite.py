@@ -176,7 +176,7 @@ def _row(item: Measured, copy_bytes_per_s: float | None, notes: list[str]) -> li
         *head,
         cosine,
         harness.format_ms(item.packed_s),
-        f"{bandwidth / 1e9:.1f}",
+        f"{bandwidth / 1e9:#.3g}",
         *copy,
         *baselines,
         f"{item.bf16_s / item.packed_s:.2f}x",
