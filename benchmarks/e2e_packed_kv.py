@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from vidllm_ext import KVQuantConfig, PackedKVCache
+from vidllm_ext import KVQuantConfig, PackedKVCache, build_info
 from vidllm_ext.bench import harness
 from vidllm_ext.integration.attention import AttentionImplementation
 
@@ -146,16 +146,22 @@ def copy_prefill(source, tokens: int, cache) -> None:
 
 
 @torch.no_grad()
-def measure(model, context: torch.Tensor, cache, fill: Callable[[], None], new_tokens: int) -> Run:
-    """``fill()`` the cache with ``context[:, :-1]`` (timed as the prefill), warm up, then time
-    ``generate`` of ``new_tokens`` greedy tokens."""
+def measure(
+    model, context: torch.Tensor, cache, fill: torch.Tensor | Callable[[], None], new_tokens: int
+) -> Run:
+    """Fill the cache with ``context[:, :-1]`` (timed as the prefill): ``fill()``, or when
+    ``fill`` is a tensor of token ids, :func:`prefill` of it; warm up, then time ``generate`` of
+    ``new_tokens`` greedy tokens."""
     device = context.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     name = type(cache).__name__
     _synchronize(device)
     start = time.perf_counter()
-    fill()
+    if isinstance(fill, torch.Tensor):
+        prefill(model, fill, cache)
+    else:
+        fill()
     _synchronize(device)
     prefill_s = time.perf_counter() - start
 
@@ -204,27 +210,25 @@ def run_both(model, context: torch.Tensor, new_tokens: int, shared_prefill: bool
 
     prompt = context[:, :-1]
     dynamic = DynamicCache(config=model.config)
-    runs = [
-        _guarded(
-            "DynamicCache",
-            lambda: measure(
-                model, context, dynamic, lambda: prefill(model, prompt, dynamic), new_tokens
-            ),
-        )
-    ]
-    packed = PackedKVCache(PACKED_CONFIG, packed_attention=True)
-
-    def fill() -> None:
-        if shared_prefill:
-            copy_prefill(dynamic, prompt.shape[1], packed)
-        else:
-            prefill(model, prompt, packed)
-
+    runs = [_guarded("DynamicCache", lambda: measure(model, context, dynamic, prompt, new_tokens))]
     if shared_prefill and runs[0].error is not None:
         runs.append(
             _failed("PackedKVCache", "not run: --prefill shared needs the DynamicCache run")
         )
         return runs
+    # Only the shared prefill reads the DynamicCache again; it is dropped once the packed cache
+    # holds its tokens (with --prefill each, before the packed run), so that the packed run's
+    # peak memory holds one cache.
+    source = [dynamic] if shared_prefill else []
+    dynamic = None
+    packed = PackedKVCache(PACKED_CONFIG, packed_attention=True)
+
+    def fill() -> None:
+        if source:
+            copy_prefill(source.pop(), prompt.shape[1], packed)
+        else:
+            prefill(model, prompt, packed)
+
     handle = AttentionImplementation(model.config)
     try:
         runs.append(
@@ -244,7 +248,7 @@ def _guarded(cache: str, run: Callable[[], Run]) -> Run:
     print(f"e2e_packed_kv: {cache} ...", file=sys.stderr, flush=True)
     try:
         return run()
-    except (RuntimeError, ValueError, NotImplementedError) as exc:
+    except Exception as exc:  # reported in the table (e.g. a build without the CUDA kernel)
         return _failed(cache, harness.compile_failure(exc))
     finally:
         gc.collect()
@@ -274,7 +278,8 @@ def report(runs: list[Run], args, device: torch.device) -> str:
         f"group {config.group_size}, residual {config.residual_length}, key_transform "
         f"{config.key_transform}, packed_attention=True (attention vidllm_packed|sdpa)",
         "",
-        "| cache | cached tokens | prefill s | decode s | tokens/s | cache MB | peak GiB |",
+        "| cache | cached tokens | prefill s | decode s | tokens/s | cache MB "
+        "| peak GiB (with weights) |",
         "|:--|--:|--:|--:|--:|--:|--:|",
     ]
     for r in runs:
@@ -316,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("e2e_packed_kv: skipped, torch sees no CUDA device (--device cpu for a smoke run)")
+        return 0
+    if device.type == "cuda" and not build_info()["cuda_compiled"]:
+        print("e2e_packed_kv: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
         return 0
     if args.context < 2 or args.layers < 1:
         parser.error("--context must be >= 2 and --layers >= 1")
