@@ -23,3 +23,31 @@ void throw_if_failed(const Status& status, const char* kernel);
 std::string compiled_cuda_archs();
 
 }  // namespace vidllm::binding
+
+// Runs family::<name>_cpu or family::<name>_cuda without the GIL and raises on a failed Status
+// naming `label`.
+#if defined(VIDLLM_WITH_CUDA)
+#define VIDLLM_RUN_KERNEL(family, name, label, params, backend, stream)                         \
+  do {                                                                                          \
+    ::vidllm::Status status_;                                                                   \
+    {                                                                                           \
+      ::pybind11::gil_scoped_release no_gil_;                                                   \
+      status_ = (backend) == ::vidllm::binding::Backend::kCuda                                  \
+                    ? family::name##_cuda((params), ::vidllm::binding::stream_from_int(stream)) \
+                    : family::name##_cpu(params);                                               \
+    }                                                                                           \
+    ::vidllm::binding::throw_if_failed(status_, label);                                         \
+  } while (0)
+#else
+#define VIDLLM_RUN_KERNEL(family, name, label, params, backend, stream) \
+  do {                                                                  \
+    (void)(backend);                                                    \
+    (void)(stream);                                                     \
+    ::vidllm::Status status_;                                           \
+    {                                                                   \
+      ::pybind11::gil_scoped_release no_gil_;                           \
+      status_ = family::name##_cpu(params);                             \
+    }                                                                   \
+    ::vidllm::binding::throw_if_failed(status_, label);                 \
+  } while (0)
+#endif

@@ -15,31 +15,8 @@
 namespace py = pybind11;
 
 // Runs kv_attention::<name>_cpu or <name>_cuda without the GIL and raises on a failed Status.
-#if defined(VIDLLM_WITH_CUDA)
-#define VIDLLM_KV_ATTENTION_RUN(name, params, backend, stream)                     \
-  do {                                                                             \
-    Status status_;                                                                \
-    {                                                                              \
-      py::gil_scoped_release no_gil_;                                              \
-      status_ = (backend) == Backend::kCuda                                        \
-                    ? kv_attention::name##_cuda((params), stream_from_int(stream)) \
-                    : kv_attention::name##_cpu(params);                            \
-    }                                                                              \
-    throw_if_failed(status_, "kv_attention_" #name);                               \
-  } while (0)
-#else
 #define VIDLLM_KV_ATTENTION_RUN(name, params, backend, stream) \
-  do {                                                         \
-    (void)(backend);                                           \
-    (void)(stream);                                            \
-    Status status_;                                            \
-    {                                                          \
-      py::gil_scoped_release no_gil_;                          \
-      status_ = kv_attention::name##_cpu(params);              \
-    }                                                          \
-    throw_if_failed(status_, "kv_attention_" #name);           \
-  } while (0)
-#endif
+  VIDLLM_RUN_KERNEL(kv_attention, name, "kv_attention_" #name, params, backend, stream)
 
 namespace vidllm::binding {
 namespace {

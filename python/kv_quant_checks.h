@@ -38,28 +38,5 @@ ChannelMap check_channel_map(const std::optional<TensorArg>& channels, const Ten
 }  // namespace vidllm::binding
 
 // Runs kv_quant::<name>_cpu or <name>_cuda without the GIL and raises on a failed Status.
-#if defined(VIDLLM_WITH_CUDA)
-#define VIDLLM_KV_RUN(name, params, backend, stream)                           \
-  do {                                                                         \
-    Status status_;                                                            \
-    {                                                                          \
-      py::gil_scoped_release no_gil_;                                          \
-      status_ = (backend) == Backend::kCuda                                    \
-                    ? kv_quant::name##_cuda((params), stream_from_int(stream)) \
-                    : kv_quant::name##_cpu(params);                            \
-    }                                                                          \
-    throw_if_failed(status_, "kv_" #name);                                     \
-  } while (0)
-#else
 #define VIDLLM_KV_RUN(name, params, backend, stream) \
-  do {                                               \
-    (void)(backend);                                 \
-    (void)(stream);                                  \
-    Status status_;                                  \
-    {                                                \
-      py::gil_scoped_release no_gil_;                \
-      status_ = kv_quant::name##_cpu(params);        \
-    }                                                \
-    throw_if_failed(status_, "kv_" #name);           \
-  } while (0)
-#endif
+  VIDLLM_RUN_KERNEL(kv_quant, name, "kv_" #name, params, backend, stream)
