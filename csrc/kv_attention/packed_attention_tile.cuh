@@ -25,6 +25,12 @@ __device__ __forceinline__ float small_to_float(unsigned int v) {
   return __uint_as_float(0x4b000000u | v) - 8388608.0f;
 }
 
+// The centered level of 2-bit code k of a byte (centered_code2_at: code - 1.5) in one add: the
+// bits of 2^22 + code (ulp 0.5 there, so the code goes in shifted by one) less 2^22 + 1.5. Exact.
+__device__ __forceinline__ float centered_level(unsigned int byte, int k) {
+  return __uint_as_float(0x4a800000u | (((byte >> (2 * k)) & 3u) << 1)) - 4194305.5f;
+}
+
 // A 1-bit key code: +1 where bit k of the byte is set, -1 where it is clear.
 __device__ __forceinline__ float sign_of_bit(unsigned int byte, int k) {
   return __uint_as_float(0x3f800000u | ((~byte << (31 - k)) & 0x80000000u));
@@ -171,9 +177,10 @@ __device__ void init_rows(const SegmentParams& p, const Shape& shape, const Item
   for (int i = threadIdx.x; i < QT * p.q.head_dim; i += kThreads) s.acc[i] = 0.0f;
 }
 
-// Loads q (full keys) or folds the key group's scales into q and computes the bias (packed
-// keys), as prepare_queries of the CPU twin. Packed rows hold the 2-bit channels at [0, D2) and
-// the 1-bit ones from one_bit_offset, zeros elsewhere, so the score loops need no bounds.
+// Loads q (full keys) or folds the key group's scales into q and computes the bias q2 . (zero +
+// 1.5 scale) (packed keys, centered_zero), as prepare_queries of the CPU twin. Packed rows hold the
+// 2-bit channels at [0, D2) and the 1-bit ones from one_bit_offset, zeros elsewhere, so the score
+// loops need no bounds.
 template <int QT, bool kPackedKeys>
 __device__ void prepare_queries(const SegmentParams& p, const Shape& shape, const Item& item,
                                 int64_t key_group, const Shared& s,
@@ -291,8 +298,8 @@ __device__ __forceinline__ void score_quads(const Shape& shape, int quads, int c
   for (int r = 0; r < QT; ++r) s.partial[(warp * QT + r) * kTile + lane] = part[r];
 }
 
-// Packed keys: a 2-bit code byte is one quad (centered levels -1.5 .. 1.5, see centered_code2_at),
-// a 1-bit byte two (signs -1 / +1).
+// Packed keys: a 2-bit code byte is one quad (centered levels -1.5 .. 1.5), a 1-bit byte two
+// (signs -1 / +1).
 template <int QT>
 __device__ void score_packed(const Shape& shape, int count, const Staged& staged, const Shared& s) {
   const int lane = threadIdx.x % 32;
@@ -303,7 +310,7 @@ __device__ void score_packed(const Shape& shape, int count, const Staged& staged
     if (u < shape.key2_bytes) {
       const unsigned int byte = codes2[u];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) key[k] = small_to_float((byte >> (2 * k)) & 3u) - 1.5f;
+      for (int k = 0; k < 4; ++k) key[k] = centered_level(byte, k);
     } else {
       const int half = u - shape.key2_bytes;
       const unsigned int byte = codes1[half / 2];
