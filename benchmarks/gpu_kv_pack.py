@@ -123,29 +123,13 @@ def run(device: torch.device, quick: bool, compile_reference: bool) -> tuple[str
     ]
     numbered = [f"[{i}] {note}" for i, note in enumerate(notes, start=1)]
     table_columns = columns(copy_bytes_per_s is not None)
-    text = "\n".join(
-        [
-            "KV packing benchmark",
-            *(f"{name}: {value}" for name, value in facts),
-            "",
-            harness.text_table(table_columns, rows),
-            "",
-            *numbered,
-        ]
+    return harness.render_report(
+        ("KV packing benchmark", "KV packing and group quantization benchmark"),
+        facts,
+        table_columns,
+        rows,
+        numbered,
     )
-    markdown = "\n".join(
-        [
-            "# KV packing and group quantization benchmark",
-            "",
-            *(f"- **{name}**: {value}" for name, value in facts),
-            "",
-            harness.markdown_table(table_columns, rows),
-            "",
-            *(f"- {note}" for note in numbered),
-            "",
-        ]
-    )
-    return text, markdown
 
 
 def main(argv: list[str]) -> int:

@@ -276,29 +276,13 @@ def report(
     numbered = [f"[{number}] packed_attention failed: {n}" for number, n in enumerate(notes, 1)]
     lines = [*numbered, *targets(measured, device, copy_bytes_per_s)]
     columns = _columns(copy_bytes_per_s is not None)
-    text = "\n".join(
-        [
-            "Packed attention decode benchmark",
-            *(f"{name}: {value}" for name, value in facts),
-            "",
-            harness.text_table(columns, rows),
-            "",
-            *lines,
-        ]
+    return harness.render_report(
+        ("Packed attention decode benchmark", "Packed attention decode benchmark"),
+        facts,
+        columns,
+        rows,
+        lines,
     )
-    markdown = "\n".join(
-        [
-            "# Packed attention decode benchmark",
-            "",
-            *(f"- **{name}**: {value}" for name, value in facts),
-            "",
-            harness.markdown_table(columns, rows),
-            "",
-            *(f"- {line}" for line in lines),
-            "",
-        ]
-    )
-    return text, markdown
 
 
 def results_path(device_name: str, date: datetime.date) -> Path:

@@ -237,29 +237,9 @@ def report(
         facts.append(("host load average (1 min) at the end", f"{os.getloadavg()[0]:.2f}"))
     notes = [f"[{number}] {note}" for number, note in enumerate(notes, start=1)]
     lines = [*notes, *_targets(measured, copy_bytes_per_s)]
-    text = "\n".join(
-        [
-            "Routing op benchmark",
-            *(f"{name}: {value}" for name, value in facts),
-            "",
-            harness.text_table(columns, rows),
-            "",
-            *lines,
-        ]
+    return harness.render_report(
+        ("Routing op benchmark", "Layer-skip routing op benchmark"), facts, columns, rows, lines
     )
-    markdown = "\n".join(
-        [
-            "# Layer-skip routing op benchmark",
-            "",
-            *(f"- **{name}**: {value}" for name, value in facts),
-            "",
-            harness.markdown_table(columns, rows),
-            "",
-            *(f"- {line}" for line in lines),
-            "",
-        ]
-    )
-    return text, markdown
 
 
 def _columns(with_copy_fraction: bool) -> list[Column]:

@@ -275,3 +275,38 @@ def markdown_table(columns: list[Column], rows: list[list[str]]) -> str:
     align = "|" + "|".join("--:" if col.numeric else ":--" for col in columns) + "|"
     body = ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join([header, align, *body])
+
+
+def render_report(
+    titles: tuple[str, str],
+    facts: list[tuple[str, str]],
+    columns: list[Column],
+    rows: list[list[str]],
+    lines: list[str],
+) -> tuple[str, str]:
+    """(terminal text, Markdown) of a benchmark run: title, run facts, the table, note lines.
+
+    ``titles`` is (terminal title, Markdown heading)."""
+    text = "\n".join(
+        [
+            titles[0],
+            *(f"{name}: {value}" for name, value in facts),
+            "",
+            text_table(columns, rows),
+            "",
+            *lines,
+        ]
+    )
+    markdown = "\n".join(
+        [
+            f"# {titles[1]}",
+            "",
+            *(f"- **{name}**: {value}" for name, value in facts),
+            "",
+            markdown_table(columns, rows),
+            "",
+            *(f"- {line}" for line in lines),
+            "",
+        ]
+    )
+    return text, markdown
