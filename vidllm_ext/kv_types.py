@@ -126,6 +126,19 @@ class PackedValues:
         """Every byte held: codes, scales, zero points and salient positions."""
         return _tensor_bytes(*_tensors(self))
 
+    @property
+    def regular_index(self) -> Tensor:
+        """int64 [B, Tm]: per sample, the ascending positions of the tokens stored in ``codes``
+        (all T tokens when none is salient)."""
+        batch, _, tokens, _ = self.shape
+        device = self.codes.device
+        if self.salient_index is None:
+            return torch.arange(tokens, device=device).expand(batch, tokens)
+        is_salient = torch.zeros(batch, tokens, dtype=torch.bool, device=device)
+        is_salient.scatter_(1, self.salient_index, True)
+        order = torch.argsort(is_salient.to(torch.int8), dim=1, stable=True)
+        return order[:, : self.codes.shape[2]]
+
     def map_batch(self, fn: TensorMap) -> PackedValues:
         return _map_batch(self, fn, shared=())
 

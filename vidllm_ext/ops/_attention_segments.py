@@ -91,11 +91,7 @@ def _value_segments(block, keys: KeyArgs, start: int) -> list[SegmentArgs]:
     )
     if block.salient_index is None:
         return [regular]
-    tokens = block.shape[2]
-    is_salient = torch.zeros(block.shape[0], tokens, dtype=torch.bool, device=block.codes.device)
-    is_salient.scatter_(1, block.salient_index, True)
-    order = torch.argsort(is_salient.to(torch.int8), dim=1, stable=True)
-    regular.token_map = (order[:, : tokens - block.salient_index.shape[1]] + start).contiguous()
+    regular.token_map = (block.regular_index + start).contiguous()
     salient = SegmentArgs(
         keys,
         "channel2",

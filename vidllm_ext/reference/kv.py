@@ -69,6 +69,12 @@ def transform_matrix(kind: str, n: int, device=None) -> Tensor:
     ``"fft"``: with Y = rfft(x, norm="ortho"), y = [Re Y0, sqrt2 Re Y1, sqrt2 Im Y1, ...,
     Re Y(n/2) when n is even]. ``"hadamard"``: Sylvester's matrix / sqrt(n). ``"none"``: I.
     """
+    return _transform_matrix_on(kind, n, torch.device("cpu" if device is None else device))
+
+
+@lru_cache(maxsize=64)
+def _transform_matrix_on(kind: str, n: int, device: torch.device) -> Tensor:
+    # One copy per device: packed attention transforms the query of every layer at every step.
     return _transform_matrix_cpu(kind, n).to(device)
 
 
@@ -286,10 +292,8 @@ def dequantize_values_with(prims: ModuleType, packed: PackedValues) -> Tensor:
         dim,
         dtype=packed.dtype,
     )
-    is_salient = torch.zeros(batch, tokens, dtype=torch.bool, device=regular.device)
-    is_salient.scatter_(1, packed.salient_index, True)
     out = regular.new_empty(batch, heads, tokens, dim)
-    out.scatter_(2, _expand_index(_token_index(~is_salient), heads, dim), regular)
+    out.scatter_(2, _expand_index(packed.regular_index, heads, dim), regular)
     out.scatter_(2, _expand_index(packed.salient_index, heads, dim), _heads(salient, batch, heads))
     return out
 

@@ -73,14 +73,8 @@ def exact_values(block: PackedValues) -> Tensor:
         block.salient_codes, block.salient_scale, block.salient_zero, "minmax2", group, dim
     )
     batch, heads, tokens, _ = block.shape
-    is_salient = torch.zeros(batch, tokens, dtype=torch.bool, device=regular.device)
-    is_salient.scatter_(1, block.salient_index, True)
-    regular_index = torch.argsort(is_salient.to(torch.int8), dim=1, stable=True)
     out = regular.new_empty(batch, heads, tokens, dim)
-    for index, rows in (
-        (regular_index[:, : regular.shape[2]], regular),
-        (block.salient_index, salient),
-    ):
+    for index, rows in ((block.regular_index, regular), (block.salient_index, salient)):
         out.scatter_(2, index[:, None, :, None].expand(batch, heads, index.shape[1], dim), rows)
     return out
 
