@@ -172,9 +172,9 @@ def assign_splits(segments: list[SegmentArgs], q: Tensor, kv_heads: int) -> int:
         target = 2 * torch.get_num_threads()
     independent = max(1, batch * kv_heads * query_tiles)
     wanted = max(1, math.ceil(target / independent))
+    min_rows = MIN_SPLIT_ROWS["cuda" if q.device.type == "cuda" else "cpu"]
     offset = 0
     for segment in segments:
-        min_rows = MIN_SPLIT_ROWS["cuda" if q.device.type == "cuda" else "cpu"]
         splits = max(1, min(wanted, -(-segment.rows // min_rows)))
         segment.split_rows = -(-segment.rows // splits)
         segment.split_offset = offset

@@ -117,7 +117,7 @@ def _(part_max, part_sum, part_acc, dtype):
     return part_acc.new_empty((*part_max.shape[:3], part_acc.shape[-1]), dtype=dtype)
 
 
-def _check(q: Tensor, layer_state, scale, mask) -> float:
+def _check(q: Tensor, layer_state, scale) -> float:
     if not isinstance(q, Tensor):
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
     if q.dim() != 4:
@@ -185,7 +185,7 @@ def packed_attention(
         [B, Hq, Lq, D] in q's dtype. Accumulation and softmax in float32; a query that sees no
         token gets zeros.
     """
-    scale = _check(q, layer_state, scale, mask)
+    scale = _check(q, layer_state, scale)
     cached = layer_state.get_seq_length()
     mask = _check_mask(mask, q, cached)
     kv_heads = layer_state.keys.shape[1]
