@@ -3,7 +3,8 @@
 - :mod:`vidllm_ext.ops`: the kernels as torch ops (frame-difference token drop, ...).
 - :mod:`vidllm_ext.reference`: plain-PyTorch oracles with the same semantics.
 - :class:`DTDStream`: token drop over a live stream, chunk by chunk.
-- :func:`patch` / :func:`unpatch`: drop redundant video tokens inside a HuggingFace video LLM.
+- :func:`patch` / :func:`unpatch`: drop (:class:`DTDConfig`), merge (:class:`MergeConfig`) and
+  route (:class:`MoDConfig`) video tokens inside a HuggingFace video LLM.
 - :class:`PackedKVCache` / :class:`KVQuantConfig`: a KV cache that really stores 1-2 bits.
 - :func:`build_info`: what this installation compiled.
 """
@@ -12,7 +13,16 @@ from vidllm_ext import ops, reference
 from vidllm_ext._version import __version__
 from vidllm_ext.build import build_info
 from vidllm_ext.dtd_stream import DTDStream
-from vidllm_ext.integration import DTDConfig, DTDStats, last_stats, patch, unpatch
+from vidllm_ext.integration import (
+    DTDConfig,
+    DTDStats,
+    MergeConfig,
+    MergeStats,
+    MoDConfig,
+    last_stats,
+    patch,
+    unpatch,
+)
 from vidllm_ext.kv_cache import PackedKVCache
 from vidllm_ext.kv_config import KVQuantConfig
 from vidllm_ext.kv_types import PackedKeys, PackedValues
@@ -25,6 +35,9 @@ __all__ = [
     "DTDStats",
     "DTDStream",
     "KVQuantConfig",
+    "MergeConfig",
+    "MergeStats",
+    "MoDConfig",
     "PackedKVCache",
     "PackedKeys",
     "PackedValues",

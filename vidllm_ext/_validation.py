@@ -115,3 +115,12 @@ def check_keep_mask(keep_mask: object, frames: torch.Tensor) -> torch.Tensor:
             f"keep_mask: expected a tensor on {frames.device} like frames, got {keep_mask.device}"
         )
     return keep_mask
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """A Python int (not bool) >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return value

@@ -1,8 +1,19 @@
 """Drop-in patching of HuggingFace video LLMs (the layer above vidllm_ext.ops)."""
 
-from vidllm_ext.integration.config import DTDConfig
+from vidllm_ext.integration.config import DTDConfig, MergeConfig, MoDConfig
 from vidllm_ext.integration.patching import last_stats, patch, unpatch
 from vidllm_ext.integration.registry import supported_model_types
 from vidllm_ext.integration.token_drop import DTDStats
+from vidllm_ext.integration.token_merge import MergeStats
 
-__all__ = ["DTDConfig", "DTDStats", "last_stats", "patch", "supported_model_types", "unpatch"]
+__all__ = [
+    "DTDConfig",
+    "DTDStats",
+    "MergeConfig",
+    "MergeStats",
+    "MoDConfig",
+    "last_stats",
+    "patch",
+    "supported_model_types",
+    "unpatch",
+]

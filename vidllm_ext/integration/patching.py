@@ -20,30 +20,33 @@ from dataclasses import dataclass, field
 import torch
 
 from vidllm_ext.integration.attention import AttentionImplementation
-from vidllm_ext.integration.config import DTDConfig
+from vidllm_ext.integration.config import DTDConfig, MergeConfig, MoDConfig
 from vidllm_ext.integration.kv import default_packed_cache, mark_salient_tokens
 from vidllm_ext.integration.registry import adapter_for
+from vidllm_ext.integration.routed_layers import install_routing
 from vidllm_ext.integration.sequence import CompactedLayout
 from vidllm_ext.integration.token_drop import DTDStats, drop_video_tokens
+from vidllm_ext.integration.token_merge import MergeStats, merge_video_tokens
 from vidllm_ext.kv_config import KVQuantConfig
 
 STATE_ATTRIBUTE = "_vidllm_patch"
-LATER_ISSUES = {
-    "merge": "hierarchical token merging (merge=MergeConfig)",
-    "mod": "layer-skip routing (mod=MoDConfig)",
-}
+TECHNIQUES = ("dtd", "merge", "mod")
 
 
 @dataclass
 class PatchState:
     adapter: object
     dtd: DTDConfig | None
+    merge: MergeConfig | None = None
+    mod: MoDConfig | None = None
     handles: list = field(default_factory=list)
     captured: dict | None = None  # the multimodal model's inputs during its forward
     encoded_videos: dict | None = None  # get_video_features' inputs, until a prefill uses them
     layout: CompactedLayout | None = None  # the last dropped prefill, for its decode steps
     cache: object = None  # weak reference to the cache that prefill filled
     stats: DTDStats | None = None
+    merge_stats: MergeStats | None = None
+    mod_stats: object = None  # RoutingStats of the last forward through the routed layers
     stream: StreamStep | None = None  # set by a StreamingSession around each chunk's forward
     kv: KVQuantConfig | None = None
     call_layout: CompactedLayout | None = None  # the layout DTD gave the current forward
@@ -72,12 +75,15 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
             never touched.
         dtd: :class:`DTDConfig` to drop redundant video tokens before the first decoder layer, or
             None.
+        merge: :class:`MergeConfig` to merge each video's tokens segment by segment (after DTD
+            when both are on) before the first decoder layer, or None.
+        mod: :class:`MoDConfig` to route video tokens around the routed decoder layers with
+            learned routers (their weights join ``model.state_dict()``), or None.
         kv: :class:`KVQuantConfig`: ``generate`` (and :class:`StreamingSession`) use a
             :class:`PackedKVCache` with it unless given ``past_key_values``, and the decoder's
             attention reads the packed codes directly (``ops.packed_attention``; a caller's
             PackedKVCache is switched to it too); with ``salient_ratio`` > 0 the prompt's most
             text-relevant video tokens keep 2-bit values.
-        merge, mod: reserved for later features (NotImplementedError).
 
     Patching twice replaces the configuration; with every technique off the model computes
     exactly what it did unpatched.
@@ -87,18 +93,24 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         >>> out = model.generate(**inputs, max_new_tokens=32)
         >>> vidllm_ext.last_stats(model).drop_ratio
     """
-    for name, value in (("merge", merge), ("mod", mod)):
-        if value is not None:
-            raise NotImplementedError(f"{name}=: {LATER_ISSUES[name]} is not implemented yet")
-    if dtd is not None and not isinstance(dtd, DTDConfig):
-        raise TypeError(f"dtd: expected a vidllm_ext.DTDConfig or None, got {type(dtd).__name__}")
-    if kv is not None and not isinstance(kv, KVQuantConfig):
-        raise TypeError(f"kv: expected a vidllm_ext.KVQuantConfig or None, got {type(kv).__name__}")
+    for name, value, kind in (
+        ("dtd", dtd, DTDConfig),
+        ("merge", merge, MergeConfig),
+        ("mod", mod, MoDConfig),
+        ("kv", kv, KVQuantConfig),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"{name}: expected a vidllm_ext.{kind.__name__} or None, got {type(value).__name__}"
+            )
     adapter = adapter_for(model)
+    if merge is not None:
+        _check_merge_fits(merge, adapter)
     unpatch(model)
-    state = PatchState(adapter=adapter, dtd=dtd, kv=kv)
+    state = PatchState(adapter=adapter, dtd=dtd, merge=merge, mod=mod, kv=kv)
+    shortens = dtd is not None or merge is not None
     salient = kv is not None and kv.salient_ratio > 0
-    if dtd is not None or salient:
+    if shortens or salient or mod is not None:
         state.handles += [
             adapter.multimodal.register_forward_pre_hook(
                 lambda module, args, kwargs: _capture(state, args, kwargs), with_kwargs=True
@@ -109,7 +121,7 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
                 always_call=True,
             ),
         ]
-    if dtd is not None:
+    if shortens:
         state.handles += [
             adapter.language_model.register_forward_pre_hook(
                 lambda module, args, kwargs: _before_decoder(state, args, kwargs),
@@ -123,6 +135,8 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
                 lambda module, args, kwargs: mark_salient_tokens(state, kwargs), with_kwargs=True
             )
         )
+    if mod is not None:  # after DTD's and merging's hooks: routes the tokens they kept
+        state.handles += install_routing(state, model)
     if kv is not None:
         state.handles += [
             _InstanceAttribute(model, "generate", default_packed_cache(model, kv)),
@@ -130,6 +144,15 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         ]
     setattr(model, STATE_ATTRIBUTE, state)
     return model
+
+
+def _check_merge_fits(merge: MergeConfig, adapter) -> None:
+    hidden = adapter.language_model.config.hidden_size
+    if hidden % merge.metric_chunks:
+        raise ValueError(
+            f"merge.metric_chunks: {merge.metric_chunks} does not divide the language model's "
+            f"hidden size {hidden}"
+        )
 
 
 def unpatch(model):
@@ -142,17 +165,24 @@ def unpatch(model):
     return model
 
 
-def last_stats(model) -> DTDStats | None:
-    """:class:`DTDStats` of the last forward that dropped video tokens (None before any).
+def last_stats(model, technique: str = "dtd"):
+    """What one technique did in the last forward that used it (None before any).
+
+    Args:
+        technique: ``"dtd"`` (:class:`DTDStats`), ``"merge"`` (:class:`MergeStats`) or ``"mod"``
+            (:class:`RoutingStats`); each reports the video tokens before and after it.
 
     Example:
         >>> stats = vidllm_ext.last_stats(model)
         >>> stats.video_tokens_before, stats.video_tokens_after, stats.step_drop_ratios[0]
+        >>> vidllm_ext.last_stats(model, "merge").video_tokens_after
     """
     state = getattr(model, STATE_ATTRIBUTE, None)
     if state is None:
         raise ValueError("last_stats: the model is not patched (call vidllm_ext.patch first)")
-    return state.stats
+    if technique not in TECHNIQUES:
+        raise ValueError(f"technique: expected one of {', '.join(TECHNIQUES)}, got {technique!r}")
+    return {"dtd": state.stats, "merge": state.merge_stats, "mod": state.mod_stats}[technique]
 
 
 class _InstanceAttribute:
@@ -198,10 +228,10 @@ def _before_decoder(state: PatchState, args, kwargs):
         return None
     cache = kwargs.get("past_key_values")
     if state.stream is not None:
-        return _drop_stream_chunk(state, args, kwargs, embeds)
+        return _shorten_stream_chunk(state, args, kwargs, embeds)
     if cache is None or cache.get_seq_length() == 0:
         state.layout = None
-        return _drop_prefill(state, args, kwargs, embeds, cache)
+        return _shorten_prefill(state, args, kwargs, embeds, cache)
     if state.layout is not None and state.cache is not None and state.cache() is cache:
         mask = kwargs.get("attention_mask")
         if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
@@ -214,7 +244,21 @@ def _before_decoder(state: PatchState, args, kwargs):
 def _take_segments(state: PatchState) -> list:
     """The videos of the call being prefilled; the recorded encoder inputs are used up."""
     captured, state.encoded_videos = state.captured, None
-    return state.adapter.video_segments(captured, state.dtd.method) if captured else []
+    method = state.dtd.method if state.dtd is not None else "feature"
+    return state.adapter.video_segments(captured, method) if captured else []
+
+
+def _shorten(state: PatchState, embeds: torch.Tensor, segments: list, previous=None):
+    """DTD, then merging: ``(embeds, keep)`` with merged features written at the columns of
+    their representatives and keep False on every video token that does not reach the decoder."""
+    keep = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+    if state.dtd is not None:
+        if previous is not None:
+            segments[0].previous = previous
+        keep, state.stats = drop_video_tokens(embeds, segments, state.dtd)
+    if state.merge is not None:
+        embeds, keep, state.merge_stats = merge_video_tokens(embeds, segments, keep, state.merge)
+    return embeds, keep
 
 
 def _rewrite_to_layout(state: PatchState, kwargs: dict, embeds, keep, position_ids):
@@ -229,17 +273,17 @@ def _rewrite_to_layout(state: PatchState, kwargs: dict, embeds, keep, position_i
     return layout
 
 
-def _drop_prefill(state: PatchState, args, kwargs, embeds, cache):
+def _shorten_prefill(state: PatchState, args, kwargs, embeds, cache):
     segments = _take_segments(state)
     if not segments:
         return None
     mask = kwargs.get("attention_mask")
     if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
         raise NotImplementedError(
-            "DTD needs a 2-D attention mask (or none); 4-D masks and static caches are not "
-            "supported yet"
+            "DTD and merging need a 2-D attention mask (or none); 4-D masks and static caches "
+            "are not supported yet"
         )
-    keep, state.stats = drop_video_tokens(embeds, segments, state.dtd)
+    embeds, keep = _shorten(state, embeds, segments)
     if mask is not None:
         keep &= mask.to(keep.device).bool()
     layout = _rewrite_to_layout(state, kwargs, embeds, keep, kwargs.get("position_ids"))
@@ -251,15 +295,15 @@ def _drop_prefill(state: PatchState, args, kwargs, embeds, cache):
     return args, kwargs
 
 
-def _drop_stream_chunk(state: PatchState, args, kwargs, embeds):
+def _shorten_stream_chunk(state: PatchState, args, kwargs, embeds):
     segments = _take_segments(state)
     if not segments:
         return None
     if len(segments) != 1 or embeds.shape[0] != 1:
         raise ValueError("a stream chunk holds exactly one video of one sample")
-    segments[0].previous = state.stream.previous
-    keep, state.stats = drop_video_tokens(embeds, segments, state.dtd)
-    state.stream.last_step = segments[0].frames[-1].detach().clone()
+    embeds, keep = _shorten(state, embeds, segments, state.stream.previous)
+    if state.dtd is not None:
+        state.stream.last_step = segments[0].frames[-1].detach().clone()
     if not keep.any():
         raise NothingKept
     _rewrite_to_layout(state, kwargs, embeds, keep, kwargs["position_ids"])
