@@ -121,14 +121,15 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
                 always_call=True,
             ),
         ]
+    if shortens or mod is not None:  # they need the video grids of a generate call
+        state.handles.append(_wrap_video_encoder(state, adapter.multimodal))
     if shortens:
-        state.handles += [
+        state.handles.append(
             adapter.language_model.register_forward_pre_hook(
                 lambda module, args, kwargs: _before_decoder(state, args, kwargs),
                 with_kwargs=True,
-            ),
-            _wrap_video_encoder(state, adapter.multimodal),
-        ]
+            )
+        )
     if salient:  # after DTD's hook: it sees the tokens DTD kept
         state.handles.append(
             adapter.language_model.register_forward_pre_hook(
