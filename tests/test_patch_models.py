@@ -10,6 +10,7 @@ from models import (
     make_inputs,
     video_layout,
 )
+from patch_reference import language_model_inputs, reduce_inputs, reference_greedy
 
 import vidllm_ext
 from vidllm_ext import reference
@@ -21,72 +22,17 @@ def dtd_for(family):
     return vidllm_ext.DTDConfig(threshold=FEATURE_THRESHOLD[family])
 
 
-def language_model_inputs(model, inputs):
-    """What the unpatched language model receives for these inputs."""
-    captured = {}
-    handle = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
-    )
-    with torch.no_grad():
-        model(**inputs)
-    handle.remove()
-    return captured
-
-
 def reference_reduction(family, model, inputs):
     """The spec: DTD's keep decision on each video's input embeddings (reference ops), then the
     language model's inputs restricted to the kept columns, original position ids included.
     Batch of one."""
     captured = language_model_inputs(model, inputs)
     embeds = captured["inputs_embeds"]
-    keep = torch.ones(embeds.shape[:2], dtype=torch.bool)
+    keep = torch.ones(embeds.shape[1], dtype=torch.bool)
     video_columns, steps, tokens = video_layout(family, inputs)
     frames = embeds[0, video_columns].reshape(steps, tokens, -1)
-    video_keep = reference.dtd_keep_mask(frames, FEATURE_THRESHOLD[family])
-    keep[0, video_columns] = video_keep.flatten()
-    positions = captured["position_ids"]
-    if positions is None:  # LLaVA-OneVision: the language model numbers tokens itself
-        positions = torch.arange(embeds.shape[1])[None]
-    reduced = dict(
-        inputs_embeds=embeds[:, keep[0]],
-        position_ids=positions[..., keep[0]],
-        attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
-    )
-    if captured.get("visual_pos_masks") is not None:  # Qwen3-VL deepstack
-        visual = captured["visual_pos_masks"]
-        reduced["visual_pos_masks"] = visual[:, keep[0]]
-        kept_rows = keep[visual]
-        reduced["deepstack_visual_embeds"] = [
-            e[kept_rows] for e in captured["deepstack_visual_embeds"]
-        ]
-    return reduced, positions
-
-
-def reference_greedy(model, reduced, positions, new_tokens):
-    """Greedy decoding by hand: the reduced prefill, then one token at a time at the positions
-    an undropped prompt would give it."""
-    from transformers import DynamicCache
-
-    language_model = model.model.language_model
-    cache = DynamicCache(config=model.config.text_config)
-    with torch.no_grad():
-        hidden = language_model(**reduced, past_key_values=cache, use_cache=True).last_hidden_state
-        position = positions[..., -1:].clone()
-        mask = reduced["attention_mask"]
-        tokens = []
-        for _ in range(new_tokens):
-            token = model.lm_head(hidden[:, -1]).argmax(-1)
-            tokens.append(token)
-            position = position + 1
-            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
-            hidden = language_model(
-                inputs_embeds=language_model.embed_tokens(token)[:, None],
-                position_ids=position,
-                attention_mask=mask,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
-    return torch.stack(tokens, dim=1)
+    keep[video_columns] = reference.dtd_keep_mask(frames, FEATURE_THRESHOLD[family]).flatten()
+    return reduce_inputs(captured, keep)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

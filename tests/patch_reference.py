@@ -1,0 +1,67 @@
+"""By-hand references for the model tests: what the language model receives unpatched, and greedy
+decoding from reduced inputs."""
+
+import torch
+
+
+def language_model_inputs(model, inputs):
+    """What the unpatched language model receives for these inputs."""
+    captured = {}
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
+    )
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return captured
+
+
+def reduce_inputs(captured: dict, keep: torch.Tensor, embeds: torch.Tensor | None = None):
+    """The language model's inputs (batch of one) restricted to the columns where bool ``keep
+    [length]`` is set, with their original position ids; ``embeds`` replaces the captured input
+    embeddings (merged features written at their representatives). Returns (inputs, positions
+    of the full sequence)."""
+    embeds = captured["inputs_embeds"] if embeds is None else embeds
+    positions = captured["position_ids"]
+    if positions is None:  # LLaVA-OneVision: the language model numbers tokens itself
+        positions = torch.arange(embeds.shape[1])[None]
+    reduced = dict(
+        inputs_embeds=embeds[:, keep],
+        position_ids=positions[..., keep],
+        attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
+    )
+    if captured.get("visual_pos_masks") is not None:  # Qwen3-VL deepstack
+        visual = captured["visual_pos_masks"]
+        reduced["visual_pos_masks"] = visual[:, keep]
+        kept_rows = keep[None].expand_as(visual)[visual]
+        reduced["deepstack_visual_embeds"] = [
+            e[kept_rows] for e in captured["deepstack_visual_embeds"]
+        ]
+    return reduced, positions
+
+
+def reference_greedy(model, reduced, positions, new_tokens):
+    """Greedy decoding by hand: the reduced prefill, then one token at a time at the positions
+    an undropped prompt would give it."""
+    from transformers import DynamicCache
+
+    language_model = model.model.language_model
+    cache = DynamicCache(config=model.config.text_config)
+    with torch.no_grad():
+        hidden = language_model(**reduced, past_key_values=cache, use_cache=True).last_hidden_state
+        position = positions[..., -1:].clone()
+        mask = reduced["attention_mask"]
+        tokens = []
+        for _ in range(new_tokens):
+            token = model.lm_head(hidden[:, -1]).argmax(-1)
+            tokens.append(token)
+            position = position + 1
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+            hidden = language_model(
+                inputs_embeds=language_model.embed_tokens(token)[:, None],
+                position_ids=position,
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+    return torch.stack(tokens, dim=1)
