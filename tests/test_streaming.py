@@ -116,3 +116,37 @@ def test_llava_uint8_frames():
     session.append_frames(frames[:1])
     assert session.video_grids == [[4, 4, 4]] and len(session.step_drop_ratios) == 4
     assert session.ask(QUESTION, max_new_tokens=2).numel() >= 1
+
+
+MERGE = vidllm_ext.MergeConfig(frames_per_segment=2, tokens_per_segment=5, metric_chunks=4)
+
+
+@pytest.mark.parametrize("family", STREAMING_FAMILIES)
+@pytest.mark.parametrize("chunk_steps", [[1, 5], [3, 3], [1, 1, 1, 1, 1]])
+@pytest.mark.parametrize("dtd", [False, True], ids=["merge", "dtd+merge"])
+def test_merged_stream_matches_one_forward(family, chunk_steps, dtd):
+    """Segments of two steps are prefilled as they complete; the question closes the open one
+    early, like the shorter last segment of one forward."""
+    model = build_model(family)
+    steps = sum(chunk_steps)
+    video = SyntheticVideo(steps=steps, moving=(0, 5, 6, 11))
+    inputs = make_inputs(family, [video], [0])
+    dtd_config = dtd_for(family) if dtd else None
+    with torch.no_grad():
+        expected = vidllm_ext.patch(model, dtd=dtd_config, merge=MERGE).generate(
+            **inputs, max_new_tokens=6, do_sample=False
+        )[0, inputs["input_ids"].shape[1] :]
+
+    session = vidllm_ext.StreamingSession(
+        model, dtd=dtd_config, merge=MERGE, timestamp_ids=lambda step: TIMESTAMP
+    )
+    feed(session, video, chunk_steps)
+    complete = steps // 2 * 2
+    assert len(session._waiting_steps) == steps - complete
+    assert session.steps_seen == complete
+    if not dtd:  # every complete segment holds 5 merged tokens
+        text = {"qwen3_vl": complete * (len(TIMESTAMP) + 2), "llava_onevision": 0}.get(family, 1)
+        assert session.cache.get_seq_length() == complete // 2 * 5 + text
+    answer = session.ask(QUESTION, max_new_tokens=6)
+    assert session.steps_seen == steps
+    assert torch.equal(answer, expected[: answer.numel()])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vidllm_ext.integration.config import DTDConfig
+from vidllm_ext.integration.config import DTDConfig, MergeConfig
 from vidllm_ext.integration.patching import STATE_ATTRIBUTE, NothingKept, StreamStep, patch
 from vidllm_ext.integration.registry import adapter_for
 from vidllm_ext.integration.token_drop import scene_changes
@@ -19,9 +19,10 @@ class StreamingSession:
     """Feeds a live video to a video LLM chunk by chunk and answers questions about it.
 
     Every chunk is encoded once, compared with the last temporal step of the previous chunk by
-    frame-difference token drop, and only its kept tokens are prefilled into the session's KV
-    cache, with the position ids one forward over the whole stream would give them. Questions
-    are answered from that cache; the answer stays in context as a turn.
+    frame-difference token drop, merged segment by segment when merging is on, and only its kept
+    tokens are prefilled into the session's KV cache, with the position ids one forward over the
+    whole stream would give them. Questions are answered from that cache; the answer stays in
+    context as a turn. A model patched with routing (``mod``) keeps its routers.
 
     Args:
         model: a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or LLaVA-OneVision ``*ForConditionalGeneration``;
@@ -30,6 +31,8 @@ class StreamingSession:
             processor (when it has one) prepares frames. Without it, questions are token ids and
             answers come back as token ids; uint8 frames get the Qwen processor's default layout.
         dtd: the token-drop configuration, or None to keep every token.
+        merge: a :class:`MergeConfig` to merge each segment of ``frames_per_segment`` temporal
+            steps once it is complete (a question closes the open segment early), or None.
         kv: a :class:`KVQuantConfig` to hold the stream in a :class:`PackedKVCache`; by default
             the one the model was patched with (``patch(model, kv=...)``), else full precision.
         fps: frames per second of the stream (Qwen3-VL's timestamps).
@@ -51,6 +54,7 @@ class StreamingSession:
         processor=None,
         *,
         dtd: DTDConfig | None = DEFAULT_DTD,
+        merge: MergeConfig | None = None,
         fps: float = 2.0,
         timestamp_ids=None,
         kv: KVQuantConfig | None = None,
@@ -63,9 +67,12 @@ class StreamingSession:
                 f"StreamingSession supports qwen2_vl, qwen2_5_vl and qwen3_vl models so far, got "
                 f"{model.config.model_type!r}"
             )
+        previous = getattr(model, STATE_ATTRIBUTE, None)
         if kv is None:
-            kv = getattr(getattr(model, STATE_ATTRIBUTE, None), "kv", None)
-        self.model = patch(model, dtd=dtd, kv=kv)
+            kv = getattr(previous, "kv", None)
+        mod = getattr(previous, "mod", None)  # the trained routers stay in place
+        self.model = patch(model, dtd=dtd, merge=merge, mod=mod, kv=kv)
+        self.merge = merge
         self.processor = processor
         if kv is not None:
             self.cache = PackedKVCache(kv, packed_attention=True)
@@ -80,6 +87,8 @@ class StreamingSession:
         self.timestamp_ids = timestamp_ids or self._default_timestamp_ids
         self._last_step: torch.Tensor | None = None
         self._pending: torch.Tensor | None = None  # a frame waiting for its temporal partner
+        self._waiting_steps: list = []  # steps waiting for their merge segment to complete
+        self._waiting_grid: list[int] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -92,10 +101,28 @@ class StreamingSession:
             frames: uint8 ``[f, H, W, 3]`` (numpy or torch; an odd frame waits for the next call,
                 as the model encodes frames in temporal pairs), or processed pixel rows
                 ``[steps * h * w, patch_dim]`` together with ``video_grid_thw = [steps, h, w]``.
+
+        With merging on, temporal steps wait until a whole segment of ``frames_per_segment``
+        steps has arrived (or a question closes it early), and each segment is prefilled merged.
         """
         pixel_rows, grid = self._pixel_inputs(frames, video_grid_thw)
         if grid is None:
             return
+        if self.merge is None:
+            self._prefill_video(pixel_rows, grid)
+            return
+        self._waiting_steps += self.adapter.video_steps(pixel_rows, grid)
+        self._waiting_grid = grid
+        segment = self.merge.frames_per_segment
+        while len(self._waiting_steps) >= segment:
+            steps, self._waiting_steps = (
+                self._waiting_steps[:segment],
+                self._waiting_steps[segment:],
+            )
+            self._prefill_video(*self.adapter.join_steps(steps, grid))
+
+    def _prefill_video(self, pixel_rows: torch.Tensor, grid: list[int]) -> None:
+        """Prefills one chunk of video: token drop against the last step seen, then merging."""
         new_ids = self.adapter.stream_chunk_ids(
             grid, self.in_video, self.steps_seen, self.timestamp_ids
         )
@@ -107,7 +134,8 @@ class StreamingSession:
             self.in_video = True
         self.sequence += new_ids
         state = getattr(self.model, STATE_ATTRIBUTE)
-        state.stream = StreamStep(previous=self._last_step) if state.dtd is not None else None
+        shortens = state.dtd is not None or state.merge is not None
+        state.stream = StreamStep(previous=self._last_step) if shortens else None
         try:
             video_inputs = self.adapter.stream_video_inputs(pixel_rows.to(self.device), grid)
             self._forward(new_ids, **_to_device(video_inputs, self.device))
@@ -115,16 +143,23 @@ class StreamingSession:
             pass  # the whole chunk was redundant: nothing to prefill
         finally:
             step, state.stream = state.stream, None
-        if step is not None:
+        if step is not None and state.dtd is not None:
             self._last_step = step.last_step
             self.step_drop_ratios += state.stats.step_drop_ratios[0].tolist()
         else:
             self.step_drop_ratios += [0.0] * grid[0]
 
+    def _close_segment(self) -> None:
+        """Prefills the steps still waiting for their segment to complete (a shorter segment)."""
+        if self._waiting_steps:
+            steps, self._waiting_steps = self._waiting_steps, []
+            self._prefill_video(*self.adapter.join_steps(steps, self._waiting_grid))
+
     def ask(self, question, max_new_tokens: int = 32):
         """Greedy answer to ``question`` (a string with a processor, else token ids) from
         everything seen so far. Returns the decoded string (with a processor) or the int64 token
         ids; either way the answer stays in the cache, and more frames may follow."""
+        self._close_segment()
         newline = self.adapter.stream_close_embedding(self.in_video)
         if newline is not None:  # LLaVA-OneVision ends a video with a learned embedding
             self.sequence.append(self.adapter.video_token_id)

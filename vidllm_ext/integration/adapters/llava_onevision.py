@@ -98,6 +98,14 @@ class LlavaOneVisionAdapter:
     def stream_chunk_ids(self, grid: list[int], video_open: bool, first_step: int, timestamp_ids):
         return [self.video_token_id] * self.tokens_per_video(grid)
 
+    def video_steps(self, pixels: torch.Tensor, grid: list[int]) -> list[torch.Tensor]:
+        """Processed frames ``[1, f, 3, S, S]`` cut into their temporal steps (one frame each)."""
+        return list(pixels.split(1, dim=1))
+
+    def join_steps(self, steps: list[torch.Tensor], grid: list[int]) -> tuple[torch.Tensor, list]:
+        """Consecutive steps of :meth:`video_steps` as one chunk with its grid."""
+        return torch.cat(steps, dim=1), [len(steps), grid[1], grid[2]]
+
     def stream_close_ids(self, video_open: bool) -> list[int]:
         return []
 

@@ -149,6 +149,14 @@ class QwenVLAdapter:
     def stream_close_embedding(self, video_open: bool):
         return None
 
+    def video_steps(self, pixels: torch.Tensor, grid: list[int]) -> list[torch.Tensor]:
+        """Processed pixel rows cut into their temporal steps."""
+        return list(pixels.split(grid[1] * grid[2]))
+
+    def join_steps(self, steps: list[torch.Tensor], grid: list[int]) -> tuple[torch.Tensor, list]:
+        """Consecutive steps of :meth:`video_steps` as one chunk with its grid."""
+        return torch.cat(steps), [len(steps), grid[1], grid[2]]
+
     def stream_close_ids(self, video_open: bool) -> list[int]:
         """What ends the current video before text: Qwen2/2.5-VL's vision_end."""
         return [self.vision_end_id] if video_open and not self.per_step_blocks else []
