@@ -165,3 +165,16 @@ def test_unpatch_restores_and_text_only_calls_pass_through():
         vidllm_ext.unpatch(model)
         assert torch.equal(model(**inputs).logits, expected)
     assert "get_video_features" not in vars(model.model)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_beam_search_merges_every_beam_row_like_its_sample(family):
+    model = build_model(family)
+    videos = [SyntheticVideo(), SyntheticVideo(seed=1, moving=(1,))]
+    inputs = make_inputs(family, videos, [3, 5])
+    vidllm_ext.patch(model, merge=MERGE, dtd=dtd_for(family))
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False, num_beams=2)
+    assert out.shape == (2, inputs["input_ids"].shape[1] + 4)
+    stats = vidllm_ext.last_stats(model, "merge")
+    assert stats.samples == [0, 1, 2, 3]
+    assert stats.tokens_per_video[0] == stats.tokens_per_video[1] <= 10
