@@ -1,4 +1,5 @@
-"""`vidllm-ext demo`: a video LLM with and without frame-difference token drop, side by side.
+"""`vidllm-ext demo`: a video LLM unpatched, with frame-difference token drop, and with token drop
+followed by hierarchical merging, side by side.
 
 By default a small Qwen2.5-VL built from the config shipped in vidllm_ext/configs (fixed seed,
 random weights: its answers are noise, its costs are real) watches a procedurally generated clip:
@@ -15,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidllm_ext.integration import DTDConfig, last_stats, patch
+from vidllm_ext.integration import DTDConfig, MergeConfig, last_stats, patch
 from vidllm_ext.integration.registry import adapter_for
 from vidllm_ext.integration.token_drop import scene_changes
 
 CONFIG = Path(__file__).parent / "configs" / "qwen2_5_vl_demo.json"
+# LongVLM's merging at demo scale: segments of 4 temporal steps (8 frames) keep 32 tokens each.
+DEMO_MERGE = MergeConfig(frames_per_segment=4, tokens_per_segment=32)
 PROMPT_IDS = list(range(10, 26))  # stand-ins for a system prompt and a question (random weights)
 QUESTION_IDS = list(range(30, 42))
 
@@ -165,7 +168,8 @@ def run_demo(
     video_path: str | None = None,
     question: str = "What happens in this video?",
 ) -> int:
-    """Runs a video LLM unpatched and with DTD on one clip and prints the comparison.
+    """Runs a video LLM unpatched, with DTD and with DTD + merging on one clip and prints the
+    comparison.
 
     Defaults: the shipped demo model on the synthetic clip. ``model_path``: a local checkpoint
     (its processor prepares the inputs when it has one); ``video_path``: a video file.
@@ -179,30 +183,44 @@ def run_demo(
         inputs = demo_inputs(model, clip, device)
     else:
         raise SystemExit(f"--model {model_path}: no processor found next to the checkpoint")
+    dtd = DTDConfig(threshold=threshold)
     baseline = run_once(patch(model), inputs, new_tokens)
-    dropped = run_once(patch(model, dtd=DTDConfig(threshold=threshold)), inputs, new_tokens)
+    dropped = run_once(patch(model, dtd=dtd), inputs, new_tokens)
     stats = last_stats(model)
+    merge = DEMO_MERGE
+    if model.config.get_text_config().hidden_size % merge.metric_chunks:
+        merge = MergeConfig(merge.frames_per_segment, merge.tokens_per_segment, metric_chunks=1)
+    merged = run_once(patch(model, dtd=dtd, merge=merge), inputs, new_tokens)
+    merge_stats = last_stats(model, "merge")
+    patch(model)
     ratios = stats.step_drop_ratios[0].tolist()
     source = model_path or f"Qwen2.5-VL demo config ({CONFIG.name}), random weights"
     scene = video_path or f"synthetic, scene cut at step {clip.shape[0] // 4}"
     print(f"model: {source}, on {device}")
     print(
         f"clip: {clip.shape[0]} frames {clip.shape[1]}x{clip.shape[2]} ({scene}); "
-        f"DTD: feature cosine > {threshold} dropped\n"
+        f"DTD: feature cosine > {threshold} dropped; merge: segments of "
+        f"{merge.frames_per_segment} steps down to {merge.tokens_per_segment} tokens\n"
     )
+    runs = (baseline, dropped, merged)
     if processor is not None:
-        baseline.generated = processor.decode(baseline.generated, skip_special_tokens=True)
-        dropped.generated = processor.decode(dropped.generated, skip_special_tokens=True)
+        for run in runs:
+            run.generated = processor.decode(run.generated, skip_special_tokens=True)
     rows = [
-        ("video tokens", stats.video_tokens_before, stats.video_tokens_after),
-        ("prefill tokens", baseline.cache_tokens, dropped.cache_tokens),
-        ("prefill ms", f"{baseline.prefill_s * 1e3:.1f}", f"{dropped.prefill_s * 1e3:.1f}"),
-        ("KV-cache KiB", baseline.cache_bytes // 1024, dropped.cache_bytes // 1024),
-        ("generated", baseline.generated, dropped.generated),
+        (
+            "video tokens",
+            stats.video_tokens_before,
+            stats.video_tokens_after,
+            merge_stats.video_tokens_after,
+        ),
+        ("prefill tokens", *(run.cache_tokens for run in runs)),
+        ("prefill ms", *(f"{run.prefill_s * 1e3:.1f}" for run in runs)),
+        ("KV-cache KiB", *(run.cache_bytes // 1024 for run in runs)),
+        ("generated", *(run.generated for run in runs)),
     ]
-    print(f"{'':16}{'unpatched':>28}  {'DTD':>28}")
-    for name, before, after in rows:
-        print(f"{name:16}{before!s:>28}  {after!s:>28}")
+    print(f"{'':16}{'unpatched':>24}  {'DTD':>24}  {'DTD + merge':>24}")
+    for name, *values in rows:
+        print(f"{name:16}" + "  ".join(f"{value!s:>24}" for value in values))
     print("\nper-step drop ratio: " + " ".join(f"{r:.2f}" for r in ratios))
     print(f"scene changes (lowest drop ratio, top 10%): steps {scene_changes(ratios, 0.1)}")
     print(f"video tokens dropped: {stats.drop_ratio:.1%}")
