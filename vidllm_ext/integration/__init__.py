@@ -3,6 +3,7 @@
 from vidllm_ext.integration.config import DTDConfig, MergeConfig, MoDConfig
 from vidllm_ext.integration.patching import last_stats, patch, unpatch
 from vidllm_ext.integration.registry import supported_model_types
+from vidllm_ext.integration.routing_context import RoutingStats
 from vidllm_ext.integration.token_drop import DTDStats
 from vidllm_ext.integration.token_merge import MergeStats
 
@@ -12,6 +13,7 @@ __all__ = [
     "MergeConfig",
     "MergeStats",
     "MoDConfig",
+    "RoutingStats",
     "last_stats",
     "patch",
     "supported_model_types",

@@ -137,7 +137,12 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
             )
         )
     if mod is not None:  # after DTD's and merging's hooks: routes the tokens they kept
-        state.handles += install_routing(state, model)
+        try:
+            state.handles += install_routing(state, model)
+        except Exception:  # a configuration routing rejects: undo the hooks above
+            for handle in state.handles:
+                handle.remove()
+            raise
     if kv is not None:
         state.handles += [
             _InstanceAttribute(model, "generate", default_packed_cache(model, kv)),

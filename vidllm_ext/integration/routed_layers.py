@@ -1,9 +1,258 @@
-"""Layer-skip routing of video tokens inside a patched model (VideoLLM-MoD)."""
+"""Layer-skip routing of video tokens inside a patched model (VideoLLM-MoD).
+
+In a routed decoder layer a router ``Linear(hidden_size -> 1)`` scores every video token of its
+input h; in each temporal step of each video the top ``ceil(keep_ratio * n)`` are selected, and
+every other token (text, images, padding) is always selected. The selected tokens, in their
+original order with their original position ids, go through the unmodified layer on a shortened,
+left-padded batch; ``delta = layer(h_sel) - h_sel`` is added back, gated for video tokens
+(``ops.routed_update``). Unselected tokens pass through unchanged and write no key or value: the
+KV cache of a routed layer holds the text and the selected video tokens only.
+
+Every routed layer therefore has its own cache length. Transformers builds one mask from layer 0
+(which must not be routed); a routed layer ignores it and builds its own additive mask from the
+validity of the cache entries it wrote (kept per cache layer) and the causal order of its new
+tokens, the same for sdpa and eager.
+"""
 
 from __future__ import annotations
 
+import weakref
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicLayer
+
+from vidllm_ext import ops
+from vidllm_ext.integration.routing_context import (
+    RoutingContext,
+    RoutingRuntime,
+    check_attention_implementation,
+)
+from vidllm_ext.integration.sequence import CompactedLayout
+
+ROUTER_NAME = "vidllm_router"
+
+
+def resolve_layers(layers, count: int) -> tuple[int, ...]:
+    """The routed decoder layer indices: ``"interleaved"`` is 1, 3, 5, ... below ``count``."""
+    if layers == "interleaved":
+        return tuple(range(1, count, 2))
+    for index in layers:
+        if index >= count:
+            raise ValueError(
+                f"mod.layers: layer {index} is out of range; the language model has {count} "
+                f"decoder layers (0 to {count - 1})"
+            )
+        if index == 0:
+            raise ValueError(
+                "mod.layers: layer 0 cannot be routed: transformers reads the KV cache length "
+                "from layer 0, so it must see every token"
+            )
+    return tuple(layers)
+
 
 def install_routing(state, model) -> list:
-    """Adds a router to every routed decoder layer of ``model`` and routes its forward; returns
-    removable handles."""
-    raise NotImplementedError("mod=: layer-skip routing (mod=MoDConfig) is not implemented yet")
+    """Adds a router to every routed decoder layer of ``model`` and routes its forward.
+
+    Args:
+        state: the patch state (``state.mod`` the :class:`MoDConfig`, ``state.adapter`` the
+            family adapter, ``state.captured`` / ``state.call_layout`` filled by the other hooks).
+        model: the patched model.
+
+    Returns:
+        removable handles: the language-model pre-hook that builds each forward's routing
+        context, then one per routed layer (removing it deletes the router and restores the
+        layer's forward).
+
+    Raises:
+        ValueError: a layer index out of range, or layer 0.
+        NotImplementedError: an attention implementation other than sdpa / eager, or ``kv=``.
+
+    Example:
+        >>> vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.2))
+        >>> model.state_dict()["model.language_model.layers.1.vidllm_router.weight"].shape
+        torch.Size([1, 2048])
+    """
+    language_model = state.adapter.language_model
+    if state.kv is not None:
+        raise NotImplementedError(
+            "mod= with kv=: routing with the packed KV cache is not supported yet"
+        )
+    check_attention_implementation(language_model.config)
+    routed = resolve_layers(state.mod.layers, len(language_model.layers))
+    runtime = RoutingRuntime(state, routed, language_model.config)
+    handles = [language_model.register_forward_pre_hook(runtime.before_decoder, with_kwargs=True)]
+    for position, index in enumerate(routed):
+        handles.append(RoutedLayer(language_model.layers[index], index, position, runtime))
+    return handles
+
+
+class RoutedLayer:
+    """A removable handle: one decoder layer with a router and a routed forward."""
+
+    def __init__(self, layer: nn.Module, index: int, position: int, runtime: RoutingRuntime):
+        self.layer, self.index, self.position, self.runtime = layer, index, position, runtime
+        config = runtime.text_config
+        self.kv_heads = getattr(config, "num_key_value_heads", config.num_attention_heads)
+        self.head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+        reference = next(layer.parameters())
+        router = nn.Linear(config.hidden_size, 1, device=reference.device, dtype=reference.dtype)
+        nn.init.zeros_(router.weight)
+        nn.init.zeros_(router.bias)
+        layer.add_module(ROUTER_NAME, router)
+        self.original_forward = layer.forward
+        self.written = weakref.WeakKeyDictionary()  # cache layer -> bool [B, held] real entries
+        layer.forward = self.forward
+
+    def remove(self) -> None:
+        layer = self.layer
+        if "forward" in vars(layer):
+            del layer.forward
+        if ROUTER_NAME in layer._modules:
+            del layer._modules[ROUTER_NAME]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=False,
+        position_embeddings=None,
+        **kwargs,
+    ):
+        """The decoder layer's forward, routed (``attention_mask`` is replaced by its own)."""
+        context = self.runtime.context_for(hidden_states)
+        inputs = dict(position_ids=position_ids, position_embeddings=position_embeddings, **kwargs)
+
+        def run(keep: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+            return self._run_selected(
+                rows, keep, hidden_states.shape, context, past_key_values, use_cache, inputs
+            )
+
+        if context.video_tokens == 0:  # nothing to route: every token goes through
+            return run(None, hidden_states.flatten(0, 1)).view_as(hidden_states)
+        batch, length, dim = hidden_states.shape
+        scores = getattr(self.layer, ROUTER_NAME)(hidden_states).squeeze(-1)
+
+        def layer_fn(selected: torch.Tensor, selected_index: torch.Tensor) -> torch.Tensor:
+            keep = torch.zeros(batch * length, dtype=torch.bool, device=selected.device)
+            keep[selected_index] = True
+            self._record(context, selected_index.numel(), hidden_states)
+            return run(keep.view(batch, length), selected)
+
+        config = self.runtime.config
+        output = ops.routed_update(
+            hidden_states.reshape(batch * length, dim),
+            scores.reshape(batch * length),
+            context.is_video,
+            context.segment_offsets,
+            config.keep_ratio,
+            layer_fn,
+            config.gate,
+        )
+        return output.view(batch, length, dim)
+
+    def _run_selected(self, rows, keep, shape, context, cache, use_cache, inputs):
+        """The original layer on ``rows`` ``[K, D]`` (the tokens where ``keep`` ``[B, L]`` is
+        True, row-major; None: all) as a left-padded batch; returns its ``[K, D]`` output."""
+        batch, length, dim = shape
+        slots = None
+        if keep is None:
+            padded, real, moved = rows.view(shape), context.real, dict(inputs)
+        else:
+            layout = CompactedLayout.from_keep(keep)
+            slots = layout.attention_mask.bool()
+            padded = rows.new_zeros(batch, slots.shape[1], dim).index_put((slots,), rows)
+            real = slots & context.real.gather(1, layout.source_column)
+            moved = {name: _to_layout(value, layout, length) for name, value in inputs.items()}
+        history = self._history(cache, batch, rows.device)
+        mask = _additive_mask(history, real, rows.dtype)
+        output = self.original_forward(
+            padded, attention_mask=mask, past_key_values=cache, use_cache=use_cache, **moved
+        )
+        if isinstance(output, tuple):
+            output = output[0]
+        self._remember(cache, history, real)
+        return output.reshape(batch * length, dim) if slots is None else output[slots]
+
+    def _history(self, cache, batch: int, device):
+        """bool ``[B, held]``: the real entries among those this layer wrote to ``cache``."""
+        empty = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+        cache_layer = _cache_layer(cache, self.index)
+        held = 0 if cache_layer is None else cache_layer.get_seq_length()
+        if held == 0:
+            return empty
+        written = self.written.get(cache_layer)
+        if written is None or tuple(written.shape) != (batch, held):
+            raise RuntimeError(
+                f"routing: the KV cache of routed layer {self.index} holds {held} entries per row "
+                "that this patch did not write (a cache filled elsewhere, cropped or reordered, "
+                "e.g. by beam search); routed layers need the cache they filled"
+            )
+        return written.to(device)
+
+    def _remember(self, cache, history: torch.Tensor, real: torch.Tensor) -> None:
+        cache_layer = _cache_layer(cache, self.index)
+        if cache_layer is None:
+            return
+        written = torch.cat([history, real], dim=1)
+        if cache_layer.get_seq_length() != written.shape[1]:
+            raise RuntimeError(
+                f"routing: routed layer {self.index} expected its cache to hold "
+                f"{written.shape[1]} entries, found {cache_layer.get_seq_length()}"
+            )
+        self.written[cache_layer] = written
+
+    def _record(self, context: RoutingContext, selected: int, hidden: torch.Tensor) -> None:
+        """Stats: this layer processed ``selected`` tokens of the flattened batch."""
+        stats = context.stats
+        other = context.frame_ids.numel() - context.video_tokens
+        video_after = selected - other
+        stats.video_tokens_after[self.position] = video_after
+        per_token = 2 * self.kv_heads * self.head_dim * hidden.element_size()
+        stats.kv_cache_bytes_saved += (context.video_tokens - video_after) * per_token
+
+
+def _cache_layer(cache, index: int):
+    """The cache's layer ``index`` if it exists yet; a kind routed layers cannot mask raises."""
+    if cache is None or index >= len(getattr(cache, "layers", ())):
+        if cache is not None and not hasattr(cache, "layers"):
+            raise NotImplementedError(
+                f"routing: unsupported cache type {type(cache).__name__} (use DynamicCache)"
+            )
+        return None
+    layer = cache.layers[index]
+    if not isinstance(layer, DynamicLayer) or layer.is_sliding:
+        raise NotImplementedError(
+            f"routing: routed layers need a dynamic, non-sliding cache layer, got "
+            f"{type(layer).__name__} (use DynamicCache)"
+        )
+    return layer
+
+
+def _to_layout(value, layout: CompactedLayout, length: int):
+    """A per-token input ``[B or 1, L, ...]`` (position ids, cos / sin) moved to the layout;
+    tuples element-wise; anything else unchanged."""
+    if isinstance(value, tuple):
+        return tuple(_to_layout(item, layout, length) for item in value)
+    batch = layout.source_column.shape[0]
+    if not isinstance(value, torch.Tensor) or value.dim() < 2:
+        return value
+    if value.shape[0] not in (1, batch) or value.shape[1] != length:
+        return value
+    return layout.gather(value.expand(batch, *value.shape[1:]), 1)
+
+
+def _additive_mask(history: torch.Tensor, real: torch.Tensor, dtype) -> torch.Tensor:
+    """float ``[B, 1, L, held + L]`` of 0 (attend) / finfo(dtype).min: every real entry the layer
+    wrote before, and the real new tokens up to and including the query (causal). Each query
+    sees at least itself, so no row is fully masked."""
+    batch, length = real.shape
+    causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+    new = (real[:, None, :] & causal) | torch.eye(length, dtype=torch.bool, device=real.device)
+    allowed = torch.cat([history[:, None, :].expand(batch, length, -1), new], dim=2)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=real.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
