@@ -209,6 +209,8 @@ class RoutedLayer:
     def _record(self, context: RoutingContext, selected: int, hidden: torch.Tensor) -> None:
         """Stats: this layer processed ``selected`` tokens of the flattened batch."""
         stats = context.stats
+        if stats is None:  # a context built by hand
+            return
         other = context.frame_ids.numel() - context.video_tokens
         video_after = selected - other
         stats.video_tokens_after[self.position] = video_after

@@ -1,0 +1,367 @@
+"""patch(mod=MoDConfig): routed decoder layers on tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL and
+LLaVA-OneVision models (issue 7, sections 2-4)."""
+
+import math
+
+import models
+import pytest
+import torch
+from models import FAMILIES, VIDEO, SyntheticVideo, build_model, make_inputs
+from test_streaming import TIMESTAMP, feed
+
+import vidllm_ext
+from vidllm_ext import reference
+from vidllm_ext.integration.routing_context import RoutingContext
+
+pytest.importorskip("transformers")
+ROUTER = "vidllm_router"
+TOKENS_PER_STEP = 16  # SyntheticVideo's default grid in every family
+
+
+def two_videos(family):
+    """Two samples with different video lengths (LLaVA's batch stacks equal-length videos, so
+    there the prompts differ) and different prompt lengths: a left-padded batch."""
+    second = 4 if family == "llava_onevision" else 2
+    return [SyntheticVideo(seed=1), SyntheticVideo(steps=second, seed=2)], [3, 9]
+
+
+def randomize_routers(model, seed=0):
+    """Distinct router scores (zero-initialized routers tie every token)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ROUTER in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+
+
+def language_model(model):
+    return model.model.language_model
+
+
+def router_keys(model):
+    return sorted(key for key in model.state_dict() if ROUTER in key)
+
+
+def cache_lengths(cache):
+    return [layer.keys.shape[-2] for layer in cache.layers]
+
+
+def kept_per_step(keep_ratio, tokens=TOKENS_PER_STEP):
+    return min(tokens, math.ceil(keep_ratio * tokens))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_keep_everything_without_gate_equals_the_unpatched_model(family, attn_implementation):
+    model = build_model(family, attn_implementation)
+    videos, prompts = two_videos(family)
+    inputs = make_inputs(family, videos, prompts)
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=1.0, gate="none"))
+        randomize_routers(model)  # scores decide nothing when every token is kept
+        actual = model(**inputs).logits
+    assert torch.allclose(actual[real], expected[real], atol=1e-5, rtol=1e-5)
+    stats = vidllm_ext.last_stats(model, "mod")
+    video = sum(v.steps for v in videos) * TOKENS_PER_STEP
+    assert stats.video_tokens_before == video and stats.video_tokens_after == [video]
+    assert stats.kv_cache_bytes_saved == 0
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_routers_are_saved_loaded_and_trained_with_the_model(family):
+    config = vidllm_ext.MoDConfig(keep_ratio=0.25)
+    model = vidllm_ext.patch(build_model(family), mod=config)
+    assert router_keys(model) == [
+        "model.language_model.layers.1.vidllm_router.bias",
+        "model.language_model.layers.1.vidllm_router.weight",
+    ]
+    router = language_model(model).layers[1].vidllm_router
+    assert router.weight.requires_grad and router.bias.requires_grad
+    assert not router.weight.any()  # zero-initialized: gate sigmoid2 gives g = 1
+    randomize_routers(model, seed=3)
+    inputs = make_inputs(family, *two_videos(family))
+    with torch.no_grad():
+        expected = model(**inputs).logits
+
+    fresh = vidllm_ext.patch(build_model(family, seed=1), mod=config)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(**inputs).logits, expected)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(**inputs).logits, expected)
+
+    model.train()
+    loss = model(**inputs, labels=inputs["input_ids"]).loss
+    loss.backward()
+    assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
+    assert router.bias.grad is not None and router.bias.grad.abs() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_padded_batch_generates_what_each_sample_generates_alone(family, attn_implementation):
+    model = build_model(family, attn_implementation)
+    videos, prompts = two_videos(family)
+    inputs = make_inputs(family, videos, prompts)
+    with torch.no_grad():
+        unrouted = model(**inputs).logits[:, -1]
+    vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.25))
+    randomize_routers(model)
+    with torch.no_grad():
+        routed = model(**inputs).logits[:, -1]
+        batch = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        for row, video, prompt in zip(range(2), videos, prompts):
+            single_inputs = make_inputs(family, [video], [prompt])
+            single = model(**single_inputs).logits[:, -1]
+            assert torch.allclose(single[0], routed[row], atol=1e-5, rtol=1e-4)
+            generated = model.generate(**single_inputs, max_new_tokens=6, do_sample=False)
+            assert torch.equal(batch[row, -6:], generated[0, -6:])
+    assert not torch.allclose(routed, unrouted, atol=1e-3)  # routing took effect
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+def test_routed_layer_cache_holds_text_and_selected_video_only(family):
+    keep_ratio = 0.25
+    model = vidllm_ext.patch(build_model(family), mod=vidllm_ext.MoDConfig(keep_ratio=keep_ratio))
+    randomize_routers(model)
+    videos, prompts = two_videos(family)
+    inputs = make_inputs(family, videos, prompts)
+    length = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True
+        )
+    cache = out.past_key_values
+    skipped = [v.steps * (TOKENS_PER_STEP - kept_per_step(keep_ratio)) for v in videos]
+    # Rows are left-padded to the row that keeps the most tokens.
+    assert cache_lengths(cache) == [length + 3, length - min(skipped) + 3]
+    layer_zero, routed = cache.layers
+    assert layer_zero.keys.shape[:2] == routed.keys.shape[:2] == (2, 2)
+
+
+def test_routing_stats_and_caches_of_several_routed_layers(monkeypatch):
+    monkeypatch.setitem(models.TEXT, "num_hidden_layers", 5)
+    from transformers import DynamicCache
+
+    model = build_model("qwen2_vl")
+    videos, prompts = two_videos("qwen2_vl")
+    inputs = make_inputs("qwen2_vl", videos, prompts)
+    length = inputs["input_ids"].shape[1]
+    for layers, routed in (("interleaved", (1, 3)), ((2, 3, 4), (2, 3, 4))):
+        vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.3, layers=layers))
+        randomize_routers(model)
+        cache = DynamicCache(config=model.config.text_config)
+        with torch.no_grad():
+            model(**inputs, past_key_values=cache, use_cache=True)
+        stats = vidllm_ext.last_stats(model, "mod")
+        assert isinstance(stats, vidllm_ext.RoutingStats)
+        assert stats.routed_layers == routed
+        assert stats.video_tokens_before == 6 * 16
+        assert stats.video_tokens_after == [6 * 5] * len(routed)  # ceil(0.3 * 16) = 5 a step
+        kv_bytes = 2 * 2 * 16 * 4  # keys and values, 2 kv heads, head_dim 16, float32
+        assert stats.kv_cache_bytes_saved == len(routed) * (96 - 30) * kv_bytes
+        skipped = min(v.steps for v in videos) * 11
+        expected = [length - skipped if i in routed else length for i in range(5)]
+        assert cache_lengths(cache) == expected
+        with torch.no_grad():  # a decode step routes nothing and keeps the prefill's stats
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert vidllm_ext.last_stats(model, "mod").video_tokens_after == [30] * len(routed)
+
+
+def test_unpatch_restores_the_exact_model():
+    model = build_model("qwen2_5_vl")
+    inputs = make_inputs("qwen2_5_vl", *two_videos("qwen2_5_vl"))
+    keys = sorted(model.state_dict())
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        hooks = [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in model.modules()]
+        vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.25))
+        randomize_routers(model)
+        assert not torch.allclose(model(**inputs).logits, expected)
+        vidllm_ext.unpatch(model)
+        assert torch.equal(model(**inputs).logits, expected)
+    assert sorted(model.state_dict()) == keys
+    assert hooks == [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in model.modules()]
+    assert all("forward" not in vars(layer) for layer in language_model(model).layers)
+
+
+def captured_layer_inputs(model, inputs, index):
+    """(hidden_states, keyword arguments) decoder layer ``index`` received in a forward."""
+    captured = {}
+
+    def record(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+        captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+    layer = language_model(model).layers[index]
+    handle = layer.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return captured["hidden"], captured["kwargs"]
+
+
+def test_routed_layer_matches_the_reference_in_forward_and_gradients():
+    """Batch of one in float64: the routed layer against reference.routing.routed_update with a
+    layer_fn that calls the raw layer on the selected tokens (causal, their own rotary angles)."""
+    model = vidllm_ext.patch(
+        build_model("qwen2_vl").double(), mod=vidllm_ext.MoDConfig(keep_ratio=0.25)
+    )
+    randomize_routers(model)
+    inputs = make_inputs("qwen2_vl", [SyntheticVideo()], [5])
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].double()
+    layer = language_model(model).layers[1]
+    hidden, kwargs = captured_layer_inputs(model, inputs, 1)
+    kwargs.update(past_key_values=None, use_cache=False)  # the forward above filled a cache
+    cos, sin = kwargs["position_embeddings"]
+    is_video = inputs["input_ids"][0] == VIDEO
+    offsets = torch.arange(0, 4 * 16 + 1, 16)
+
+    def raw_layer(selected, selected_index):
+        embeddings = (cos[:, selected_index], sin[:, selected_index])
+        return type(layer).forward(layer, selected[None], position_embeddings=embeddings)[0]
+
+    upstream = torch.randn(hidden.shape[1:], dtype=torch.float64)
+    results = []
+    for routed in (True, False):
+        layer.zero_grad()
+        leaf = hidden.clone().requires_grad_()
+        if routed:
+            out = layer(leaf, **kwargs)[0]
+        else:
+            scores = layer.vidllm_router(leaf[0]).squeeze(-1)
+            out = reference.routing.routed_update(
+                leaf[0], scores, is_video, offsets, 0.25, raw_layer, "sigmoid2"
+            )
+        out.backward(upstream)
+        results.append((out.detach(), leaf.grad, layer.vidllm_router.weight.grad.clone()))
+    (out, grad_hidden, grad_router), (expected, expected_hidden, expected_router) = results
+    assert torch.allclose(out, expected, atol=1e-10, rtol=1e-10)
+    assert torch.allclose(grad_hidden, expected_hidden, atol=1e-10, rtol=1e-10)
+    assert torch.allclose(grad_router, expected_router, atol=1e-10, rtol=1e-10)
+    unchanged = (out == hidden[0]).all(-1)
+    assert int(unchanged.sum()) == 4 * 12 and not unchanged[~is_video].any()
+
+
+def test_gradcheck_of_a_routed_layer():
+    model = vidllm_ext.patch(
+        build_model("qwen2_vl").double(), mod=vidllm_ext.MoDConfig(keep_ratio=0.5)
+    )
+    layer = language_model(model).layers[1]
+    for name in ("input_layernorm", "post_attention_layernorm"):  # they compute in float32
+        norm = torch.nn.RMSNorm(64, eps=1e-6, dtype=torch.float64)
+        setattr(layer, name, norm)
+    # Text, two steps of three video tokens (two of each pass through), text.
+    frame_ids = torch.tensor([[-1, 0, 0, 0, 1, 1, 1, -1]])
+    layer.forward.__self__.runtime.context = RoutingContext.build(
+        frame_ids, torch.ones(1, 8, dtype=torch.bool)
+    )
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 8, 64, dtype=torch.float64, generator=generator)
+    weight = torch.randn(1, 64, dtype=torch.float64, generator=generator)
+    positions = torch.arange(8).view(1, 1, 8).expand(3, 1, 8)
+    embeddings = language_model(model).rotary_emb(hidden, positions)
+
+    def routed(hidden, weight):
+        parameters = {"vidllm_router.weight": weight}
+        return torch.func.functional_call(
+            layer, parameters, (hidden,), {"position_embeddings": embeddings}
+        )
+
+    inputs = (hidden.requires_grad_(), weight.requires_grad_())
+    assert torch.autograd.gradcheck(routed, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_dtd_and_routing_in_one_generate(family):
+    threshold = models.FEATURE_THRESHOLD[family]
+    model = vidllm_ext.patch(
+        build_model(family),
+        dtd=vidllm_ext.DTDConfig(threshold=threshold),
+        mod=vidllm_ext.MoDConfig(keep_ratio=0.5),
+    )
+    randomize_routers(model)
+    videos, prompts = two_videos(family)
+    inputs = make_inputs(family, videos, prompts)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True
+        )
+        dtd, mod = vidllm_ext.last_stats(model), vidllm_ext.last_stats(model, "mod")
+        assert dtd.video_tokens_after < dtd.video_tokens_before
+        assert mod.video_tokens_before == dtd.video_tokens_after
+        kept = [
+            sum(math.ceil(0.5 * round((1 - r) * 16)) for r in ratios.tolist())
+            for ratios in dtd.step_drop_ratios
+        ]
+        assert mod.video_tokens_after == [sum(kept)]
+        layer_zero, routed = cache_lengths(out.past_key_values)
+        # Per row: the tokens DTD kept, less the video tokens routing skipped, padded to the
+        # longest row.
+        dtd_kept = [round(float((16 * (1 - ratios)).sum())) for ratios in dtd.step_drop_ratios]
+        rows_layer_zero = [
+            int(inputs["attention_mask"][b].sum()) - 16 * v.steps + dtd_kept[b] + 3
+            for b, v in enumerate(videos)
+        ]
+        assert layer_zero == max(rows_layer_zero)
+        rows_routed = [rows_layer_zero[b] - dtd_kept[b] + kept[b] for b in range(2)]
+        assert routed == max(rows_routed)
+        for row, video, prompt in zip(range(2), videos, prompts):
+            single = model.generate(
+                **make_inputs(family, [video], [prompt]), max_new_tokens=4, do_sample=False
+            )
+            assert torch.equal(out.sequences[row, -4:], single[0, -4:])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_streaming_chunks_route_like_one_forward(family):
+    """A stream fed in chunks (cut at step boundaries) keeps the same tokens in every step as one
+    prefill of the whole video, so it answers the same."""
+    model = build_model(family)
+    video = SyntheticVideo(steps=6, moving=(0, 5, 6, 11))
+    inputs = make_inputs(family, [video], [0])
+    config = vidllm_ext.MoDConfig(keep_ratio=0.25)
+    vidllm_ext.patch(model, mod=config)
+    randomize_routers(model)
+    routers = {k: v.clone() for k, v in model.state_dict().items() if ROUTER in k}
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = expected[0, inputs["input_ids"].shape[1] :]
+    session = vidllm_ext.StreamingSession(model, dtd=None, timestamp_ids=lambda step: TIMESTAMP)
+    vidllm_ext.patch(model, mod=config)  # the session patches without routing
+    model.load_state_dict(routers, strict=False)
+    feed(session, video, [2, 1, 3])
+    answer = session.ask([50, 51, 52], max_new_tokens=6)
+    assert torch.equal(answer, expected[: answer.numel()])
+    layer_zero, routed = cache_lengths(session.cache)
+    assert layer_zero - routed == 6 * (16 - 4)
+
+
+@pytest.mark.parametrize(
+    "config, kwargs, error, message",
+    [
+        (vidllm_ext.MoDConfig(layers=(1, 2)), {}, ValueError, "layer 2 is out of range"),
+        (vidllm_ext.MoDConfig(layers=(0, 1)), {}, ValueError, "layer 0 cannot be routed"),
+        (vidllm_ext.MoDConfig(), {"kv": vidllm_ext.KVQuantConfig()}, NotImplementedError, "kv="),
+        (vidllm_ext.MoDConfig(), {"flash": True}, NotImplementedError, "flash_attention_2"),
+    ],
+    ids=["out-of-range", "layer-0", "kv", "flash"],
+)
+def test_rejected_configurations_leave_the_model_unpatched(config, kwargs, error, message):
+    model = build_model("qwen2_vl")
+    inputs = make_inputs("qwen2_vl", [SyntheticVideo()], [5])
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    text_config = model.config.text_config
+    if kwargs.pop("flash", False):
+        text_config._attn_implementation = "flash_attention_2"
+    with pytest.raises(error, match=message):
+        vidllm_ext.patch(model, mod=config, **kwargs)
+    text_config._attn_implementation = "sdpa"
+    assert not hasattr(model, "_vidllm_patch") and not router_keys(model)
+    assert "get_video_features" not in vars(model.model)
+    assert not language_model(model)._forward_pre_hooks and not model.model._forward_pre_hooks
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, expected)
