@@ -365,3 +365,12 @@ def test_rejected_configurations_leave_the_model_unpatched(config, kwargs, error
     assert not language_model(model)._forward_pre_hooks and not model.model._forward_pre_hooks
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, expected)
+
+
+def test_a_cache_changed_outside_the_routed_layers_is_an_error():
+    """Beam search reorders the cache rows between steps; the routed layers' record of which
+    entries are padding would no longer match, so they refuse instead of answering wrong."""
+    model = vidllm_ext.patch(build_model("qwen2_vl"), mod=vidllm_ext.MoDConfig(keep_ratio=0.25))
+    inputs = make_inputs("qwen2_vl", [SyntheticVideo()], [5])
+    with torch.no_grad(), pytest.raises(RuntimeError, match="beam search"):
+        model.generate(**inputs, max_new_tokens=3, num_beams=2, do_sample=False)

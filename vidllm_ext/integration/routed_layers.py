@@ -103,7 +103,8 @@ class RoutedLayer:
         nn.init.zeros_(router.bias)
         layer.add_module(ROUTER_NAME, router)
         self.original_forward = layer.forward
-        self.written = weakref.WeakKeyDictionary()  # cache layer -> bool [B, held] real entries
+        # cache layer -> (bool [B, held]: its real entries, weak reference to the keys written last)
+        self.written = weakref.WeakKeyDictionary()
         layer.forward = self.forward
 
     def remove(self) -> None:
@@ -185,12 +186,14 @@ class RoutedLayer:
         held = 0 if cache_layer is None else cache_layer.get_seq_length()
         if held == 0:
             return empty
-        written = self.written.get(cache_layer)
-        if written is None or tuple(written.shape) != (batch, held):
+        written, keys = self.written.get(cache_layer, (None, None))
+        # The cache's keys are the tensor this layer's last write left: nothing reordered,
+        # cropped or replaced them since (beam search reorders rows between steps).
+        if written is None or keys() is not cache_layer.keys or written.shape[0] != batch:
             raise RuntimeError(
                 f"routing: the KV cache of routed layer {self.index} holds {held} entries per row "
-                "that this patch did not write (a cache filled elsewhere, cropped or reordered, "
-                "e.g. by beam search); routed layers need the cache they filled"
+                "that were not left there by this layer's last write (a cache filled elsewhere, "
+                "cropped or reordered, e.g. by beam search, which routing does not support)"
             )
         return written.to(device)
 
@@ -204,7 +207,7 @@ class RoutedLayer:
                 f"routing: routed layer {self.index} expected its cache to hold "
                 f"{written.shape[1]} entries, found {cache_layer.get_seq_length()}"
             )
-        self.written[cache_layer] = written
+        self.written[cache_layer] = (written, weakref.ref(cache_layer.keys))
 
     def _record(self, context: RoutingContext, selected: int, hidden: torch.Tensor) -> None:
         """Stats: this layer processed ``selected`` tokens of the flattened batch."""
