@@ -329,9 +329,11 @@ def test_streaming_chunks_route_like_one_forward(family):
     with torch.no_grad():
         expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     expected = expected[0, inputs["input_ids"].shape[1] :]
+    parameters = {id(p) for name, p in model.named_parameters() if ROUTER in name}
+    # The session patches again (dtd, merge, kv) and keeps the routed layers with their routers.
     session = vidllm_ext.StreamingSession(model, dtd=None, timestamp_ids=lambda step: TIMESTAMP)
-    vidllm_ext.patch(model, mod=config)  # the session patches without routing
-    model.load_state_dict(routers, strict=False)
+    assert {id(p) for name, p in model.named_parameters() if ROUTER in name} == parameters
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in routers.items())
     feed(session, video, [2, 1, 3])
     answer = session.ask([50, 51, 52], max_new_tokens=6)
     assert torch.equal(answer, expected[: answer.numel()])

@@ -23,7 +23,7 @@ from vidllm_ext.integration.attention import AttentionImplementation
 from vidllm_ext.integration.config import DTDConfig, MergeConfig, MoDConfig
 from vidllm_ext.integration.kv import default_packed_cache, mark_salient_tokens
 from vidllm_ext.integration.registry import adapter_for
-from vidllm_ext.integration.routed_layers import install_routing
+from vidllm_ext.integration.routed_layers import existing_routers, install_routing
 from vidllm_ext.integration.sequence import CompactedLayout
 from vidllm_ext.integration.token_drop import DTDStats, drop_video_tokens
 from vidllm_ext.integration.token_merge import MergeStats, merge_video_tokens
@@ -78,7 +78,9 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         merge: :class:`MergeConfig` to merge each video's tokens segment by segment (after DTD
             when both are on) before the first decoder layer, or None.
         mod: :class:`MoDConfig` to route video tokens around the routed decoder layers with
-            learned routers (their weights join ``model.state_dict()``), or None.
+            learned routers (their weights join ``model.state_dict()``), or None. Patching again
+            with ``mod`` keeps the routers of layers that stay routed (same parameters);
+            :func:`unpatch` removes them.
         kv: :class:`KVQuantConfig`: ``generate`` (and :class:`StreamingSession`) use a
             :class:`PackedKVCache` with it unless given ``past_key_values``, and the decoder's
             attention reads the packed codes directly (``ops.packed_attention``; a caller's
@@ -106,6 +108,7 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
     adapter = adapter_for(model)
     if merge is not None:
         _check_merge_fits(merge, adapter)
+    routers = existing_routers(adapter.language_model)  # trained routers survive re-patching
     unpatch(model)
     state = PatchState(adapter=adapter, dtd=dtd, merge=merge, mod=mod, kv=kv)
     shortens = dtd is not None or merge is not None
@@ -138,7 +141,7 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         )
     if mod is not None:  # after DTD's and merging's hooks: routes the tokens they kept
         try:
-            state.handles += install_routing(state, model)
+            state.handles += install_routing(state, model, routers)
         except Exception:  # a configuration routing rejects: undo the hooks above
             for handle in state.handles:
                 handle.remove()

@@ -51,13 +51,15 @@ def resolve_layers(layers, count: int) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def install_routing(state, model) -> list:
+def install_routing(state, model, routers: dict | None = None) -> list:
     """Adds a router to every routed decoder layer of ``model`` and routes its forward.
 
     Args:
         state: the patch state (``state.mod`` the :class:`MoDConfig`, ``state.adapter`` the
             family adapter, ``state.captured`` / ``state.call_layout`` filled by the other hooks).
         model: the patched model.
+        routers: decoder layer index -> router module to reuse (the trained routers of an
+            earlier patch, same parameters); a routed layer without one gets a new zero router.
 
     Returns:
         removable handles: the language-model pre-hook that builds each forward's routing
@@ -83,24 +85,44 @@ def install_routing(state, model) -> list:
     runtime = RoutingRuntime(state, routed, language_model.config)
     handles = [language_model.register_forward_pre_hook(runtime.before_decoder, with_kwargs=True)]
     for position, index in enumerate(routed):
-        handles.append(RoutedLayer(language_model.layers[index], index, position, runtime))
+        router = (routers or {}).get(index)
+        handles.append(RoutedLayer(language_model.layers[index], index, position, runtime, router))
     return handles
+
+
+def existing_routers(language_model: nn.Module) -> dict:
+    """Decoder layer index -> the router a current patch added to it."""
+    return {
+        index: layer._modules[ROUTER_NAME]
+        for index, layer in enumerate(language_model.layers)
+        if ROUTER_NAME in layer._modules
+    }
 
 
 class RoutedLayer:
     """A removable handle: one decoder layer with a router and a routed forward."""
 
-    def __init__(self, layer: nn.Module, index: int, position: int, runtime: RoutingRuntime):
+    def __init__(
+        self,
+        layer: nn.Module,
+        index: int,
+        position: int,
+        runtime: RoutingRuntime,
+        router: nn.Module | None = None,
+    ):
         self.layer, self.index, self.position, self.runtime = layer, index, position, runtime
         config = runtime.text_config
         self.kv_heads = getattr(config, "num_key_value_heads", config.num_attention_heads)
         self.head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
-        reference = next(layer.parameters())
-        router = nn.Linear(config.hidden_size, 1, device=reference.device, dtype=reference.dtype)
-        nn.init.zeros_(router.weight)
-        nn.init.zeros_(router.bias)
+        if router is None:
+            reference = next(layer.parameters())
+            router = nn.Linear(
+                config.hidden_size, 1, device=reference.device, dtype=reference.dtype
+            )
+            nn.init.zeros_(router.weight)
+            nn.init.zeros_(router.bias)
         layer.add_module(ROUTER_NAME, router)
         self.original_forward = layer.forward
         # cache layer -> (bool [B, held]: its real entries, weak reference to the keys written last)
