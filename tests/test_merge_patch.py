@@ -178,3 +178,26 @@ def test_beam_search_merges_every_beam_row_like_its_sample(family):
     stats = vidllm_ext.last_stats(model, "merge")
     assert stats.samples == [0, 1, 2, 3]
     assert stats.tokens_per_video[0] == stats.tokens_per_video[1] <= 10
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_dtd_merge_and_routing_together(family):
+    """Routing sees the merged tokens: each takes its representative's temporal step."""
+    model = build_model(family)
+    mod = vidllm_ext.MoDConfig(keep_ratio=0.5)
+    vidllm_ext.patch(model, dtd=dtd_for(family), merge=MERGE, mod=mod)
+    videos = [SyntheticVideo(seed=1), SyntheticVideo(seed=2, moving=(1, 2, 3, 9, 10))]
+    with torch.no_grad():
+        batch = model.generate(
+            **make_inputs(family, videos, [3, 9]), max_new_tokens=4, do_sample=False
+        )
+        merged = vidllm_ext.last_stats(model, "merge").video_tokens_after
+        routing = vidllm_ext.last_stats(model, "mod")
+        singles = [
+            model.generate(**make_inputs(family, [v], [p]), max_new_tokens=4, do_sample=False)
+            for v, p in zip(videos, [3, 9])
+        ]
+    assert routing.video_tokens_before == merged
+    assert merged / 2 <= routing.video_tokens_after[0] < merged
+    for row, single in zip(batch, singles):
+        assert torch.equal(row[-4:], single[0, -4:])
