@@ -194,3 +194,10 @@ def video_layout(family: str, inputs: dict, sample: int = 0) -> tuple[torch.Tens
         return columns[:-1], (columns.numel() - 1) // 16, 16
     steps, height, width = inputs["video_grid_thw"][sample].tolist()
     return columns, steps, height * width // MERGE**2
+
+
+def dtd_for(family: str):
+    """The DTD configuration that drops the synthetic videos' static tokens in a tiny model."""
+    import vidllm_ext
+
+    return vidllm_ext.DTDConfig(threshold=FEATURE_THRESHOLD[family])

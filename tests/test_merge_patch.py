@@ -8,6 +8,7 @@ from models import (
     FEATURE_THRESHOLD,
     SyntheticVideo,
     build_model,
+    dtd_for,
     make_inputs,
     video_layout,
 )
@@ -21,10 +22,6 @@ from vidllm_ext.reference.merge import chunk_mean_metric
 pytest.importorskip("transformers")
 # Two steps per segment, five tokens kept of each segment's 32 (16 tokens per step).
 MERGE = vidllm_ext.MergeConfig(frames_per_segment=2, tokens_per_segment=5, metric_chunks=4)
-
-
-def dtd_for(family):
-    return vidllm_ext.DTDConfig(threshold=FEATURE_THRESHOLD[family])
 
 
 def reference_merged_inputs(family, model, inputs, config, dtd=False):

@@ -7,6 +7,7 @@ from models import (
     FEATURE_THRESHOLD,
     SyntheticVideo,
     build_model,
+    dtd_for,
     make_inputs,
     video_layout,
 )
@@ -16,10 +17,6 @@ import vidllm_ext
 from vidllm_ext import reference
 
 pytest.importorskip("transformers")
-
-
-def dtd_for(family):
-    return vidllm_ext.DTDConfig(threshold=FEATURE_THRESHOLD[family])
 
 
 def reference_reduction(family, model, inputs):

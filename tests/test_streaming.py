@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from models import FEATURE_THRESHOLD, SyntheticVideo, build_model, make_inputs, text_only_model
+from models import (
+    SyntheticVideo,
+    build_model,
+    dtd_for,
+    make_inputs,
+    text_only_model,
+)
 
 import vidllm_ext
 
@@ -11,10 +17,6 @@ pytest.importorskip("transformers")
 STREAMING_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"]
 TIMESTAMP = [40, 41]  # the stand-in timestamp text models.make_inputs writes for Qwen3-VL
 QUESTION = [50, 51, 52]
-
-
-def dtd_for(family):
-    return vidllm_ext.DTDConfig(threshold=FEATURE_THRESHOLD[family])
 
 
 def feed(session, video, chunk_steps):
