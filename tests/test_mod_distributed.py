@@ -37,5 +37,6 @@ def test_routed_ddp_and_fsdp2_on_two_cpu_processes():
     assert result.returncode == 0, output
     assert "mod_ddp_train: DDP routed:" in result.stdout, output
     assert "mod_ddp_train: DDP gate='none' with frozen routers" in result.stdout, output
+    assert "mod_ddp_train: DDP with a text-only rank" in result.stdout, output
     assert "mod_ddp_train: FSDP2:" in result.stdout, output
     assert result.stdout.rstrip().endswith("mod_ddp_train: OK"), output

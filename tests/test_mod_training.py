@@ -10,11 +10,25 @@ import vidllm_ext
 pytest.importorskip("transformers")
 
 STEPS = 30
-# Mean loss of the last 5 steps over the first 5. Measured on these tasks: 0.16-0.37 over 3 seeds
-# and 4 families, dense; a model that learns nothing stays near 1.
+# Mean loss of the last 5 steps over the first 5. Measured on this task over 4 seeds and the 4
+# families: 0.15-0.38 routed, 0.16-0.37 dense; a model that learns nothing stays near 1.
 LOSS_RATIO = 0.5
-ROUTED_LAYERS = (1, 3)  # "interleaved" on 4 decoder layers
+# Router weight norm after the 30 steps: measured 0.08-0.49 (same runs); they start at 0.
+ROUTER_NORM = 0.02
+# "interleaved" on 5 decoder layers routes 1 and 3; the last layer stays dense (see
+# test_a_routed_last_layer_gets_no_router_gradient_from_caption_labels).
+LAYERS, ROUTED_LAYERS = 5, (1, 3)
 FAMILIES = ["qwen2_5_vl", "llava_onevision"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models gain nothing from threads, and on a shared host the waiting threads of an
+    OpenMP pool made these steps 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def fine_tune(model, family: str, steps: int = STEPS, seed: int = 0) -> list[float]:
@@ -39,7 +53,8 @@ def assert_loss_falls(losses: list[float]) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_routed_fine_tuning_lowers_the_loss_and_trains_the_routers(family):
-    model = vidllm_ext.patch(tiny_model(family), mod=vidllm_ext.MoDConfig(keep_ratio=0.2))
+    config = vidllm_ext.MoDConfig(keep_ratio=0.2)
+    model = vidllm_ext.patch(tiny_model(family, layers=LAYERS), mod=config)
     found = routers(model)
     prefix = next(iter(found)).rsplit(".layers.", 1)[0]
     assert sorted(found) == [f"{prefix}.layers.{i}.vidllm_router" for i in ROUTED_LAYERS]
@@ -49,17 +64,31 @@ def test_routed_fine_tuning_lowers_the_loss_and_trains_the_routers(family):
 
     assert_loss_falls(losses)
     for name, router in found.items():
-        assert router.weight.abs().min() > 0, f"{name}: some weights never moved off zero"
+        weight = router.weight.detach()
+        assert weight.abs().min() > 0, f"{name}: some weights never moved off zero"
+        assert weight.norm() > ROUTER_NORM, f"{name}: moved only {weight.norm():.2e}"
     stats = vidllm_ext.last_stats(model, "mod")
     assert stats is not None
-    assert 0 < stats.video_tokens_after < stats.video_tokens_before
+    assert stats.routed_layers == ROUTED_LAYERS
+    assert all(0 < after < stats.video_tokens_before for after in stats.video_tokens_after)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_dense_fine_tuning_lowers_the_loss(family):
-    model = vidllm_ext.patch(tiny_model(family))
+def test_dense_fine_tuning_lowers_the_loss():
+    model = vidllm_ext.patch(tiny_model("qwen2_5_vl", layers=LAYERS))
     assert not routers(model)
-    assert_loss_falls(fine_tune(model, family))
+    assert_loss_falls(fine_tune(model, "qwen2_5_vl"))
+
+
+def test_a_routed_last_layer_gets_no_router_gradient_from_caption_labels():
+    """With 4 layers "interleaved" routes the last one (3). Its gate scales only the video
+    tokens' own updates, which reach nothing but the logits at video positions (label -100), and
+    which tokens it keeps is a top-k choice: its router's gradient is exactly zero, while the
+    router of layer 1 learns."""
+    model = vidllm_ext.patch(tiny_model("qwen2_5_vl", layers=4), mod=vidllm_ext.MoDConfig())
+    model(**caption_batch("qwen2_5_vl", [0, 1, 2])).loss.backward()
+    found = routers(model)
+    assert found["model.language_model.layers.1.vidllm_router"].weight.grad.abs().max() > 0
+    assert not found["model.language_model.layers.3.vidllm_router"].weight.grad.any()
 
 
 def test_routing_changes_the_training_computation():

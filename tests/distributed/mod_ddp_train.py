@@ -4,18 +4,21 @@
 
 Checks, each on every rank, raising AssertionError (torchrun then exits non-zero):
 
-1. DDP: a tiny Qwen2.5-VL patched with ``MoDConfig(keep_ratio=0.2)`` (gate sigmoid2, routers on
-   layers 1 and 3), wrapped in plain ``DistributedDataParallel`` (``find_unused_parameters``
-   off: every router gets a gradient through its gate), takes AdamW steps on different data per
-   rank; afterwards the flattened parameters are bitwise identical across ranks, they moved,
-   and the routers moved off zero.
+1. DDP: a tiny 5-layer Qwen2.5-VL patched with ``MoDConfig(keep_ratio=0.2)`` (gate sigmoid2,
+   routers on layers 1 and 3; the last layer dense, so both routers learn), wrapped in plain
+   ``DistributedDataParallel`` (``find_unused_parameters`` off: every router gets a gradient
+   through its gate), takes AdamW steps on different data per rank; afterwards the flattened
+   parameters are bitwise identical across ranks, they moved, and the routers moved off zero.
 2. DDP with ``gate="none"``: the router only chooses tokens (a top-k index has no gradient), so
-   it gets no gradient; frozen routers (``requires_grad_(False)``) make it plain DDP again.
-3. FSDP2: ``fully_shard`` on every decoder layer, then the root, of a patched model; one
+   it gets none and plain DDP stops at the second step ("Expected to have finished reduction");
+   frozen routers (``requires_grad_(False)``) make it plain DDP again.
+3. DDP with a text-only batch on rank 1: there nothing is routed (routers unused) and the vision
+   tower is idle, as in any model; ``find_unused_parameters=True`` keeps the ranks in step.
+4. FSDP2: ``fully_shard`` on every decoder layer, then the root, of a patched model; one
    forward/backward gives the same gradients as DDP on the same data (routers included), and
    one AdamW step runs.
 
-``--dense`` runs checks 1 and 3 on an unpatched-equivalent model (``patch(model)``, no routing).
+``--dense`` runs checks 1 and 4 on an unpatched-equivalent model (``patch(model)``, no routing).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: models, caption_task
 
-from caption_task import caption_batch, routers, tiny_model
+from caption_task import CAPTION_LENGTH, caption_batch, routers, tiny_model
 
 import vidllm_ext
 
@@ -41,8 +44,8 @@ STEPS = 4
 
 
 def patched_model(mod, seed: int = 0):
-    """The same tiny 4-layer model on every rank (same seed), patched."""
-    return vidllm_ext.patch(tiny_model(FAMILY, layers=4, seed=seed), mod=mod)
+    """The same tiny 5-layer model on every rank (same seed), patched."""
+    return vidllm_ext.patch(tiny_model(FAMILY, layers=5, seed=seed), mod=mod)
 
 
 def rank_batch(step: int) -> dict:
@@ -109,6 +112,33 @@ def check_ddp_frozen_routers() -> None:
     report("DDP gate='none' with frozen routers: 2 steps, parameters identical on every rank")
 
 
+def check_ddp_text_only_rank() -> None:
+    model = patched_model(vidllm_ext.MoDConfig(keep_ratio=0.2))
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+    for step in range(2):
+        batch = rank_batch(step)
+        if dist.get_rank() == 1:
+            batch = text_only(batch)
+        ddp(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    after = flat_parameters(model)
+    for rank, parameters in enumerate(gathered(after)):
+        assert torch.equal(parameters, after), f"parameters differ from rank {rank}'s"
+    for name, router in routers(model).items():
+        assert router.weight.abs().max() > 0, f"{name} did not learn from rank 0's video"
+    report("DDP with a text-only rank, find_unused_parameters=True: parameters identical")
+
+
+def text_only(batch: dict) -> dict:
+    """The batch's shape and labels with random text ids in place of the prompt and video."""
+    ids = batch["input_ids"]
+    text = torch.randint(10, 60, ids.shape, generator=torch.Generator().manual_seed(1))
+    text[:, -CAPTION_LENGTH:] = ids[:, -CAPTION_LENGTH:]
+    return dict(input_ids=text, attention_mask=batch["attention_mask"], labels=batch["labels"])
+
+
 def ddp_gradients(mod, batch: dict) -> dict[str, torch.Tensor]:
     ddp = DistributedDataParallel(patched_model(mod))
     ddp(**batch).loss.backward()
@@ -156,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         check_ddp_training(mod)
         if mod is not None:
             check_ddp_frozen_routers()
+            check_ddp_text_only_rank()
         check_fsdp2(mod)
         dist.barrier()
         report("OK")
