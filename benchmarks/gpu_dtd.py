@@ -7,27 +7,15 @@ Exits 0 with a message, measuring nothing, when no usable CUDA device is there.
 from __future__ import annotations
 
 import datetime
-import re
 import sys
 from pathlib import Path
 
 import torch
 
 from vidllm_ext import build_info
-from vidllm_ext.bench import cli
+from vidllm_ext.bench import cli, harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def results_path(device_name: str, date: datetime.date) -> Path:
-    """``results/dtd_<device-slug>_<YYYY-MM-DD>.md``.
-
-    Example:
-        >>> results_path("NVIDIA H200", datetime.date(2025, 7, 1)).name
-        'dtd_nvidia-h200_2025-07-01.md'
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    return RESULTS / f"dtd_{slug}_{date.isoformat()}.md"
 
 
 def main(argv: list[str]) -> int:
@@ -45,7 +33,7 @@ def main(argv: list[str]) -> int:
         print("gpu_dtd: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
         return 0
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    path = results_path(torch.cuda.get_device_name(), today)
+    path = harness.results_file(RESULTS, "dtd", torch.cuda.get_device_name(), today)
     return cli.main(["dtd", "--device", "cuda", "--markdown", str(path), *argv])
 
 

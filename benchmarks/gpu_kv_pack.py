@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import sys
 from pathlib import Path
 
@@ -28,17 +27,6 @@ from vidllm_ext.bench.harness import Budget, Column
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE_NAME = "qwen2.5-vl-7b"
 DTYPE = torch.bfloat16
-
-
-def results_path(device_name: str, date: datetime.date) -> Path:
-    """``results/kv_pack_<device-slug>_<YYYY-MM-DD>.md``.
-
-    Example:
-        >>> results_path("NVIDIA H200", datetime.date(2025, 7, 1)).name
-        'kv_pack_nvidia-h200_2025-07-01.md'
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    return RESULTS / f"kv_pack_{slug}_{date.isoformat()}.md"
 
 
 def measure(case: Case, device: torch.device, budget: Budget, compile_reference: bool) -> dict:
@@ -158,7 +146,7 @@ def main(argv: list[str]) -> int:
     path = args.markdown
     if path is None and device.type == "cuda":
         today = datetime.datetime.now(datetime.timezone.utc).date()
-        path = results_path(torch.cuda.get_device_name(), today)
+        path = harness.results_file(RESULTS, "kv_pack", torch.cuda.get_device_name(), today)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(markdown)

@@ -7,7 +7,6 @@ Exits 0 with a message, measuring nothing, when no usable CUDA device is there.
 from __future__ import annotations
 
 import datetime
-import re
 import sys
 from pathlib import Path
 
@@ -15,19 +14,9 @@ import merge_suite
 import torch
 
 from vidllm_ext import build_info
+from vidllm_ext.bench import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def results_path(device_name: str, date: datetime.date) -> Path:
-    """``results/merge_<device-slug>_<YYYY-MM-DD>.md``.
-
-    Example:
-        >>> results_path("NVIDIA H200", datetime.date(2026, 11, 21)).name
-        'merge_nvidia-h200_2026-11-21.md'
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    return RESULTS / f"merge_{slug}_{date.isoformat()}.md"
 
 
 def main(argv: list[str]) -> int:
@@ -45,7 +34,7 @@ def main(argv: list[str]) -> int:
         print("gpu_merge: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
         return 0
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    path = results_path(torch.cuda.get_device_name(), today)
+    path = harness.results_file(RESULTS, "merge", torch.cuda.get_device_name(), today)
     return merge_suite.main(["--device", "cuda", "--markdown", str(path), *argv])
 
 

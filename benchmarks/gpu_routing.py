@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import sys
 from pathlib import Path
 
@@ -24,17 +23,6 @@ from vidllm_ext import build_info
 from vidllm_ext.bench import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def results_path(device_name: str, date: datetime.date) -> Path:
-    """``results/routing_<device-slug>_<YYYY-MM-DD>.md``.
-
-    Example:
-        >>> results_path("NVIDIA H200", datetime.date(2026, 11, 21)).name
-        'routing_nvidia-h200_2026-11-21.md'
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    return RESULTS / f"routing_{slug}_{date.isoformat()}.md"
 
 
 def main(argv: list[str]) -> int:
@@ -67,7 +55,7 @@ def main(argv: list[str]) -> int:
     path = args.markdown
     if path is None and device.type == "cuda":
         today = datetime.datetime.now(datetime.timezone.utc).date()
-        path = results_path(harness.device_name(device), today)
+        path = harness.results_file(RESULTS, "routing", harness.device_name(device), today)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(markdown)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -268,17 +267,6 @@ def _summary(measured, preset, args, device, sequence) -> list[str]:
     return lines
 
 
-def results_path(device_name: str, date: datetime.date) -> Path:
-    """``results/mod_training_<device-slug>_<YYYY-MM-DD>.md``.
-
-    Example:
-        >>> results_path("NVIDIA H200", datetime.date(2026, 11, 21)).name
-        'mod_training_nvidia-h200_2026-11-21.md'
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    return RESULTS / f"mod_training_{slug}_{date.isoformat()}.md"
-
-
 def main(argv: list[str]) -> int:
     """Measures dense and routed training steps and prints (and writes) the report.
 
@@ -302,7 +290,7 @@ def main(argv: list[str]) -> int:
     path = args.markdown
     if path is None and device.type == "cuda":
         today = datetime.datetime.now(datetime.timezone.utc).date()
-        path = results_path(harness.device_name(device), today)
+        path = harness.results_file(RESULTS, "mod_training", harness.device_name(device), today)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(markdown)

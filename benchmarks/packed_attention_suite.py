@@ -25,7 +25,6 @@ import argparse
 import datetime
 import gc
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,17 +284,6 @@ def report(
     )
 
 
-def results_path(device_name: str, date: datetime.date) -> Path:
-    """``results/packed_attention_<device-slug>_<YYYY-MM-DD>.md``.
-
-    Example:
-        >>> results_path("NVIDIA H200", datetime.date(2026, 11, 21)).name
-        'packed_attention_nvidia-h200_2026-11-21.md'
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    return RESULTS / f"packed_attention_{slug}_{date.isoformat()}.md"
-
-
 def main(argv: list[str]) -> int:
     """Runs the benchmark; writes the results file on CUDA or with ``--markdown``; returns 0.
 
@@ -340,7 +328,9 @@ def main(argv: list[str]) -> int:
     path = args.markdown if isinstance(args.markdown, Path) else None
     if path is None and (args.markdown or device.type == "cuda"):
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        path = results_path(name, datetime.datetime.now(datetime.timezone.utc).date())
+        path = harness.results_file(
+            RESULTS, "packed_attention", name, datetime.datetime.now(datetime.timezone.utc).date()
+        )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(markdown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -146,6 +147,17 @@ def device_name(device: torch.device) -> str:
         names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         model = names[0].split(":", 1)[1].strip() if names else model
     return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def results_file(folder: Path, kind: str, device: str, date: datetime.date) -> Path:
+    """``folder/<kind>_<device-slug>_<YYYY-MM-DD>.md``: where a suite writes its report.
+
+    Example:
+        >>> results_file(Path("results"), "dtd", "NVIDIA H200", datetime.date(2026, 11, 21)).name
+        'dtd_nvidia-h200_2026-11-21.md'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    return folder / f"{kind}_{slug}_{date.isoformat()}.md"
 
 
 def commit_label() -> str:
