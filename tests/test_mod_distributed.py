@@ -15,10 +15,13 @@ TIMEOUT_S = 240  # ~15 s on an idle 2-core machine; the margin is for shared, lo
 
 
 def run_torchrun(*args: str) -> subprocess.CompletedProcess:
-    repository = str(Path(__file__).resolve().parents[1])
+    import vidllm_ext
+
     environment = dict(os.environ, OMP_NUM_THREADS="1")
-    # The checkout's vidllm_ext wins over an installed one, as for the test process itself.
-    paths = [repository, *filter(None, [os.environ.get("PYTHONPATH")])]
+    # The workers import the vidllm_ext this test process imported (an installed copy, or a
+    # checkout built in place), never a source tree without the compiled extension.
+    package_root = str(Path(vidllm_ext.__file__).resolve().parents[1])
+    paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
     environment["PYTHONPATH"] = os.pathsep.join(paths)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node=2", str(SCRIPT), *args]
