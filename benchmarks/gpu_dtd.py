@@ -6,7 +6,6 @@ Exits 0 with a message, measuring nothing, when no usable CUDA device is there.
 
 from __future__ import annotations
 
-import datetime
 import sys
 from pathlib import Path
 
@@ -32,8 +31,7 @@ def main(argv: list[str]) -> int:
     if not build_info()["cuda_compiled"]:
         print("gpu_dtd: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
         return 0
-    today = datetime.datetime.now(datetime.timezone.utc).date()
-    path = harness.results_file(RESULTS, "dtd", torch.cuda.get_device_name(), today)
+    path = harness.results_file(RESULTS, "dtd", torch.cuda.get_device_name())
     return cli.main(["dtd", "--device", "cuda", "--markdown", str(path), *argv])
 
 

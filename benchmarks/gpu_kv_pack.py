@@ -12,7 +12,6 @@ speedups. ``--device cpu`` runs the same table on the CPU (no results file unles
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -145,12 +144,8 @@ def main(argv: list[str]) -> int:
     print(text)
     path = args.markdown
     if path is None and device.type == "cuda":
-        today = datetime.datetime.now(datetime.timezone.utc).date()
-        path = harness.results_file(RESULTS, "kv_pack", torch.cuda.get_device_name(), today)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown)
-        print(f"wrote {path}", file=sys.stderr)
+        path = harness.results_file(RESULTS, "kv_pack", torch.cuda.get_device_name())
+    harness.save_report(markdown, path)
     return 0
 
 

@@ -11,7 +11,6 @@ kernels and writes a file only with ``--markdown``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -54,12 +53,8 @@ def main(argv: list[str]) -> int:
     print(text)
     path = args.markdown
     if path is None and device.type == "cuda":
-        today = datetime.datetime.now(datetime.timezone.utc).date()
-        path = harness.results_file(RESULTS, "routing", harness.device_name(device), today)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown)
-        print(f"wrote {path}", file=sys.stderr)
+        path = harness.results_file(RESULTS, "routing", harness.device_name(device))
+    harness.save_report(markdown, path)
     return 0
 
 

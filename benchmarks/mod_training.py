@@ -20,7 +20,6 @@ See ``mod_training_setup.py`` for the model and inputs, and benchmarks/README.md
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -289,12 +288,8 @@ def main(argv: list[str]) -> int:
     print(text)
     path = args.markdown
     if path is None and device.type == "cuda":
-        today = datetime.datetime.now(datetime.timezone.utc).date()
-        path = harness.results_file(RESULTS, "mod_training", harness.device_name(device), today)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown)
-        print(f"wrote {path}", file=sys.stderr)
+        path = harness.results_file(RESULTS, "mod_training", harness.device_name(device))
+    harness.save_report(markdown, path)
     return 0
 
 

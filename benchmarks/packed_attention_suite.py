@@ -22,7 +22,6 @@ measured; the baselines are still timed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
 import sys
@@ -328,13 +327,8 @@ def main(argv: list[str]) -> int:
     path = args.markdown if isinstance(args.markdown, Path) else None
     if path is None and (args.markdown or device.type == "cuda"):
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        path = harness.results_file(
-            RESULTS, "packed_attention", name, datetime.datetime.now(datetime.timezone.utc).date()
-        )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown)
-        print(f"wrote {path}", file=sys.stderr)
+        path = harness.results_file(RESULTS, "packed_attention", name)
+    harness.save_report(markdown, path)
     return 0
 
 

@@ -13,6 +13,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,15 +150,27 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
-def results_file(folder: Path, kind: str, device: str, date: datetime.date) -> Path:
-    """``folder/<kind>_<device-slug>_<YYYY-MM-DD>.md``: where a suite writes its report.
+def results_file(folder: Path, kind: str, device: str, date: datetime.date | None = None) -> Path:
+    """``folder/<kind>_<device-slug>_<YYYY-MM-DD>.md`` (date: today, UTC): where a suite writes
+    its report.
 
     Example:
         >>> results_file(Path("results"), "dtd", "NVIDIA H200", datetime.date(2026, 11, 21)).name
         'dtd_nvidia-h200_2026-11-21.md'
     """
+    date = date or datetime.datetime.now(datetime.timezone.utc).date()
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     return folder / f"{kind}_{slug}_{date.isoformat()}.md"
+
+
+def save_report(markdown: str, path: Path | None) -> None:
+    """Writes a Markdown report to ``path`` (folders created) and says so on stderr; nothing
+    when path is None."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def commit_label() -> str:
