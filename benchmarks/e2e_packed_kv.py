@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from vidllm_ext import KVQuantConfig, PackedKVCache, build_info
+from vidllm_ext import KVQuantConfig, PackedKVCache
 from vidllm_ext.bench import harness
 from vidllm_ext.integration.attention import AttentionImplementation
 
@@ -319,11 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("e2e_packed_kv: skipped, torch sees no CUDA device (--device cpu for a smoke run)")
-        return 0
-    if device.type == "cuda" and not build_info()["cuda_compiled"]:
-        print("e2e_packed_kv: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
+    problem = harness.cuda_problem(device)
+    if problem:
+        print(f"e2e_packed_kv: skipped, {problem}")
         return 0
     if args.context < 2 or args.layers < 1:
         parser.error("--context must be >= 2 and --layers >= 1")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from vidllm_ext import build_info
 from vidllm_ext.bench import cli, harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -25,11 +24,9 @@ def main(argv: list[str]) -> int:
         >>> main(["--quick"])
         0
     """
-    if not torch.cuda.is_available():
-        print("gpu_dtd: skipped, torch sees no CUDA device")
-        return 0
-    if not build_info()["cuda_compiled"]:
-        print("gpu_dtd: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
+    problem = harness.cuda_problem(torch.device("cuda"))
+    if problem:
+        print(f"gpu_dtd: skipped, {problem}")
         return 0
     path = harness.results_file(RESULTS, "dtd", torch.cuda.get_device_name())
     return cli.main(["dtd", "--device", "cuda", "--markdown", str(path), *argv])

@@ -19,7 +19,6 @@ import torch
 from kv_pack_cases import Case, build_cases, outputs_agree
 from shapes import KV_SHAPES
 
-from vidllm_ext import build_info
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Budget, Column
 
@@ -134,11 +133,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--markdown", type=Path, help="where to write the markdown report")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_kv_pack: skipped, torch sees no CUDA device")
-        return 0
-    if device.type == "cuda" and not build_info()["cuda_compiled"]:
-        print("gpu_kv_pack: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
+    problem = harness.cuda_problem(device)
+    if problem:
+        print(f"gpu_kv_pack: skipped, {problem}")
         return 0
     text, markdown = run(device, args.quick, not (args.quick or args.no_compile))
     print(text)

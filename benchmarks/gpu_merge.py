@@ -12,7 +12,6 @@ from pathlib import Path
 import merge_suite
 import torch
 
-from vidllm_ext import build_info
 from vidllm_ext.bench import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,11 +25,9 @@ def main(argv: list[str]) -> int:
         >>> main(["--quick"])
         0
     """
-    if not torch.cuda.is_available():
-        print("gpu_merge: skipped, torch sees no CUDA device")
-        return 0
-    if not build_info()["cuda_compiled"]:
-        print("gpu_merge: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
+    problem = harness.cuda_problem(torch.device("cuda"))
+    if problem:
+        print(f"gpu_merge: skipped, {problem}")
         return 0
     path = harness.results_file(RESULTS, "merge", torch.cuda.get_device_name())
     return merge_suite.main(["--device", "cuda", "--markdown", str(path), *argv])

@@ -18,7 +18,6 @@ import torch
 from routing_suite import report, run
 from shapes import ROUTING_DEFAULT_SHAPES, ROUTING_SHAPES
 
-from vidllm_ext import build_info
 from vidllm_ext.bench import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,13 +35,10 @@ def main(argv: list[str]) -> int:
     """
     args = _parser().parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print("gpu_routing: skipped, torch sees no CUDA device (--device cpu measures the CPU)")
-            return 0
-        if not build_info()["cuda_compiled"]:
-            print("gpu_routing: skipped, this vidllm_ext build has no CUDA kernels (VIDLLM_CUDA=1)")
-            return 0
+    problem = harness.cuda_problem(device)
+    if problem:
+        print(f"gpu_routing: skipped, {problem}")
+        return 0
     shapes = [ROUTING_SHAPES[name] for name in args.shapes or ROUTING_DEFAULT_SHAPES[device.type]]
     if args.quick:
         shapes = [min(shapes, key=lambda shape: shape.tokens * shape.dim)]

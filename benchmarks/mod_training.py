@@ -30,7 +30,6 @@ import torch
 from mod_training_setup import PRESETS, Sequence, build_model, step_flops, training_inputs
 
 import vidllm_ext
-from vidllm_ext import build_info
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Budget, Column
 
@@ -274,13 +273,10 @@ def main(argv: list[str]) -> int:
     """
     args = _parser().parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print("mod_training: skipped, torch sees no CUDA device (--device cpu runs on the CPU)")
-            return 0
-        if not build_info()["cuda_compiled"]:
-            print("mod_training: skipped, this vidllm_ext build has no CUDA kernels")
-            return 0
+    problem = harness.cuda_problem(device)
+    if problem:
+        print(f"mod_training: skipped, {problem}")
+        return 0
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     args.rounds = args.rounds or (1 if device.type == "cuda" else 2)
     measured, sequence = run(args, device)

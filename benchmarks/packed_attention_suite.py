@@ -40,7 +40,6 @@ from packed_attention_cases import (
     min_cosine,
 )
 
-from vidllm_ext import build_info
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Budget, Column
 
@@ -308,11 +307,9 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("packed_attention_suite: skipped, torch sees no CUDA device")
-        return 0
-    if device.type == "cuda" and not build_info()["cuda_compiled"]:
-        print("packed_attention_suite: skipped, this vidllm_ext build has no CUDA kernels")
+    problem = harness.cuda_problem(device)
+    if problem:
+        print(f"packed_attention_suite: skipped, {problem}")
         return 0
     load_at_start = os.getloadavg()[0]
     lengths = args.lengths or list(LENGTHS[device.type])

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vidllm_ext import build_info
-from vidllm_ext.bench import dtd
+from vidllm_ext.bench import dtd, harness
 from vidllm_ext.bench.shapes import DEFAULT_SHAPES, SHAPES, Shape
 
 SUITES = ("dtd",)
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     device = torch.device(args.device or _default_device())
-    problem = _device_problem(device)
+    problem = harness.cuda_problem(device)
     if problem is not None:
         print(f"vidllm-ext bench: {problem}", file=sys.stderr)
         return 2
@@ -75,20 +74,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _device_problem(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return None
-    if not torch.cuda.is_available():
-        return "--device cuda: torch sees no CUDA device (use --device cpu)"
-    info = build_info()
-    if not info["cuda_compiled"]:
-        return (
-            "--device cuda: this build of vidllm_ext has no CUDA kernels; rebuild with "
-            "VIDLLM_CUDA=1 (`VIDLLM_CUDA=1 pip install .`) or use --device cpu"
-        )
-    return None
 
 
 def _select_shapes(names: list[str] | None, device: torch.device, quick: bool) -> list[Shape]:

@@ -150,6 +150,21 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
+def cuda_problem(device: torch.device) -> str | None:
+    """Why ``device`` cannot be measured (CUDA asked for, but torch sees no GPU or this build has
+    no CUDA kernels), or None."""
+    if device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "--device cuda: torch sees no CUDA device (use --device cpu)"
+    if not build_info()["cuda_compiled"]:
+        return (
+            "--device cuda: this build of vidllm_ext has no CUDA kernels; rebuild with "
+            "VIDLLM_CUDA=1 (`VIDLLM_CUDA=1 pip install .`) or use --device cpu"
+        )
+    return None
+
+
 def results_file(folder: Path, kind: str, device: str, date: datetime.date | None = None) -> Path:
     """``folder/<kind>_<device-slug>_<YYYY-MM-DD>.md`` (date: today, UTC): where a suite writes
     its report.
