@@ -222,7 +222,7 @@ def test_routed_layer_matches_the_reference_in_forward_and_gradients():
     offsets = torch.arange(0, 4 * 16 + 1, 16)
 
     def raw_layer(selected, selected_index):
-        embeddings = (cos[:, selected_index], sin[:, selected_index])
+        embeddings = (cos[..., selected_index, :], sin[..., selected_index, :])  # token axis -2
         return type(layer).forward(layer, selected[None], position_embeddings=embeddings)[0]
 
     upstream = torch.randn(hidden.shape[1:], dtype=torch.float64)

@@ -262,16 +262,21 @@ def _cache_layer(cache, index: int):
 
 
 def _to_layout(value, layout: CompactedLayout, length: int):
-    """A per-token input ``[B or 1, L, ...]`` (position ids, cos / sin) moved to the layout;
-    tuples element-wise; anything else unchanged."""
+    """A per-token input moved to the layout: ``[B or 1, L, ...]`` (position ids, cos / sin), or
+    with a leading M-RoPE axis ``[3 or 4, B or 1, L, ...]`` (position ids; cos / sin on releases
+    that apply the M-RoPE sections inside attention); tuples element-wise; anything else
+    unchanged."""
     if isinstance(value, tuple):
         return tuple(_to_layout(item, layout, length) for item in value)
     batch = layout.source_column.shape[0]
     if not isinstance(value, torch.Tensor) or value.dim() < 2:
         return value
-    if value.shape[0] not in (1, batch) or value.shape[1] != length:
-        return value
-    return layout.gather(value.expand(batch, *value.shape[1:]), 1)
+    if value.shape[0] in (1, batch) and value.shape[1] == length:
+        return layout.gather(value.expand(batch, *value.shape[1:]), 1)
+    if value.dim() >= 3 and value.shape[1] in (1, batch) and value.shape[2] == length:
+        sections = value.expand(value.shape[0], batch, *value.shape[2:])
+        return torch.stack([layout.gather(section, 1) for section in sections])
+    return value
 
 
 def _additive_mask(history: torch.Tensor, real: torch.Tensor, dtype) -> torch.Tensor:
