@@ -274,3 +274,14 @@ def test_outputs_are_deterministic(device):
     for _ in range(2):
         assert torch.equal(ops.scatter_add_rows(*inputs).view(torch.int16), first)
         assert torch.equal(ops.gather_rows(inputs[0], inputs[1]).view(torch.int16), gathered)
+
+
+def test_topk_refuses_more_than_2_31_minus_1_scores():
+    """README's Limits: a zero-stride view of 2^31 scores, so nothing that large is allocated."""
+    scores = torch.zeros(1).expand(2**31)
+    offsets = torch.tensor([0, 2**31])
+    message = r"scores: at most 2\^31 - 1 tokens are supported, got shape \[2147483648\]"
+    with pytest.raises(ValueError, match=message):
+        ops.topk_per_segment(scores, offsets, 0.5)
+    with pytest.raises(ValueError, match=message):
+        ops.topk_per_segment_into(scores, offsets, 0.5, torch.empty(4, dtype=torch.int64))
