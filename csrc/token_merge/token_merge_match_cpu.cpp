@@ -2,12 +2,10 @@
 // similarity matrix. Each dot product is a chain over the channels in ascending order, exactly as
 // on the GPU; the SIMD lanes run different (A, B) pairs, never parts of one sum, so vectorizing
 // changes no bit. AVX2 is used when the CPU has it (same results, twice the lanes per instruction).
-// Square roots are IEEE (correctly rounded) with or without errno handling; dropping errno lets
-// the compiler vectorize them.
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off", "no-math-errno")
+#pragma GCC optimize("fp-contract=off")
 #endif
 
 #include <algorithm>
@@ -16,6 +14,10 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #include "common/dtype.h"
 #include "common/parallel.h"
@@ -53,6 +55,19 @@ float clamped_sum_sq_of(const float* values, int64_t channels) {
   return clamped_sum_sq(sum_sq);
 }
 
+// Square root lane by lane. sqrtps is IEEE (correctly rounded), so it gives std::sqrt's bits.
+__attribute__((always_inline)) inline FloatV sqrt_lanes(FloatV x) {
+#if defined(__SSE__)
+  __m128 halves[kLanes / 4];
+  std::memcpy(halves, &x, sizeof(x));
+  for (__m128& half : halves) half = _mm_sqrt_ps(half);
+  std::memcpy(&x, halves, sizeof(x));
+#else
+  for (int l = 0; l < kLanes; ++l) x[l] = std::sqrt(x[l]);
+#endif
+  return x;
+}
+
 // cosine_denominator (common/cosine.h) lane by lane, branch-free: the same operations and
 // roundings, so the same bits.
 __attribute__((always_inline)) inline FloatV cosine_denominators(FloatV a_sq, FloatV b_sq) {
@@ -61,8 +76,7 @@ __attribute__((always_inline)) inline FloatV cosine_denominators(FloatV a_sq, Fl
   const FloatV scaled = (a_sq * 0x1p-64f) * (b_sq * 0x1p-64f);
   const FloatV operand = reinterpret_cast<FloatV>((overflow & reinterpret_cast<IntV>(scaled)) |
                                                   (~overflow & reinterpret_cast<IntV>(product)));
-  FloatV root;
-  for (int l = 0; l < kLanes; ++l) root[l] = std::sqrt(operand[l]);
+  const FloatV root = sqrt_lanes(operand);
   const FloatV rescaled = root * 0x1p64f;
   return reinterpret_cast<FloatV>((overflow & reinterpret_cast<IntV>(rescaled)) |
                                   (~overflow & reinterpret_cast<IntV>(root)));
