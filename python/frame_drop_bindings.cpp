@@ -50,7 +50,7 @@ void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj
                          prev->dtype_string());
   }
   // layout and shapes
-  scores.expect_contiguous();
+  scores.expect_dense();
   scores.expect_ndim(2, "[steps, tokens]");
   scores.expect_size(0, frames.size(0), "steps of frames");
   scores.expect_size(1, frames.size(1), "tokens of frames");
@@ -100,7 +100,7 @@ void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle coun
   check_threshold(threshold, method, mode);
   const Backend backend = select_backend(scores);
   scores.expect_dtype(kDLFloat, 32, "float32");
-  scores.expect_contiguous();
+  scores.expect_dense();
   scores.expect_ndim(2, "[steps, tokens]");
   check_mask_and_counts(keep_mask, counts, scores, scores.size(0), scores.size(1));
 
@@ -160,7 +160,7 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
   }
   for (const TensorArg* arg : {&offsets, &kept_index, &total})
     arg->expect_dtype(kDLInt, 64, "int64");
-  for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total}) arg->expect_contiguous();
+  for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total}) arg->expect_dense();
   offsets.expect_ndim(1, "[steps]");
   offsets.expect_size(0, steps, "steps");
   kept.expect_ndim(2, "[capacity, dim]");

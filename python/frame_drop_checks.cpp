@@ -59,8 +59,9 @@ void check_mask_and_counts(const TensorArg& keep_mask, const TensorArg& counts,
   counts.expect_same_device(primary);
   keep_mask.expect_bool();
   counts.expect_dtype(kDLInt, 32, "int32");
-  keep_mask.expect_contiguous();
-  counts.expect_contiguous();
+  // Dense: contiguous unless empty (torch gives empty tensors strides like (1, 1)).
+  keep_mask.expect_dense();
+  counts.expect_dense();
   keep_mask.expect_ndim(2, "[steps, tokens]");
   keep_mask.expect_size(0, steps, "steps");
   keep_mask.expect_size(1, tokens, "tokens");

@@ -16,8 +16,8 @@ void check_threshold(double threshold, frame_drop::Method method, frame_drop::Mo
 // frames [steps, tokens, dim], float, feature dimension contiguous; returns its dtype.
 DType check_frames(const TensorArg& frames);
 
-// keep_mask [steps, tokens] bool contiguous and counts [steps] int32 contiguous, on primary's
-// device.
+// keep_mask [steps, tokens] bool and counts [steps] int32, both contiguous (or empty), on
+// primary's device.
 void check_mask_and_counts(const TensorArg& keep_mask, const TensorArg& counts,
                            const TensorArg& primary, int64_t steps, int64_t tokens);
 

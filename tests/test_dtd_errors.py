@@ -119,3 +119,19 @@ def test_consumed_capsule_is_rejected():
     _C.dtd_score(capsule, None, torch.empty(4, 6), "feature")
     with pytest.raises(TypeError, match="unused DLPack capsule"):
         _C.dtd_score(capsule, None, torch.empty(4, 6), "feature")
+
+
+def test_more_than_2_31_minus_1_tokens_per_step_are_refused():
+    """README's Limits. Zero-stride views, so nothing that large is allocated; the bindings are
+    called directly because the ops allocate their [steps, tokens] outputs first."""
+    frames = torch.zeros(1, 1, 4).expand(2, 2**31, 4)
+    message = r"frames: at most 2\^31 - 1 tokens per step are supported, got shape \[2, 2147483648"
+    scores = torch.zeros(1).expand(2, 2**31)
+    with pytest.raises(ValueError, match=message):
+        _C.dtd_score(frames, None, scores, "feature", 0)
+    keep_mask = torch.zeros(1, dtype=torch.bool).expand(2, 2**31)
+    counts, offsets = torch.zeros(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int64)
+    kept, kept_index = torch.zeros(1, 4), torch.zeros(1, dtype=torch.int64)
+    total = torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(ValueError, match=message):
+        _C.dtd_compact(frames, keep_mask, counts, offsets, kept, kept_index, total, 0)

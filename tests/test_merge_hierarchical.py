@@ -18,7 +18,8 @@ CASES = {
     "short-last-segment": (25, 16, 32, 10, 30, 4),
     "last-segment-under-target": (23, 4, 8, 10, 30, 2),  # 40, 40, 12 tokens -> 30, 30, 12
     "odd": (7, 9, 12, 3, 5, 3),
-    "one-token-per-segment": (5, 7, 6, 1, 1, 6),
+    # Two metric channels: with one, every similarity is +-1 up to rounding (ties decided by it).
+    "one-token-per-segment": (5, 7, 6, 1, 1, 3),
     "one-token": (1, 1, 3, 10, 30, 1),
     "no-frames": (0, 256, 16, 10, 30, 16),
     "no-tokens": (4, 0, 16, 10, 30, 16),
@@ -88,6 +89,32 @@ def test_hierarchical_merge_matches_reference(device, case, dtype):
     assert_features_close(
         result.tokens.cpu(), expected.tokens, group_means(tokens, assignment, count)
     )
+
+
+def static_videos(dtype, device):
+    """(name, tokens, kwargs): repeated frames and constant tokens, where every candidate pair of
+    equal tokens has similarity exactly 1 and the tie rule alone decides."""
+    small = dict(frames_per_segment=10, tokens_per_segment=5, metric_chunks=2)
+    for seed in range(8):  # the issue's example is seed 0
+        frame = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(seed))
+        yield f"repeated-{seed}", frame.repeat(5, 1, 1), small
+    yield "constant", torch.full((6, 9, 8), 0.7), small
+    still = video_tokens(1, 64, 32, seed=42).repeat(12, 1, 1)
+    yield "still-scene", still, dict(frames_per_segment=4, tokens_per_segment=20, metric_chunks=4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_static_video_matches_reference_exactly(device, dtype):
+    for name, tokens, kwargs in static_videos(dtype, device):
+        tokens = tokens.to(dtype=dtype, device=device)
+        result = ops.hierarchical_merge(tokens, **kwargs)
+        expected, assignment = hierarchical_merge_with_assignment(tokens.cpu(), **kwargs)
+        assert result.sizes.tolist() == expected.sizes.tolist(), name
+        assert torch.equal(result.source_index.cpu(), expected.source_index), name
+        assert torch.equal(result.segment.cpu(), expected.segment), name
+        oracle = group_means(tokens, assignment, expected.sizes.shape[0])
+        assert_features_close(result.tokens.cpu(), expected.tokens, oracle)
 
 
 def test_longvlm_schedules():

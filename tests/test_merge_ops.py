@@ -8,6 +8,7 @@ import torch
 from conftest import DEVICES
 from helpers import FLOAT_DTYPES
 from merge_helpers import (
+    SCORE_ROUNDING,
     assert_features_close,
     assert_plan_equal,
     assert_plan_matches_reference,
@@ -67,7 +68,8 @@ def test_matching_order_and_slots_by_hand(device):
     assert plan.kept_index.tolist() == [[0, 2, 4, 5, 6]]
     assert plan.source_offsets.tolist() == [[0, 0, 0, 1, 1, 2]]
     assert plan.source_index.tolist() == [[1, 3]]
-    assert_plan_equal(plan, reference.bipartite_soft_matching(metric.cpu(), 2, protected=1))
+    expected = reference.bipartite_soft_matching(metric.cpu(), 2, protected=1)
+    assert_plan_equal(plan, expected, SCORE_ROUNDING)
     # r = 1: of the tie, the lower index (A0, token 1) merges.
     plan = ops.bipartite_soft_matching(metric, 1, protected=1)
     assert plan.slot.tolist() == [[0, 3, 1, 2, 3, 4, 5]]
@@ -85,10 +87,57 @@ def test_exact_ties_go_to_the_lower_index(device, dtype):
     metric = metric.to(device)
     for r in (0, 5, 20):
         plan = ops.bipartite_soft_matching(metric, r)
-        assert_plan_equal(plan, reference.bipartite_soft_matching(metric.cpu(), r))
+        expected = reference.bipartite_soft_matching(metric.cpu(), r)
+        assert_plan_equal(plan, expected, SCORE_ROUNDING)
         assert (plan.partner[0] == 0).all(), "ties: the lowest B index"
         if r:
             assert plan.source_index[0].tolist() == list(range(0, 2 * r, 2)), "lowest A first"
+
+
+def duplicate_metrics(dtype, device):
+    """(name, metric) with exact duplicates: every similarity between equal tokens is exactly 1
+    in the kernels and the reference, so plans are decided by the tie rule alone."""
+    generator = torch.Generator().manual_seed(21)
+    yield "repeated-row", torch.randn(2, 1, 5, generator=generator).expand(2, 23, 5)
+    yield "repeated-pattern", torch.randn(3, 7, 4, generator=generator).repeat(1, 5, 1)
+    yield "constant", torch.full((2, 17, 33), 0.3)
+    mixed = torch.randn(2, 40, 9, generator=generator)
+    mixed[:, 20:] = mixed[:, :20]  # every token has an exact duplicate 20 positions on
+    yield "mixed", mixed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("protected", [0, 1])
+def test_duplicate_tokens_plan_equals_reference(device, dtype, protected):
+    for name, metric in duplicate_metrics(dtype, device):
+        metric = metric.to(dtype=dtype, device=device)
+        for r in merge_counts(metric.shape[1], protected):
+            plan = ops.bipartite_soft_matching(metric, r, protected=protected)
+            expected = reference.bipartite_soft_matching(metric.cpu(), r, protected=protected)
+            assert_plan_equal(plan, expected, SCORE_ROUNDING)
+            assert torch.equal(plan.score.cpu() == 1.0, expected.score == 1.0), name
+        if name in ("repeated-row", "constant"):  # all tokens equal: every score is exactly 1
+            assert (plan.score == 1.0).all() and (plan.partner == 0).all(), name
+            lowest_a_first = list(range(protected, protected + 2 * plan.r, 2))
+            assert plan.source_index.tolist() == [lowest_a_first] * 2, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_huge_norms(device):
+    """Squared norms near 1e37: their product overflows float32, the cosine must not (both are
+    scaled by 2^-64 first); a squared norm past float32's range gives NaN."""
+    metric = random_metric(2, 33, 16, device=device, seed=22) * 1e18
+    for r in (0, 8, 16):
+        plan = ops.bipartite_soft_matching(metric, r)
+        expected = reference.bipartite_soft_matching(metric.cpu(), r)
+        assert plan.score.isfinite().all()
+        assert_plan_matches_reference(plan, expected, metric)
+    metric[0, 4] = 1e20  # an A token (index 2): its score is NaN
+    plan = ops.bipartite_soft_matching(metric, 0)
+    expected = reference.bipartite_soft_matching(metric.cpu(), 0)
+    assert plan.score[0, 2].isnan() and expected.score[0, 2].isnan()
+    assert plan.score.isnan().sum() == 1 and expected.score.isnan().sum() == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -63,6 +63,17 @@ def test_gather_rows_matches_reference(device, dtype, rows, count, dim):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ROW_DTYPES)
+def test_gather_rows_of_width_zero(device, dtype):
+    """torch gives empty rows null data pointers; the CPU kernel passed them to memcpy (undefined
+    behaviour even for 0 bytes, an abort under UBSan with halt_on_error). Run this test in a
+    sanitizer build to see that defect; in a plain build it checks the result."""
+    x = torch.empty(9, 0, dtype=dtype, device=device)
+    out = ops.gather_rows(x, torch.tensor([1, 2, 1], device=device))
+    assert out.shape == (3, 0) and out.dtype == dtype and out.device == x.device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ROW_DTYPES)
 @pytest.mark.parametrize("rows,count,dim", SIZES)
 @pytest.mark.parametrize("weighted", [False, True], ids=["no_weight", "weight"])
 def test_scatter_add_rows_matches_reference(device, dtype, rows, count, dim, weighted):
@@ -263,3 +274,14 @@ def test_outputs_are_deterministic(device):
     for _ in range(2):
         assert torch.equal(ops.scatter_add_rows(*inputs).view(torch.int16), first)
         assert torch.equal(ops.gather_rows(inputs[0], inputs[1]).view(torch.int16), gathered)
+
+
+def test_topk_refuses_more_than_2_31_minus_1_scores():
+    """README's Limits: a zero-stride view of 2^31 scores, so nothing that large is allocated."""
+    scores = torch.zeros(1).expand(2**31)
+    offsets = torch.tensor([0, 2**31])
+    message = r"scores: at most 2\^31 - 1 tokens are supported, got shape \[2147483648\]"
+    with pytest.raises(ValueError, match=message):
+        ops.topk_per_segment(scores, offsets, 0.5)
+    with pytest.raises(ValueError, match=message):
+        ops.topk_per_segment_into(scores, offsets, 0.5, torch.empty(4, dtype=torch.int64))

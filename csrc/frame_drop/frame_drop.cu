@@ -65,8 +65,10 @@ __device__ __forceinline__ void consume_row(const T* __restrict__ row, T* previo
           const float a = to_float(current[u].elem[i]);
           const float b = to_float(previous.elem[i]);
           if constexpr (kMethod == Method::kFeature) {
-            sums[0] += a * b;
-            sums[1] += a * a;
+            // Rounded separately, never fused: the CPU twin's arithmetic, and for a == b the
+            // dot product and the sum of squares stay equal (see common/cosine.h).
+            sums[0] = add_rn(sums[0], mul_rn(a, b));
+            sums[1] = add_rn(sums[1], mul_rn(a, a));
           } else {
             sums[0] += fabsf(a - b);
           }
@@ -75,7 +77,7 @@ __device__ __forceinline__ void consume_row(const T* __restrict__ row, T* previo
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           const float a = to_float(current[u].elem[i]);
-          sums[1] += a * a;
+          sums[1] = add_rn(sums[1], mul_rn(a, a));
         }
       }
       current[u].store(slot);

@@ -5,12 +5,18 @@
 //   score:   frames [steps, tokens, dim] (+ optional prev [tokens, dim]) -> scores [steps, tokens]
 //   decide:  scores -> keep_mask [steps, tokens] and counts [steps]   (or count a given mask)
 //   compact: frames, keep_mask, counts -> kept [K, dim], kept_index [K], total
-// The per-token math below is shared by both twins, so CPU tests exercise the GPU's arithmetic.
+// Both twins share the per-token math below and the cosine of common/cosine.h, and both round
+// every product and every sum separately (no FMA contraction), but they add a row's products in
+// different orders (the CPU in 16 interleaved lanes, the GPU per thread and then over the block),
+// so CPU tests exercise the GPU's formulas, not its exact bits: scores agree to float32 rounding
+// and decisions may differ only for tokens within that rounding of the threshold. Within each
+// twin dot(a, b) and the squared norms are summed alike, so identical rows score exactly 1 on both.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "common/cosine.h"
 #include "common/dtype.h"
 #include "common/macros.h"
 #include "common/status.h"
@@ -87,11 +93,7 @@ Status compact_cuda(const CompactParams& params, void* stream);
 
 // ---- per-token math shared by the CPU and CUDA kernels ------------------------------------
 
-// torch.cosine_similarity's definition with its eps = 1e-8 clamp on each norm.
-VIDLLM_HOST_DEVICE float cosine_from_sums(float dot, float sum_sq_a, float sum_sq_b) {
-  const float eps = 1e-8f;
-  return dot / (fmaxf(sqrtf(sum_sq_a), eps) * fmaxf(sqrtf(sum_sq_b), eps));
-}
+// The feature score is vidllm::cosine_from_sums (common/cosine.h).
 
 VIDLLM_HOST_DEVICE float mean_abs_from_sum(float sum_abs, int64_t dim) {
   return sum_abs / static_cast<float>(dim);

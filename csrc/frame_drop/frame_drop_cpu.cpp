@@ -1,5 +1,12 @@
 // CPU twin of frame_drop.cu: the same decomposition (a worker walks one token position through a
 // chunk of steps, so each row is read once) and the same per-token math from frame_drop.h.
+// Products and sums are rounded one by one, as on the GPU: no contraction into FMA.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <functional>

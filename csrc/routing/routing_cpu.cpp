@@ -96,13 +96,17 @@ void gather_row(const GatherParams& p, int64_t k) {
     return;
   }
   const T* source = static_cast<const T*>(p.source) + row * p.source_stride;
+  // Empty rows: torch hands over null data pointers, which memcpy must not see even for 0 bytes.
+  const auto copy_row = [&] {
+    if (p.dim > 0) std::memcpy(out, source, static_cast<size_t>(p.dim) * sizeof(T));
+  };
   if (p.weight == nullptr && dot == nullptr) {
-    std::memcpy(out, source, static_cast<size_t>(p.dim) * sizeof(T));
+    copy_row();
     return;
   }
   if (out != nullptr) {
     if (p.weight == nullptr) {
-      std::memcpy(out, source, static_cast<size_t>(p.dim) * sizeof(T));
+      copy_row();
     } else {
       const Acc weight = static_cast<const Acc*>(p.weight)[k];
       for (int64_t d = 0; d < p.dim; ++d) out[d] = narrow<T>(weight * widen(source[d]));

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/cosine.h"
 #include "common/dtype.h"
 #include "common/exact_math.h"
 #include "common/macros.h"
@@ -201,18 +202,7 @@ VIDLLM_HOST_DEVICE float add_product(float acc, float a, float b) {
   return add_rn(acc, mul_rn(a, b));
 }
 
-// max(sqrt(sum of squares), 1e-8): torch.cosine_similarity's clamped norm.
-VIDLLM_HOST_DEVICE float clamped_norm(float sum_sq) {
-#if defined(__CUDA_ARCH__)
-  return fmaxf(__fsqrt_rn(sum_sq), 1e-8f);
-#else
-  return std::fmax(std::sqrt(sum_sq), 1e-8f);
-#endif
-}
-
-// Cosine similarity dot / (|a| |b|) from the dot product and the two clamped norms.
-VIDLLM_HOST_DEVICE float cosine(float dot, float norm_a, float norm_b) {
-  return div_rn(dot, mul_rn(norm_a, norm_b));
-}
+// Similarities are vidllm::cosine_from_sums (common/cosine.h) of a dot product and two sums of
+// squares, all three add_product chains over the channels in ascending order.
 
 }  // namespace vidllm::token_merge

@@ -138,13 +138,14 @@ __global__ void __launch_bounds__(kMatchThreads)
       __syncthreads();
 #pragma unroll
       for (int i = 0; i < kMicro; ++i) {
-        const float a_norm = clamped_norm(storage.a_sum_sq[ty + i * kThreadsB]);
+        const float a_sq = clamped_sum_sq(storage.a_sum_sq[ty + i * kThreadsB]);
 #pragma unroll
         for (int j = 0; j < kMicro; ++j) {
           const int64_t b_index = first_b + tx + j * kThreadsB;
           if (b_index >= b_size) continue;
-          const float b_norm = clamped_norm(storage.b_sum_sq[tx + j * kThreadsB]);
-          const float similarity = cosine(dot[i][j], a_norm, b_norm);
+          const float b_sq = clamped_sum_sq(storage.b_sum_sq[tx + j * kThreadsB]);
+          // cosine_from_sums, with the clamps hoisted out of the loops.
+          const float similarity = div_rn(dot[i][j], cosine_denominator(a_sq, b_sq));
           const uint64_t key = rank_key(similarity, static_cast<uint32_t>(b_index));
           if (key > best_key[i]) {
             best_key[i] = key;

@@ -9,9 +9,15 @@
 #endif
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #include "common/dtype.h"
 #include "common/parallel.h"
@@ -36,17 +42,44 @@ struct RowOperands {
   int64_t a_size = 0;
   int64_t b_size = 0;
   int64_t b_blocks = 0;
-  std::vector<float> a;       // [a_size, channels]
-  std::vector<float> a_norm;  // [a_size], clamped
-  std::vector<float> b;       // [b_blocks, channels, kBlockB]
-  std::vector<float> b_norm;  // [b_blocks * kBlockB], clamped (1 in the padding)
+  std::vector<float> a;     // [a_size, channels]
+  std::vector<float> a_sq;  // [a_size], clamped_sum_sq
+  std::vector<float> b;     // [b_blocks, channels, kBlockB]
+  std::vector<float> b_sq;  // [b_blocks * kBlockB], clamped_sum_sq (1 in the padding)
 };
 
-// Sum of squares in ascending channel order, as the CUDA kernel accumulates it.
-float norm_of(const float* values, int64_t channels) {
+// Sum of squares in ascending channel order, as the CUDA kernel accumulates it, clamped.
+float clamped_sum_sq_of(const float* values, int64_t channels) {
   float sum_sq = 0.0f;
   for (int64_t c = 0; c < channels; ++c) sum_sq = add_product(sum_sq, values[c], values[c]);
-  return clamped_norm(sum_sq);
+  return clamped_sum_sq(sum_sq);
+}
+
+// Square root lane by lane. sqrtps is IEEE (correctly rounded), so it gives std::sqrt's bits.
+__attribute__((always_inline)) inline FloatV sqrt_lanes(FloatV x) {
+#if defined(__SSE__)
+  __m128 halves[kLanes / 4];
+  std::memcpy(halves, &x, sizeof(x));
+  for (__m128& half : halves) half = _mm_sqrt_ps(half);
+  std::memcpy(&x, halves, sizeof(x));
+#else
+  for (int l = 0; l < kLanes; ++l) x[l] = std::sqrt(x[l]);
+#endif
+  return x;
+}
+
+// cosine_denominator (common/cosine.h) lane by lane, branch-free: the same operations and
+// roundings, so the same bits.
+__attribute__((always_inline)) inline FloatV cosine_denominators(FloatV a_sq, FloatV b_sq) {
+  const FloatV product = a_sq * b_sq;
+  const IntV overflow = product > FLT_MAX;  // NaN compares false, as in the scalar form
+  const FloatV scaled = (a_sq * 0x1p-64f) * (b_sq * 0x1p-64f);
+  const FloatV operand = reinterpret_cast<FloatV>((overflow & reinterpret_cast<IntV>(scaled)) |
+                                                  (~overflow & reinterpret_cast<IntV>(product)));
+  const FloatV root = sqrt_lanes(operand);
+  const FloatV rescaled = root * 0x1p64f;
+  return reinterpret_cast<FloatV>((overflow & reinterpret_cast<IntV>(rescaled)) |
+                                  (~overflow & reinterpret_cast<IntV>(root)));
 }
 
 template <typename T>
@@ -58,24 +91,24 @@ void prepare_row(const MatchParams& p, int64_t row, RowOperands& ops) {
   ops.b_size = set_b_size(tokens, prot);
   ops.b_blocks = (ops.b_size + kBlockB - 1) / kBlockB;
   ops.a.resize(static_cast<size_t>(ops.a_size * channels));
-  ops.a_norm.resize(static_cast<size_t>(ops.a_size));
+  ops.a_sq.resize(static_cast<size_t>(ops.a_size));
   ops.b.assign(static_cast<size_t>(ops.b_blocks * channels * kBlockB),
                std::numeric_limits<float>::quiet_NaN());
-  ops.b_norm.assign(static_cast<size_t>(ops.b_blocks * kBlockB), 1.0f);
+  ops.b_sq.assign(static_cast<size_t>(ops.b_blocks * kBlockB), 1.0f);
   const T* metric = static_cast<const T*>(p.metric) + row * p.metric_row_stride;
   std::vector<float> values(static_cast<size_t>(channels));
   for (int64_t i = 0; i < ops.a_size; ++i) {
     const T* source = metric + a_token(prot, i) * p.metric_token_stride;
     float* target = ops.a.data() + i * channels;
     for (int64_t c = 0; c < channels; ++c) target[c] = to_float(source[c]);
-    ops.a_norm[i] = norm_of(target, channels);
+    ops.a_sq[i] = clamped_sum_sq_of(target, channels);
   }
   for (int64_t j = 0; j < ops.b_size; ++j) {
     const T* source = metric + b_token(prot, j) * p.metric_token_stride;
     for (int64_t c = 0; c < channels; ++c) values[c] = to_float(source[c]);
     float* block = ops.b.data() + (j / kBlockB) * channels * kBlockB + j % kBlockB;
     for (int64_t c = 0; c < channels; ++c) block[c * kBlockB] = values[c];
-    ops.b_norm[j] = norm_of(values.data(), channels);
+    ops.b_sq[j] = clamped_sum_sq_of(values.data(), channels);
   }
 }
 
@@ -87,11 +120,11 @@ __attribute__((always_inline)) inline void match_block(const RowOperands& ops, i
                                                        int64_t first, float* score,
                                                        int64_t* partner) {
   const float* a_rows[kBlockA];
-  float a_norm[kBlockA];
+  float a_sq[kBlockA];
   for (int k = 0; k < kBlockA; ++k) {
     const int64_t i = first + k < ops.a_size ? first + k : ops.a_size - 1;
     a_rows[k] = ops.a.data() + i * channels;
-    a_norm[k] = ops.a_norm[i];
+    a_sq[k] = ops.a_sq[i];
   }
   IntV lane_index;
   for (int l = 0; l < kLanes; ++l) lane_index[l] = l;
@@ -117,11 +150,11 @@ __attribute__((always_inline)) inline void match_block(const RowOperands& ops, i
       }
     }
     for (int v = 0; v < kVectorsB; ++v) {
-      FloatV b_norm;
-      std::memcpy(&b_norm, ops.b_norm.data() + block * kBlockB + v * kLanes, sizeof(b_norm));
+      FloatV b_sq;
+      std::memcpy(&b_sq, ops.b_sq.data() + block * kBlockB + v * kLanes, sizeof(b_sq));
       const IntV index = lane_index + static_cast<int32_t>(block * kBlockB + v * kLanes);
       for (int k = 0; k < kBlockA; ++k) {
-        const FloatV similarity = dot[k][v] / ((FloatV{} + a_norm[k]) * b_norm);
+        const FloatV similarity = dot[k][v] / cosine_denominators(FloatV{} + a_sq[k], b_sq);
         const FloatV current = best[k][v];
         // NaN compares false: a NaN never replaces a number, and any number replaces a NaN.
         const IntV better =

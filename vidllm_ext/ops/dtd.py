@@ -119,7 +119,9 @@ def dtd_scores(frames: Tensor, *, method: str = "feature", prev: Optional[Tensor
     Args:
         frames: ``[steps, tokens, dim]`` float32/float16/bfloat16, CPU or CUDA. Any strides; a
             last dimension with stride != 1 is copied first.
-        method: ``"feature"``: cosine similarity (torch.cosine_similarity, eps 1e-8);
+        method: ``"feature"``: cosine similarity ``dot(a, b) / sqrt(max(|a|^2, 1e-16) *
+            max(|b|^2, 1e-16))`` from float32 sums (torch.cosine_similarity with eps 1e-8 up to
+            rounding; identical tokens score exactly 1; NaN when a squared norm is not finite);
             ``"pixel"``: mean absolute difference over ``dim`` (frames hold pixel patches).
         prev: optional ``[tokens, dim]``, the step just before ``frames[0]``.
 

@@ -208,9 +208,11 @@ def bipartite_soft_matching(metric: Tensor, r: int, *, protected: int = 0) -> Me
 
     After the first ``protected`` tokens (never merged, never a destination), set A holds the
     tokens at even offsets and set B those at odd offsets. Each A token's partner is its most
-    similar B token by cosine similarity in float32 (norms clamped at 1e-8; ties to the lower B
-    index); the ``r`` A tokens with the highest scores merge into their partners (ties to the
-    lower index, NaN scores last). ``r`` is capped at ``floor((T - protected) / 2)``.
+    similar B token by cosine similarity from float32 sums, ``dot(a, b) / sqrt(max(|a|^2, 1e-16)
+    * max(|b|^2, 1e-16))`` (equal tokens score exactly 1; NaN when a squared norm is not finite;
+    ties to the lower B index); the ``r`` A tokens with the highest scores merge into their
+    partners (ties to the lower index, NaN scores last). ``r`` is capped at
+    ``floor((T - protected) / 2)``.
 
     Args:
         metric: ``[B, T, C]`` float32/float16/bfloat16, CPU or CUDA (e.g. attention keys, or

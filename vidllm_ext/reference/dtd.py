@@ -10,16 +10,16 @@ import math
 import torch
 
 from vidllm_ext import _validation as check
+from vidllm_ext.reference.cosine import cosine_similarity
 from vidllm_ext.results import DTDResult
-
-COSINE_EPS = 1e-8
 
 
 def dtd_scores(
     frames: torch.Tensor, *, method: str = "feature", prev: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """float32 [steps, tokens]: cosine similarity (feature) or mean |difference| (pixel) to the
-    previous step; NaN for step 0 when prev is None."""
+    """float32 [steps, tokens]: cosine similarity (feature, see reference.cosine: identical
+    tokens score exactly 1) or mean |difference| (pixel) to the previous step; NaN for step 0
+    when prev is None."""
     frames = check.check_frames(frames)
     method = check.check_choice(method, check.DTD_METHODS, "method")
     prev = check.check_prev(prev, frames)
@@ -27,11 +27,7 @@ def dtd_scores(
     first = prev.float()[None] if prev is not None else torch.zeros_like(current[:1])
     previous = torch.cat([first, current[:-1]])
     if method == "feature":
-        dot = (current * previous).sum(-1)
-        norms = current.norm(dim=-1).clamp_min(COSINE_EPS) * previous.norm(dim=-1).clamp_min(
-            COSINE_EPS
-        )
-        scores = dot / norms
+        scores = cosine_similarity(current, previous)
     else:
         scores = (current - previous).abs().mean(-1)
     if prev is None and scores.shape[0] > 0:

@@ -4,6 +4,9 @@ the kernels match.
 Input size is [batch, tokens, channels]. The kernels add float32 sums in a fixed order (channels
 ascending; a destination, then its sources ascending), which this reference leaves to PyTorch:
 features agree within float32 rounding, plans exactly unless two similarities tie within it.
+Similarities are the package's one cosine (:mod:`vidllm_ext.reference.cosine`), summed in float64
+and rounded once: equal tokens score exactly 1 here and in the kernels, so on duplicated or
+constant tokens the tie rule (lowest B index; lower A index merges first) alone decides the plan.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import torch
 from vidllm_ext import _merge_validation as check
 from vidllm_ext.merge_schedule import merge_schedule, merged_token_count, video_segments
 from vidllm_ext.merge_types import MergePlan, MergeResult
-
-COSINE_EPS = 1e-8
+from vidllm_ext.reference.cosine import cosine_similarity_matrix
 
 
 def set_sizes(tokens: int, protected: int) -> tuple[int, int]:
@@ -25,19 +27,12 @@ def set_sizes(tokens: int, protected: int) -> tuple[int, int]:
     return (open_tokens + 1) // 2, open_tokens // 2
 
 
-def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """float32 ``[B, |A|, |B|]``: dot(a, b) / (max(|a|, 1e-8) * max(|b|, 1e-8))."""
-    a_norm = (a * a).sum(-1).sqrt().clamp_min(COSINE_EPS)
-    b_norm = (b * b).sum(-1).sqrt().clamp_min(COSINE_EPS)
-    return (a @ b.transpose(1, 2)) / (a_norm[..., :, None] * b_norm[..., None, :])
-
-
 def best_partner(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(partner, score)`` of every row of ``[B, |A|, |B|]``: the most similar B token (NaN
     lowest, ties to the lower index) and its similarity; ``(-1, NaN)`` when B is empty.
 
-    NaN is taken as -inf: a similarity of -inf itself cannot occur (a dot product that overflows
-    overflows a sum of squares first, and inf / inf is NaN), so the order is the kernels'.
+    NaN is taken as -inf: a similarity of -inf itself cannot occur (a non-finite sum of squares
+    gives NaN, finite ones a cosine in [-1, 1]), so the order is the kernels'.
     """
     batch, a_size, b_size = similarity.shape
     if b_size == 0:
