@@ -13,7 +13,10 @@ selected rows, ``D`` the width, ``e`` the element size:
   ``K*D*e`` read, the index again: ``3*K*D*e + T*D*e + 16*K``;
 - ``scatter_add_fwd_bwd``: scatter_add, then ``grad_x = grad_y`` (no copy), ``grad_y[index]``
   and delta read, grad_delta written, index and weight read, grad_weight written:
-  ``2*T*D*e + 4*K*D*e + 28*K``; ``5*K*D`` FLOPs.
+  ``2*T*D*e + 4*K*D*e + 28*K``; ``5*K*D`` FLOPs;
+- ``gather_repeats_fwd_bwd``: ``gather_fwd_bwd`` with every row named about ``64*K/T`` times
+  (the selected index modulo ``T/64``), so the backward adds repeated rows (bucketed once, then
+  summed in index order): the same bytes as ``gather_fwd_bwd``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from vidllm_ext import ops, reference
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Budget, Column
 
-CASES = ("topk", "gather", "scatter_add", "gather_fwd_bwd", "scatter_add_fwd_bwd")
+CASES = (
+    "topk",
+    "gather",
+    "scatter_add",
+    "gather_fwd_bwd",
+    "scatter_add_fwd_bwd",
+    "gather_repeats_fwd_bwd",
+)
 # Pure data movement: on the GPU these should run near the copy bandwidth at long sequences.
 GPU_COPY_FRACTION_TARGET = 0.7
 GPU_TARGET_CASES = ("gather", "scatter_add")
@@ -98,6 +108,7 @@ def bytes_moved(case: str, shape: RoutingShape) -> int:
         "gather": 2 * k * d * e + 8 * k,
         "scatter_add": 2 * t * d * e + k * d * e + 12 * k,
         "gather_fwd_bwd": 3 * k * d * e + t * d * e + 16 * k,
+        "gather_repeats_fwd_bwd": 3 * k * d * e + t * d * e + 16 * k,
         "scatter_add_fwd_bwd": 2 * t * d * e + 4 * k * d * e + 28 * k,
     }[case]
 
@@ -126,7 +137,9 @@ def make_call(case: str, impl, inputs: RoutingInputs, keep_ratio: float) -> Call
         return lambda: impl.scatter_add_rows(x, index, delta, weight)
     leaves = [t.detach().clone().requires_grad_() for t in (x, delta, weight)]
     x_leaf, delta_leaf, weight_leaf = leaves
-    if case == "gather_fwd_bwd":
+    if case == "gather_repeats_fwd_bwd":
+        index = index % max(1, x.shape[0] // 64)  # each row named about 64 * K / T times
+    if case in ("gather_fwd_bwd", "gather_repeats_fwd_bwd"):
         grad_rows = inputs.grad_y[: index.numel()]
         return lambda: torch.autograd.grad(impl.gather_rows(x_leaf, index), x_leaf, grad_rows)
     return lambda: torch.autograd.grad(
@@ -194,6 +207,8 @@ def _check_agreement(case: str, actual, expected) -> None:
     for got, want in zip(actual, expected):
         if case == "scatter_add_fwd_bwd" and got.dim() == 1:
             close = torch.allclose(got.double(), want.double(), rtol=1e-3, atol=1e-3)
+        elif case == "gather_repeats_fwd_bwd" and got.is_cuda:  # torch's CUDA sum order varies
+            close = torch.allclose(got.double(), want.double(), rtol=1e-2, atol=1e-2)
         else:
             close = torch.equal(got, want)
         if not close:

@@ -162,13 +162,15 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
 
 void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_obj,
                      py::handle weight_obj, py::handle y_obj, py::handle row_source_obj,
-                     py::handle status_obj, bool check_unique, uintptr_t stream) {
+                     py::handle next_update_obj, py::handle status_obj, bool check_unique,
+                     uintptr_t stream) {
   const std::optional<TensorArg> x = optional_tensor(x_obj, "x");
   const TensorArg index(index_obj, "index");
   const TensorArg delta(delta_obj, "delta");
   const std::optional<TensorArg> weight = optional_tensor(weight_obj, "weight");
   const TensorArg y(y_obj, "y");
   const TensorArg row_source(row_source_obj, "row_source");
+  const TensorArg next_update(next_update_obj, "next_update");
   const TensorArg status(status_obj, "status");
   // devices
   const Backend backend = select_backend(y);
@@ -193,6 +195,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   delta.expect_size(1, dim, "dim of y");
   if (weight) check_row_scalars(*weight, dtype, count, y);
   check_scalar_output(row_source, kDLInt, 64, "int64", rows, "rows of y", y);
+  check_scalar_output(next_update, kDLInt, 64, "int64", count, "one per index entry", y);
   check_status(status, y);
   // values (host memory only)
   const auto* entries = static_cast<const int64_t*>(index.data());
@@ -208,6 +211,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   params.weight = weight ? weight->data() : nullptr;
   params.y = y.data();
   params.row_source = static_cast<int64_t*>(row_source.data());
+  params.next_update = static_cast<int64_t*>(next_update.data());
   params.status = static_cast<int32_t*>(status.data());
   params.rows = rows;
   params.dim = dim;
@@ -231,11 +235,12 @@ void register_routing(py::module_& m) {
         "sum(source[index[k]] * other[k]) when other and dot are given; status receives the "
         "index flags (1: out of range, raised on the CPU).");
   m.def("routing_scatter", &routing_scatter, py::arg("x"), py::arg("index"), py::arg("delta"),
-        py::arg("weight"), py::arg("y"), py::arg("row_source"), py::arg("status"),
-        py::arg("check_unique"), py::arg("stream") = 0,
-        "y = x (zeros if x is None), then y[index[k]] += weight[k] * delta[k]; row_source is a "
-        "[rows] int64 workspace; status receives the index flags (1: out of range, raised on "
-        "the CPU; 2: a row named twice, raised on the CPU when check_unique).");
+        py::arg("weight"), py::arg("y"), py::arg("row_source"), py::arg("next_update"),
+        py::arg("status"), py::arg("check_unique"), py::arg("stream") = 0,
+        "y = x (zeros if x is None), then y[index[k]] += weight[k] * delta[k]; row_source "
+        "([rows]) and next_update ([count]) are int64 workspaces; status receives the index flags "
+        "(1: out of range, raised on the CPU; 2: a row named twice, raised on the CPU when "
+        "check_unique).");
   m.def("routing_check_offsets", &routing_check_offsets, py::arg("segment_offsets"),
         py::arg("tokens"), "Raises ValueError unless the CPU offsets run from 0 to tokens.");
   m.def("routing_check_index", &routing_check_index, py::arg("index"), py::arg("rows"),

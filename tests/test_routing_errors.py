@@ -192,22 +192,60 @@ def test_binding_checks_arguments_itself():
         _C.routing_gather(dl(X), dl(INDEX), None, None, None, dl(out), dl(total))
     y = torch.empty_like(X)
     row_source = torch.empty(8, dtype=torch.int64)
+    next_update = torch.empty(3, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"row_source: expected size 8 in dimension 0"):
         _C.routing_scatter(
-            dl(X), dl(INDEX), dl(DELTA), None, dl(y), dl(row_source[:4]), dl(status), False
+            dl(X),
+            dl(INDEX),
+            dl(DELTA),
+            None,
+            dl(y),
+            dl(row_source[:4]),
+            dl(next_update),
+            dl(status),
+            False,
         )
+    with pytest.raises(ValueError, match=r"next_update: expected size 3 in dimension 0"):
+        _C.routing_scatter(
+            dl(X), dl(INDEX), dl(DELTA), None, dl(y), dl(row_source), dl(next_update[:2]),
+            dl(status), False,
+        )  # fmt: skip
     with pytest.raises(ValueError, match=r"delta: expected size 3 in dimension 0"):
         _C.routing_scatter(
-            dl(X), dl(INDEX), dl(DELTA[:2]), None, dl(y), dl(row_source), dl(status), False
+            dl(X),
+            dl(INDEX),
+            dl(DELTA[:2]),
+            None,
+            dl(y),
+            dl(row_source),
+            dl(next_update),
+            dl(status),
+            False,
         )
     with pytest.raises(ValueError, match=r"index: expected every row at most once"):
         repeated = torch.tensor([1, 2, 1])
         _C.routing_scatter(
-            dl(X), dl(repeated), dl(DELTA), None, dl(y), dl(row_source), dl(status), True
+            dl(X),
+            dl(repeated),
+            dl(DELTA),
+            None,
+            dl(y),
+            dl(row_source),
+            dl(next_update),
+            dl(status),
+            True,
         )
     with pytest.raises(TypeError, match="x: expected dtype float32 like y, got float16"):
         _C.routing_scatter(
-            dl(X.half()), dl(INDEX), dl(DELTA), None, dl(y), dl(row_source), dl(status), False
+            dl(X.half()),
+            dl(INDEX),
+            dl(DELTA),
+            None,
+            dl(y),
+            dl(row_source),
+            dl(next_update),
+            dl(status),
+            False,
         )
 
 

@@ -14,6 +14,7 @@
 #include "common/cuda_device.h"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
+#include "common/dynamic_shared.cuh"
 #include "common/rank_key.h"
 #include "frame_drop/frame_drop.h"
 
@@ -182,19 +183,14 @@ template <typename T, int VEC, Method kMethod>
 Status launch_score(const ScoreParams& p, cudaStream_t stream) {
   const auto kernel = score_kernel<T, VEC, kMethod>;
   const int64_t row_bytes = p.dim * static_cast<int64_t>(sizeof(T));
-  int max_shared = 0;
-  VIDLLM_RETURN_IF_CUDA_ERROR(
-      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device));
-  cudaFuncAttributes attributes;
-  VIDLLM_RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));
-  if (row_bytes + static_cast<int64_t>(attributes.sharedSizeBytes) > max_shared)
+  int64_t max_dynamic_shared = 0;  // set once per device, never per launch: see dynamic_shared.cuh
+  VIDLLM_RETURN_IF_ERROR(cuda::max_dynamic_shared_bytes(reinterpret_cast<const void*>(kernel),
+                                                        p.device, &max_dynamic_shared));
+  if (row_bytes > max_dynamic_shared)
     return Status::invalid(
         "frame_drop score: one feature row (dim * element size bytes) must fit in the shared "
         "memory of a block on this device (about 227 KiB on H100/H200, 163 KiB on A100); use a "
         "16-bit dtype or a smaller dim");
-  if (row_bytes > attributes.maxDynamicSharedSizeBytes)
-    VIDLLM_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(row_bytes)));
   int blocks_per_sm = 0;
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &blocks_per_sm, kernel, kScoreThreads, static_cast<size_t>(row_bytes)));

@@ -29,6 +29,7 @@
 #include "common/cuda_device.h"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
+#include "common/dynamic_shared.cuh"
 #include "kv_attention/packed_attention.h"
 #include "kv_attention/packed_attention_tile.cuh"
 #include "kv_quant/kv_quant_math.h"
@@ -166,16 +167,12 @@ Status launch_segment(const SegmentParams& p, const Shape& shape, int64_t shared
   const auto kernel = segment_partials_kernel<QT, kPackedKeys, kValues>;
   const int64_t static_bytes = sizeof(typename cuda::BlockSum<kThreads, QT>::Storage);
   if (shared_bytes + static_bytes > kDefaultSharedBytes) {
-    int max_shared = 0;
-    VIDLLM_RETURN_IF_CUDA_ERROR(
-        cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device));
-    cudaFuncAttributes attributes;
-    VIDLLM_RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));
-    if (shared_bytes + static_cast<int64_t>(attributes.sharedSizeBytes) > max_shared)
+    int64_t max_dynamic_shared = 0;  // set once per device, never per launch: dynamic_shared.cuh
+    VIDLLM_RETURN_IF_ERROR(cuda::max_dynamic_shared_bytes(reinterpret_cast<const void*>(kernel),
+                                                          p.device, &max_dynamic_shared));
+    if (shared_bytes > max_dynamic_shared)
       return Status::invalid(
           "packed attention: head_dim too large for the shared memory of a block on this device");
-    VIDLLM_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
   }
   const int64_t blocks = shape.query_tiles * shape.splits * p.q.kv_heads * p.q.batch;
   kernel<<<static_cast<unsigned int>(blocks), kThreads, static_cast<size_t>(shared_bytes),

@@ -10,6 +10,7 @@
 #include "common/dtype.h"
 #include "common/exact_math.h"
 #include "common/macros.h"
+#include "common/narrow.h"
 
 namespace vidllm::kv_quant {
 
@@ -234,45 +235,8 @@ VIDLLM_HOST_DEVICE float decode(unsigned int digit, float scale, float zero) {
 
 // ---- float32 -> storage type, round to nearest even (bitwise like torch's .to(dtype)) -------
 
-template <typename T>
-VIDLLM_HOST_DEVICE T from_float(float value);
-
-template <>
-VIDLLM_HOST_DEVICE float from_float<float>(float value) {
-  return value;
-}
-
-// c10::BFloat16's rounding: NaN becomes 0x7fc0.
-template <>
-VIDLLM_HOST_DEVICE BFloat16 from_float<BFloat16>(float value) {
-  if (value != value) return BFloat16{0x7fc0u};
-  const uint32_t bits = float_to_bits(value);
-  const uint32_t rounding_bias = ((bits >> 16) & 1u) + 0x7fffu;
-  return BFloat16{static_cast<uint16_t>((bits + rounding_bias) >> 16)};
-}
-
-// IEEE round to nearest even with subnormals and overflow to infinity; NaN becomes sign | 0x7e00
-// (c10::Half's conversion). The host branch is the FP16 library's bit-exact algorithm.
-template <>
-VIDLLM_HOST_DEVICE Half from_float<Half>(float value) {
-  const uint32_t bits = float_to_bits(value);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
-  if (value != value) return Half{static_cast<uint16_t>(sign | 0x7e00u)};
-#if defined(__CUDA_ARCH__)
-  return Half{__half_as_ushort(__float2half_rn(value))};
-#else
-  const float scale_to_inf = 0x1.0p+112f;
-  const float scale_to_zero = 0x1.0p-110f;
-  float base = (std::fabs(value) * scale_to_inf) * scale_to_zero;
-  const uint32_t shl1 = bits + bits;
-  uint32_t bias = shl1 & 0xff000000u;
-  if (bias < 0x71000000u) bias = 0x71000000u;
-  base = bits_to_float((bias >> 1) + 0x07800000u) + base;
-  const uint32_t base_bits = float_to_bits(base);
-  const uint32_t exponent_bits = (base_bits >> 13) & 0x00007c00u;
-  const uint32_t mantissa_bits = base_bits & 0x00000fffu;
-  return Half{static_cast<uint16_t>(sign | (exponent_bits + mantissa_bits))};
-#endif
-}
+// The one narrowing of every kernel family (common/narrow.h): NaN becomes torch's NaN of the
+// type (float16 0x7e00, bfloat16 0x7fc0, whatever its sign).
+using ::vidllm::from_float;
 
 }  // namespace vidllm::kv_quant

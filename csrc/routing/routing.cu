@@ -3,7 +3,8 @@
 //            select: a warp per segment of at most 32 tokens (rank by counting), a block per
 //            longer segment (radix select of the k-th largest rank key, then a block scan);
 //   gather:  a warp per output row, 16-byte vectors when every row start allows;
-//   scatter: which k updates each row (a map kernel over the index), then a warp per row of y.
+//   scatter: which k updates each row (a map kernel over the index; with repeats, a link kernel
+//            chains each row's updates in index order), then a warp per row of y.
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kRowThreads) gather_scaled_kernel(const Gather
 }
 
 // Which k updates each row of y: row_source[row] = k for one update, -2 for several (their
-// order is then recovered from the index by the rows kernel). row_source starts at -1.
+// order is then recovered by the link kernel). row_source starts at -1.
 __global__ void __launch_bounds__(kRowThreads) scatter_map_kernel(const ScatterParams p) {
   using Word = unsigned long long;
   constexpr Word kNone = static_cast<Word>(-1);
@@ -286,29 +287,67 @@ __global__ void __launch_bounds__(kRowThreads) scatter_map_kernel(const ScatterP
   }
 }
 
-// A row of y with several updates: they are added in index order (the slow path: each vector of
-// the row scans the whole index; routing selects every row once).
+// The link pass (routing.h, "scatter workspace"), only when some row has several updates: one
+// warp walks the index backwards, 32 entries at a time. Lanes naming the same row find each other
+// by __match_any_sync; a lane's successor is the next such lane, or for the last of them the row's
+// current first update; then the first of them becomes the row's first update. Sequential over
+// count / 32 steps, but linear: the rows kernel no longer rescans the index per row.
+__global__ void __launch_bounds__(32) scatter_link_kernel(const ScatterParams p) {
+  if (*p.status != kIndexRepeated) return;  // no repeats, or every row is poisoned anyway
+  const int lane = threadIdx.x;
+  for (int64_t base = (p.count - 1) / 32 * 32; base >= 0; base -= 32) {
+    const int64_t k = base + lane;
+    const long long row = k < p.count ? p.index[k] : -1;
+    const unsigned int peers = __match_any_sync(kFullWarp, row);
+    const unsigned int later = peers & ~((2u << lane) - 1u);  // lane 31: 2u << 31 == 0, none
+    const unsigned int earlier = peers & ((1u << lane) - 1u);
+    if (row >= 0)
+      p.next_update[k] =
+          later != 0 ? base + __ffs(later) - 1 : linked_first_update(p.row_source[row]);
+    __syncwarp();  // every lane has read the first updates before any is replaced
+    if (row >= 0 && earlier == 0) p.row_source[row] = kFirstUpdateBase - k;
+    __syncwarp();
+  }
+}
+
+// A row of y with several updates: they are added in index order by following the chain from
+// the link pass; each lane holds kRowUnroll vectors of sums while it walks the chain.
 template <typename T, int VEC>
-__device__ void scatter_repeated_row(const ScatterParams& p, int64_t row, const T* x, T* y,
+__device__ void scatter_repeated_row(const ScatterParams& p, int64_t first_update, const T* x, T* y,
                                      int64_t vectors, int lane) {
   using Acc = acc_t<T>;
   using V = Vec<T, VEC>;
-  for (int64_t v = lane; v < vectors; v += 32) {
-    const V base = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
-    Acc acc[VEC];
+  for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
+    Acc acc[kRowUnroll][VEC];
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) acc[i] = widen(base.elem[i]);
-    for (int64_t j = 0; j < p.count; ++j) {
-      if (p.index[j] != row) continue;
-      const Acc weight = p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[j];
-      const V delta = V::load(static_cast<const T*>(p.delta) + j * p.delta_stride + v * VEC);
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int64_t v = first + u * 32;
+      const V base = x == nullptr || v >= vectors ? V{} : V::load(x + v * VEC);  // V{}: zeros
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[i] = add_scaled(acc[i], weight, widen(delta.elem[i]));
+      for (int i = 0; i < VEC; ++i) acc[u][i] = widen(base.elem[i]);
     }
-    V result;
+    for (int64_t j = first_update; j >= 0; j = p.next_update[j]) {
+      const Acc weight = p.weight == nullptr ? Acc(1) : static_cast<const Acc*>(p.weight)[j];
+      const T* delta = static_cast<const T*>(p.delta) + j * p.delta_stride;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) result.elem[i] = narrow<T>(acc[i]);
-    result.store(y + v * VEC);
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int64_t v = first + u * 32;
+        if (v >= vectors) continue;
+        const V update = V::load(delta + v * VEC);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+          acc[u][i] = add_scaled(acc[u][i], weight, widen(update.elem[i]));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int64_t v = first + u * 32;
+      if (v >= vectors) continue;
+      V result;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) result.elem[i] = narrow<T>(acc[u][i]);
+      result.store(y + v * VEC);
+    }
   }
 }
 
@@ -330,8 +369,8 @@ __global__ void __launch_bounds__(kRowThreads) scatter_rows_kernel(const Scatter
     }
     const T* x = p.x == nullptr ? nullptr : static_cast<const T*>(p.x) + row * p.x_stride;
     const int64_t k = p.row_source[row];
-    if (k == -2) {
-      scatter_repeated_row<T, VEC>(p, row, x, y, vectors, lane);
+    if (k <= kFirstUpdateBase) {
+      scatter_repeated_row<T, VEC>(p, linked_first_update(k), x, y, vectors, lane);
       continue;
     }
     const T* delta = k < 0 ? nullptr : static_cast<const T*>(p.delta) + k * p.delta_stride;
@@ -466,6 +505,8 @@ Status scatter_cuda(const ScatterParams& params, void* stream) {
   if (params.count > 0) {
     const int64_t blocks = grid_size(params.count, kRowThreads, kRowBlocksPerSm, params.device);
     scatter_map_kernel<<<static_cast<unsigned int>(blocks), kRowThreads, 0, cuda_stream>>>(params);
+    VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
+    scatter_link_kernel<<<1, 32, 0, cuda_stream>>>(params);  // returns at once without repeats
     VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
   }
   if (params.rows == 0 || params.dim == 0) return Status::ok();

@@ -19,9 +19,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "common/dtype.h"
 #include "common/macros.h"
+#include "common/narrow.h"
 #include "common/status.h"
 
 namespace vidllm::routing {
@@ -79,15 +81,30 @@ struct ScatterParams {
   int64_t count = 0;
   const void* delta = nullptr;  // [count, dim] like x
   int64_t delta_stride = 0;
-  const void* weight = nullptr;   // [count] float32 (float64 rows: float64), or null: 1
-  void* y = nullptr;              // [rows, dim], contiguous, like x
-  int64_t* row_source = nullptr;  // [rows] workspace: the k updating each row, -1 none, -2 several
-  int32_t* status = nullptr;      // [1]: overwritten with the kIndex* bits found
+  const void* weight = nullptr;    // [count] float32 (float64 rows: float64), or null: 1
+  void* y = nullptr;               // [rows, dim], contiguous, like x
+  int64_t* row_source = nullptr;   // [rows] workspace: see "scatter workspace" below
+  int64_t* next_update = nullptr;  // [count] workspace: see "scatter workspace" below
+  int32_t* status = nullptr;       // [1]: overwritten with the kIndex* bits found
   int64_t rows = 0;
   int64_t dim = 0;
   RowType dtype = RowType::kFloat32;
   int device = 0;
 };
+
+// Scatter workspace. A map pass over the index writes row_source[row] = the k updating the row,
+// -1 for none, -2 for several (kIndexRepeated). Only then, when some row has several updates, a
+// link pass walks the index backwards and buckets the updates by row without sorting: every row
+// with updates gets row_source = kFirstUpdateBase - (its first k), and next_update[k] = the next
+// k' > k naming the same row (-1 after the last). The rows then add their updates by following
+// that chain, in index order, so the work is linear in count * dim however often rows repeat.
+constexpr int64_t kFirstUpdateBase = -3;
+
+// The first update of a row from its linked row_source entry (<= kFirstUpdateBase), or -1 for
+// an entry the link pass has not reached yet (-1, -2 or a k >= 0 from the map pass).
+VIDLLM_HOST_DEVICE int64_t linked_first_update(int64_t row_source) {
+  return row_source <= kFirstUpdateBase ? kFirstUpdateBase - row_source : -1;
+}
 
 Status topk_plan_cpu(const TopkParams& params);
 Status topk_select_cpu(const TopkParams& params);
@@ -138,55 +155,27 @@ VIDLLM_HOST_DEVICE double widen<double>(double value) {
   return value;
 }
 
-// Round to nearest even, as torch's .to(dtype) does; NaN stays NaN, overflow becomes inf.
-VIDLLM_HOST_DEVICE BFloat16 bfloat16_from_float(float value) {
-#if defined(__CUDA_ARCH__)
-  return BFloat16{__bfloat16_as_ushort(__float2bfloat16_rn(value))};
-#else
-  const uint32_t bits = float_to_bits(value);
-  if (value != value) return BFloat16{static_cast<uint16_t>((bits >> 16) | 0x0040u)};
-  const uint32_t round_bias = 0x7fffu + ((bits >> 16) & 1u);
-  return BFloat16{static_cast<uint16_t>((bits + round_bias) >> 16)};
-#endif
-}
-
-VIDLLM_HOST_DEVICE Half half_from_float(float value) {
-#if defined(__CUDA_ARCH__)
-  return Half{__half_as_ushort(__float2half_rn(value))};
-#else
-  const uint32_t bits = float_to_bits(value);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
-  const uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return Half{static_cast<uint16_t>(sign | 0x7e00u)};   // NaN
-  if (magnitude >= 0x477ff000u) return Half{static_cast<uint16_t>(sign | 0x7c00u)};  // >= 65520
-  if (magnitude >= 0x38800000u) {  // normal half (>= 2^-14): drop 13 mantissa bits, ties to even
-    const uint32_t rounded = magnitude + 0x0fffu + ((magnitude >> 13) & 1u);
-    return Half{static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13))};
-  }
-  // Subnormal half or zero: the value in units of 2^-24, rounded to an even integer (exact:
-  // scaling by a power of two; rintf rounds half to even). 1024 units is the smallest normal.
-  const float units = rintf(bits_to_float(magnitude) * 16777216.0f);
-  return Half{static_cast<uint16_t>(sign | static_cast<uint16_t>(units))};
-#endif
-}
-
+// The accumulator rounded to the row type, as torch's .to(dtype) does (nearest even, overflow to
+// inf), with one canonical NaN per type: float16 and bfloat16 through common/narrow.h, shared by
+// every kernel family; float32 and float64 keep their value but not a NaN's sign and payload,
+// which float arithmetic leaves different on the CPU and the GPU.
 template <typename T>
 VIDLLM_HOST_DEVICE T narrow(acc_t<T> value);
 template <>
 VIDLLM_HOST_DEVICE float narrow<float>(float value) {
-  return value;
+  return value != value ? bits_to_float(0x7fc00000u) : value;
 }
 template <>
 VIDLLM_HOST_DEVICE double narrow<double>(double value) {
-  return value;
+  return value != value ? std::numeric_limits<double>::quiet_NaN() : value;
 }
 template <>
 VIDLLM_HOST_DEVICE Half narrow<Half>(float value) {
-  return half_from_float(value);
+  return ::vidllm::half_from_float(value);
 }
 template <>
 VIDLLM_HOST_DEVICE BFloat16 narrow<BFloat16>(float value) {
-  return bfloat16_from_float(value);
+  return ::vidllm::bfloat16_from_float(value);
 }
 
 // base + weight * value with the product rounded before the sum (no FMA), as torch computes

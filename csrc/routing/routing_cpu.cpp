@@ -150,16 +150,25 @@ acc_t<T> weight_of(const ScatterParams& p, int64_t k) {
   return p.weight == nullptr ? acc_t<T>(1) : static_cast<const acc_t<T>*>(p.weight)[k];
 }
 
-// A row with several updates: added in index order, all in the accumulation type (the slow
-// path; routing selects every row once).
+// The link pass (routing.h, "scatter workspace"): backwards over the index, each k's successor
+// is the row's current first update, then k becomes the first.
+void link_updates(const ScatterParams& p) {
+  for (int64_t k = p.count - 1; k >= 0; --k) {
+    int64_t& first = p.row_source[p.index[k]];
+    p.next_update[k] = linked_first_update(first);
+    first = kFirstUpdateBase - k;
+  }
+}
+
+// A row with several updates: added in index order by following the chain of updates, all in
+// the accumulation type.
 template <typename T>
-void scatter_repeated_row(const ScatterParams& p, int64_t row, T* y, std::vector<acc_t<T>>& acc) {
-  const T* x = p.x == nullptr ? nullptr : static_cast<const T*>(p.x) + row * p.x_stride;
+void scatter_repeated_row(const ScatterParams& p, int64_t first_update, const T* x, T* y,
+                          std::vector<acc_t<T>>& acc) {
   acc.assign(static_cast<size_t>(p.dim), acc_t<T>(0));
   if (x != nullptr)
     for (int64_t d = 0; d < p.dim; ++d) acc[d] = widen(x[d]);
-  for (int64_t k = 0; k < p.count; ++k) {
-    if (p.index[k] != row) continue;
+  for (int64_t k = first_update; k >= 0; k = p.next_update[k]) {
     const T* delta = static_cast<const T*>(p.delta) + k * p.delta_stride;
     const acc_t<T> weight = weight_of<T>(p, k);
     for (int64_t d = 0; d < p.dim; ++d) acc[d] = add_scaled(acc[d], weight, widen(delta[d]));
@@ -174,8 +183,8 @@ void scatter_row(const ScatterParams& p, int64_t row, bool poisoned, std::vector
   const int64_t k = p.row_source[row];
   if (poisoned) {
     fill_nan(y, p.dim);
-  } else if (k == -2) {
-    scatter_repeated_row(p, row, y, acc);
+  } else if (k <= kFirstUpdateBase) {
+    scatter_repeated_row(p, linked_first_update(k), x, y, acc);
   } else if (k == -1) {
     if (x != nullptr)
       std::memcpy(y, x, static_cast<size_t>(p.dim) * sizeof(T));
@@ -240,6 +249,7 @@ Status scatter_cpu(const ScatterParams& p) {
   const int32_t status = map_rows(p);
   *p.status = status;
   const bool poisoned = (status & kIndexOutOfRange) != 0;
+  if (status == kIndexRepeated) link_updates(p);
   const int64_t row_bytes = 2 * p.dim * row_element_size(p.dtype);
   VIDLLM_DISPATCH_ROW_TYPES(p.dtype, for_row_blocks(p.rows, row_bytes, [&](int64_t row) {
                               thread_local std::vector<acc_t<scalar_t>> acc;

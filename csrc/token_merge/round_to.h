@@ -1,68 +1,12 @@
-// float32 -> storage type with round-to-nearest-even, in integer arithmetic only, so the CPU and
-// CUDA twins store bitwise the same values. NaN becomes torch's NaN of the type (float16: the
-// sign | 0x7e00; bfloat16: 0x7fc0), so results also match tensor.to(dtype) on the CPU.
+// float32 -> storage type for the merge kernels: from_float<T> of common/narrow.h, the one
+// narrowing of every kernel family (round to nearest even, bitwise the same on the CPU and CUDA
+// twins and like tensor.to(dtype); NaN becomes float16 0x7e00, bfloat16 0x7fc0).
 #pragma once
 
-#include <cstdint>
-
-#include "common/dtype.h"
-#include "common/macros.h"
+#include "common/narrow.h"
 
 namespace vidllm::token_merge {
 
-VIDLLM_HOST_DEVICE BFloat16 round_to_bfloat16(float value) {
-  if (value != value) return BFloat16{0x7fc0u};
-  const uint32_t bits = float_to_bits(value);
-  const uint32_t rounding_bias = 0x7fffu + ((bits >> 16) & 1u);
-  return BFloat16{static_cast<uint16_t>((bits + rounding_bias) >> 16)};
-}
-
-VIDLLM_HOST_DEVICE Half round_to_half(float value) {
-  const uint32_t bits = float_to_bits(value);
-  const uint32_t sign = (bits >> 16) & 0x8000u;
-  const uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return Half{static_cast<uint16_t>(sign | 0x7e00u)};  // NaN
-  // 65520 and above (the midpoint between 65504, the largest half, and 65536) round to infinity.
-  if (magnitude >= 0x477ff000u) return Half{static_cast<uint16_t>(sign | 0x7c00u)};
-  // At most 2^-25 (half of the smallest subnormal, 2^-24): rounds to zero, ties to even.
-  if (magnitude <= 0x33000000u) return Half{static_cast<uint16_t>(sign)};
-  uint32_t result;
-  uint32_t remainder;
-  uint32_t halfway;
-  if (magnitude < 0x38800000u) {
-    // Below 2^-14: a subnormal half, the significand (hidden bit included) in units of 2^-24.
-    const uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126u - (magnitude >> 23);  // 14 .. 24
-    result = significand >> shift;
-    remainder = significand & ((1u << shift) - 1u);
-    halfway = 1u << (shift - 1u);
-  } else {
-    // Normal: rebias the exponent (127 -> 15) and drop 13 mantissa bits.
-    result = (magnitude - 0x38000000u) >> 13;
-    remainder = magnitude & 0x1fffu;
-    halfway = 0x1000u;
-  }
-  if (remainder > halfway || (remainder == halfway && (result & 1u))) ++result;  // may carry up
-  return Half{static_cast<uint16_t>(sign | result)};
-}
-
-// from_float<T>: float -> T, the inverse of to_float up to rounding.
-template <typename T>
-VIDLLM_HOST_DEVICE T from_float(float value);
-
-template <>
-VIDLLM_HOST_DEVICE float from_float<float>(float value) {
-  return value;
-}
-
-template <>
-VIDLLM_HOST_DEVICE Half from_float<Half>(float value) {
-  return round_to_half(value);
-}
-
-template <>
-VIDLLM_HOST_DEVICE BFloat16 from_float<BFloat16>(float value) {
-  return round_to_bfloat16(value);
-}
+using ::vidllm::from_float;
 
 }  // namespace vidllm::token_merge

@@ -81,11 +81,13 @@ def _gather(source, index, weight, other, need_out: bool, check_index: bool):
 
 def _scatter(x, rows: int, index, delta, weight, check_index: bool) -> Tensor:
     y = delta.new_empty((rows, delta.shape[1]))
+    # Workspaces: the update(s) of each row, and each update's successor in its row.
     row_source = torch.empty(rows, dtype=torch.int64, device=delta.device)
+    next_update = torch.empty(index.shape[0], dtype=torch.int64, device=delta.device)
     status = torch.empty(1, dtype=torch.int32, device=delta.device)
     C.routing_scatter(
-        dl(x), dl(index), dl(delta), dl(weight), dl(y), dl(row_source), dl(status), check_index,
-        stream_of(delta),
+        dl(x), dl(index), dl(delta), dl(weight), dl(y), dl(row_source), dl(next_update),
+        dl(status), check_index, stream_of(delta),
     )  # fmt: skip
     if check_index:
         _raise_if_flagged(status, index, rows, "x", unique=True)

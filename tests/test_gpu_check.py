@@ -1,0 +1,158 @@
+"""benchmarks/gpu_check.sh, the first command to run on a GPU: its dry run (the plan, every
+script present, parsing and taking the options the plan gives it), and a whole run on stubs
+(a fake nvidia-smi, pip, pytest and benchmarks, one of them hung) that must still write the
+summary within its deadline."""
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+GPU_BENCHMARKS = sorted(
+    path.name
+    for pattern in ("gpu_*.py", "e2e_*.py", "mod_training.py")
+    for path in (ROOT / "benchmarks").glob(pattern)
+)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or not SCRIPT.exists(), reason="needs bash and a source tree"
+)
+
+
+def run_check(root: Path, *args: str, env: dict | None = None, timeout: float = 120):
+    return subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
+    )
+
+
+def test_dry_run_plans_every_gpu_benchmark():
+    result = run_check(ROOT, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "scripts ok" in result.stdout
+    assert "pytest -m cuda" in result.stdout and "--no-build-isolation" in result.stdout
+    assert {"gpu_dtd.py", "e2e_dtd.py", "mod_training.py"} <= set(GPU_BENCHMARKS)
+    for name in GPU_BENCHMARKS:
+        assert f"benchmarks/{name}" in result.stdout
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    """The parts of the repository the dry run reads."""
+    root = tmp_path / "repo"
+    shutil.copytree(
+        ROOT / "benchmarks", root / "benchmarks", ignore=shutil.ignore_patterns("results")
+    )
+    shutil.copytree(ROOT / "vidllm_ext" / "bench", root / "vidllm_ext" / "bench")
+    (root / "tests").mkdir()
+    return root
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("missing", "benchmarks/gpu_routing.py: missing"),
+        ("syntax", "benchmarks/gpu_routing.py: does not parse"),
+        ("option", "option --shapes is not declared"),
+        ("unplanned", "benchmarks/gpu_new.py: a GPU benchmark missing from the plan"),
+    ],
+)
+def test_dry_run_fails_on_a_broken_plan(tmp_path, breakage, message):
+    root = copy_tree(tmp_path)
+    routing = root / "benchmarks" / "gpu_routing.py"
+    if breakage == "missing":
+        routing.unlink()
+    elif breakage == "syntax":
+        routing.write_text(routing.read_text() + "\ndef broken(:\n")
+    elif breakage == "option":
+        routing.write_text(routing.read_text().replace('"--shapes"', '"--shape-names"'))
+    else:
+        (root / "benchmarks" / "gpu_new.py").write_text("print('new')\n")
+    result = run_check(root, "--dry-run")
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def write_executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def stub_repository(tmp_path: Path) -> tuple[Path, dict]:
+    """A repository whose benchmarks are stubs printing a target line (e2e_dtd hangs), and a
+    PATH with a fake nvidia-smi and a python that fakes pip and pytest."""
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    (root / "tests").mkdir()
+    shutil.copy(SCRIPT, root / "benchmarks" / "gpu_check.sh")
+    plan = run_check(ROOT, "--dry-run").stdout
+    for line in plan.splitlines():
+        words = line.split()
+        if len(words) > 3 and words[2] == "python" and words[3].startswith("benchmarks/"):
+            body = (
+                "import sys, time\n"
+                "args = sys.argv[1:]\n"
+                "if '--markdown' in args:\n"
+                "    path = args[args.index('--markdown') + 1]\n"
+                "    open(path, 'w').write('| a |\\n|--|\\n| 1 |\\n')\n"
+                f"print('target GPU {words[0]}: 1.23x PASS')\n"
+            )
+            if words[0] == "e2e_dtd":
+                body = "import time\ntime.sleep(600)\n"
+            (root / words[3]).write_text(body)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(
+        bin_dir / "nvidia-smi",
+        '#!/usr/bin/env bash\nif [[ "$1" == --query-gpu=compute_cap ]]; then echo 9.0; '
+        'else echo "Stub GPU, 9.0, 1.0, 80 GiB"; fi\n',
+    )
+    junit = (
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0">'
+        '<testcase classname="test_x" name="a"/><testcase classname="test_x" name="b"/>'
+        '<testcase classname="test_x" name="c"><failure message="no"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    write_executable(
+        bin_dir / "python",
+        "#!/usr/bin/env bash\n"
+        'if [[ "$1 $2" == "-m pip" ]]; then env | grep ^VIDLLM_ > "$STUB_LOG"; exit 0; fi\n'
+        'if [[ "$1 $2" == "-m pytest" ]]; then\n'
+        '  for arg in "$@"; do [[ $arg == --junitxml=* ]] && xml=${arg#--junitxml=}; done\n'
+        f"  echo '{junit}' > \"$xml\"; exit 1\n"
+        "fi\n"
+        f'exec {sys.executable} "$@"\n',
+    )
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHON": str(bin_dir / "python"),
+        "STUB_LOG": str(tmp_path / "pip_env.txt"),
+        "GPU_CHECK_STEP_TIMEOUT_S": "8",  # the hung step is cut after 8 s
+    }
+    return root, env
+
+
+def test_run_on_stubs_writes_the_summary_despite_a_hung_step(tmp_path):
+    root, env = stub_repository(tmp_path)
+    out = tmp_path / "out"
+    result = run_check(root, str(out), env=env, timeout=90)
+    assert result.returncode == 1, "a failed test and a timeout make the run fail"
+    pip_env = set((tmp_path / "pip_env.txt").read_text().split())
+    assert {"VIDLLM_CUDA=1", "VIDLLM_CUDA_ARCHS=90"} <= pip_env
+    summary = (out / "summary.md").read_text()
+    assert "Stub GPU, 9.0" in summary
+    assert "passed 2, failed 1, errors 0, skipped 0" in summary
+    assert "FAILED test_x::c" in summary
+    assert "target GPU gpu_dtd: 1.23x PASS" in summary
+    assert "target GPU mod_training: 1.23x PASS" in summary
+    assert "| e2e_dtd | timeout" in summary
+    assert "tables/gpu_routing.md" in summary
+    assert (out / "tables" / "gpu_routing.md").exists()
