@@ -8,6 +8,7 @@ from test_streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache
+from vidllm_ext.integration.compat import cache_kwargs
 
 pytest.importorskip("transformers")
 FULL_PRECISION = KVQuantConfig(key_bits=16, value_bits=16)
@@ -32,10 +33,12 @@ def test_full_precision_packed_cache_generates_what_the_default_cache_does(famil
 
     model, inputs = build_model(family), two_videos(family)
     default = DynamicCache(config=model.config.text_config)
-    expected = model.generate(**inputs, max_new_tokens=5, do_sample=False, past_key_values=default)
+    expected = model.generate(
+        **inputs, max_new_tokens=5, do_sample=False, **cache_kwargs(model, default)
+    )
     vidllm_ext.patch(model, kv=FULL_PRECISION)
     packed = PackedKVCache(FULL_PRECISION)
-    out = model.generate(**inputs, max_new_tokens=5, do_sample=False, past_key_values=packed)
+    out = model.generate(**inputs, max_new_tokens=5, do_sample=False, **cache_kwargs(model, packed))
     assert torch.equal(out, expected)
     kinds = [type(layer).__name__ for layer in packed.layers]
     assert kinds == [*(type(layer).__name__ for layer in default.layers[:3]), "PackedKVLayer"]
@@ -52,7 +55,7 @@ def test_nbytes_counts_the_states_and_bits_per_element_the_packed_kv_only(family
     model, inputs = build_model(family), two_videos(family)
     vidllm_ext.patch(model, kv=SMALL)
     cache = PackedKVCache(SMALL)
-    model.generate(**inputs, max_new_tokens=3, do_sample=False, past_key_values=cache)
+    model.generate(**inputs, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
     full = cache.layers[3]
     assert full.quantized_length > 0
     states = sum(
@@ -72,7 +75,7 @@ def test_beam_search_reorders_the_packed_kv_and_the_states(family):
     vidllm_ext.patch(model, kv=SMALL)
     cache = PackedKVCache(SMALL)
     out = model.generate(
-        **inputs, max_new_tokens=4, do_sample=False, num_beams=2, past_key_values=cache
+        **inputs, max_new_tokens=4, do_sample=False, num_beams=2, **cache_kwargs(model, cache)
     )
     assert out.shape == (2, inputs["input_ids"].shape[1] + 4)
     assert cache.layers[3].quantized_length > 0

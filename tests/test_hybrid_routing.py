@@ -11,7 +11,7 @@ from test_mod_model import randomize_routers, two_videos
 
 import vidllm_ext
 from vidllm_ext import reference
-from vidllm_ext.integration.compat import cache_parameter
+from vidllm_ext.integration.compat import cache_kwargs, cache_parameter
 
 pytest.importorskip("transformers")
 TOKENS_PER_STEP = 16
@@ -62,7 +62,7 @@ def test_a_routed_linear_attention_layer_sees_only_its_selected_tokens(family):
     randomize_routers(model)
     inputs = make_inputs(family, [SyntheticVideo()], [5])
     cache = DynamicCache(config=model.config.text_config)
-    hidden = layer_input(model, inputs, 1, past_key_values=cache, use_cache=True)
+    hidden = layer_input(model, inputs, 1, **cache_kwargs(model, cache), use_cache=True)
     columns = selected_columns(model, inputs, hidden, 1, 0.25)
     assert columns.numel() == hidden.shape[1] - 4 * (TOKENS_PER_STEP - 4)
 
@@ -89,7 +89,11 @@ def test_decode_steps_route_nothing_in_a_linear_attention_layer(family):
     cache = DynamicCache(config=model.config.text_config)
     with torch.no_grad():
         out = model.generate(
-            **inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, past_key_values=cache
+            **inputs,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            **cache_kwargs(model, cache),
         )
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4
     length, skipped = inputs["input_ids"].shape[1], 4 * (TOKENS_PER_STEP - 4)

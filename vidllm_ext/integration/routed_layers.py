@@ -33,7 +33,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from vidllm_ext import ops
-from vidllm_ext.integration.compat import cache_parameter, pop_cache
+from vidllm_ext.integration.compat import pop_cache, with_cache
 from vidllm_ext.integration.routed_blocks import (
     RealRowsOnly,
     experts_per_token,
@@ -164,7 +164,6 @@ class RoutedLayer:
             nn.init.zeros_(router.bias)
         layer.add_module(ROUTER_NAME, router)
         self.original_forward = layer.forward
-        self.cache_name = cache_parameter(layer.forward)
         # cache layer -> (bool [B, held]: its real entries, weak reference to the keys written last)
         self.written = weakref.WeakKeyDictionary()
         layer.forward = self.forward
@@ -183,20 +182,19 @@ class RoutedLayer:
         hidden_states: torch.Tensor,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         use_cache=False,
         position_embeddings=None,
         **kwargs,
     ):
-        """The decoder layer's forward, routed (``attention_mask`` is replaced by its own)."""
-        past_key_values = pop_cache(dict(kwargs, past_key_values=past_key_values))
-        kwargs = {name: value for name, value in kwargs.items() if name != "cache"}
+        """The decoder layer's forward, routed (``attention_mask`` is replaced by its own); the
+        cache comes under the keyword the installed transformers uses (see ``compat``)."""
         context = self.runtime.context_for(hidden_states)
+        cache = pop_cache(kwargs)
         inputs = dict(position_ids=position_ids, position_embeddings=position_embeddings, **kwargs)
 
         def run(keep: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
             return self._run_selected(
-                rows, keep, hidden_states.shape, context, past_key_values, use_cache, inputs
+                rows, keep, hidden_states.shape, context, cache, use_cache, inputs
             )
 
         if context.video_tokens == 0:  # nothing to route: every token goes through
@@ -240,7 +238,7 @@ class RoutedLayer:
         else:
             history = self._history(cache, batch, rows.device)
             mask = _additive_mask(history, real, rows.dtype)
-        moved[self.cache_name] = cache
+        with_cache(moved, cache, self.original_forward)
         if self.moe is not None:
             self.moe.rows = real
         try:
