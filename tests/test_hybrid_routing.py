@@ -214,3 +214,27 @@ def test_routed_hybrid_layer_matches_the_reference_in_forward_and_gradients(fami
     torch.testing.assert_close(grad_router, expected_router, atol=1e-10, rtol=1e-10)
     unchanged = (out == hidden[0]).all(-1)
     assert int(unchanged.sum()) == 4 * 12 and not unchanged[~is_video].any()
+
+
+@pytest.mark.parametrize("family", models.HYBRID_FAMILIES)
+def test_streaming_chunks_route_like_one_forward(family):
+    """A routed linear-attention layer continues its state chunk by chunk with the selected tokens
+    only: the stream answers what one prefill of the whole video answers."""
+    from test_streaming import TIMESTAMP, feed
+
+    model = build_model(family)
+    video = SyntheticVideo(steps=6, moving=(0, 5, 6, 11))
+    inputs = make_inputs(family, [video], [0])
+    vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.25))
+    randomize_routers(model)
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = expected[0, inputs["input_ids"].shape[1] :]
+    session = vidllm_ext.StreamingSession(model, dtd=None, timestamp_ids=lambda step: TIMESTAMP)
+    feed(session, video, [2, 1, 3])
+    answer = session.ask([50, 51, 52], max_new_tokens=6)
+    assert torch.equal(answer, expected[: answer.numel()])
+    layers = session.cache.layers
+    skipped = 6 * (TOKENS_PER_STEP - 4)
+    assert int(layers[0].get_seq_length()) - int(layers[1].get_seq_length()) == skipped
+    assert layers[0].get_seq_length() - layers[3].keys.shape[-2] == skipped
