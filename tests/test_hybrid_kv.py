@@ -9,6 +9,7 @@ from test_streaming import TIMESTAMP, feed
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache
 from vidllm_ext.integration.compat import cache_kwargs
+from vidllm_ext.kv_linear import is_linear_layer, layer_states
 
 pytest.importorskip("transformers")
 FULL_PRECISION = KVQuantConfig(key_bits=16, value_bits=16)
@@ -20,11 +21,8 @@ def two_videos(family):
 
 
 def linear_states(cache):
-    return [
-        (layer.conv_states[0], layer.recurrent_states[0])
-        for layer in cache.layers
-        if hasattr(layer, "recurrent_states")
-    ]
+    """(conv state, recurrent state) of each linear-attention layer."""
+    return [tuple(layer_states(layer)) for layer in cache.layers if is_linear_layer(layer)]
 
 
 @pytest.mark.parametrize("family", HYBRID_FAMILIES)

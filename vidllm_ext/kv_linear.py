@@ -22,10 +22,19 @@ def is_linear_layer(layer) -> bool:
     return mixin is not None and isinstance(layer, mixin)
 
 
+def layer_states(layer) -> list:
+    """A linear-attention layer's convolution states, then its recurrent states (tensors that
+    exist): one of each per state index (a dict on newer releases, one tensor on older ones)."""
+    states = []
+    for held in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None)):
+        values = held.values() if isinstance(held, dict) else [held]
+        states += [t for t in values if t is not None]
+    return states
+
+
 def state_nbytes(layer) -> int:
     """Bytes of a linear-attention layer's convolution and recurrent states."""
-    states = [*layer.conv_states.values(), *layer.recurrent_states.values()]
-    return sum(t.numel() * t.element_size() for t in states if t is not None)
+    return sum(t.numel() * t.element_size() for t in layer_states(layer))
 
 
 class LinearAttentionStates:
@@ -64,6 +73,12 @@ class LinearAttentionStates:
     def update_recurrent_state(self, recurrent_states, layer_idx: int, *args, **kwargs):
         self._linear_layer(layer_idx)
         return super().update_recurrent_state(recurrent_states, layer_idx, *args, **kwargs)
+
+    def has_previous_state(self, layer_idx: int | None = None, *args, **kwargs) -> bool:
+        """False before any linear-attention layer exists (transformers would raise)."""
+        if not any(is_linear_layer(layer) for layer in self.layers):
+            return False
+        return super().has_previous_state(layer_idx, *args, **kwargs)
 
     def is_recording_past(self, layer_idx: int) -> bool:
         return layer_idx < len(self.layers) and super().is_recording_past(layer_idx)
