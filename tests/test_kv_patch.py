@@ -47,9 +47,7 @@ def test_generate_defaults_to_the_packed_cache_and_unpatch_restores(family):
     assert seen and all(isinstance(c, PackedKVCache) for c in seen)
     vidllm_ext.patch(model, kv=SMALL)
     seen.clear()
-    out = model.generate(
-        **inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, num_beams=2
-    )
+    out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, num_beams=2)
     assert out.shape == expected.shape
     assert seen[-1].config == SMALL and first_kv_layer(seen[-1]).quantized_length > 0
     mine = PackedKVCache(SMALL)
