@@ -128,3 +128,10 @@ def test_a_packed_kv_patch_makes_its_cache_for_a_plain_forward():
         output = model(**inputs, use_cache=True)
     assert isinstance(compat.output_cache(output), vidllm_ext.PackedKVCache)
     assert adapter_for(model) is not None
+
+
+def test_our_cache_layers_implement_the_installed_interface():
+    from vidllm_ext.kv_cache import PackedKVLayer
+
+    assert compat.missing_layer_methods(PackedKVLayer) == []
+    assert PackedKVLayer(vidllm_ext.KVQuantConfig(2, 2)).get_max_cache_shape() == -1

@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from vidllm_ext import ops
+from vidllm_ext.integration.compat import CacheLayerShims
 from vidllm_ext.kv_config import KVQuantConfig
 from vidllm_ext.kv_linear import LinearAttentionStates, state_nbytes
 from vidllm_ext.kv_types import (
@@ -91,7 +92,7 @@ class CacheOptions:
         self.packed_attention = packed_attention
 
 
-class PackedKVLayer(CacheLayerMixin):
+class PackedKVLayer(CacheLayerShims, CacheLayerMixin):
     """One decoder layer's packed cache: quantized blocks followed by the full-precision window."""
 
     is_sliding = False

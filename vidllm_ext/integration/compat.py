@@ -8,9 +8,9 @@ Differences handled here:
 - the cache keyword: ``past_key_values`` up to 5.23, ``cache`` from 5.24 (the old name still
   accepted, with a FutureWarning): :func:`cache_parameter`, :func:`cache_from`, :func:`with_cache`,
   :func:`output_cache`;
-- the ``Cache`` layer interface: abstract methods added and removed across 5.x
-  (``get_max_cache_shape``, ``is_compileable``...): :func:`missing_layer_methods` names what a
-  release requires that a layer class lacks.
+- the ``Cache`` layer interface: abstract methods renamed across 5.x (``get_max_cache_shape``
+  became ``get_max_length``): :class:`CacheLayerShims`; :func:`missing_layer_methods` names what a
+  release requires that a layer class lacks (tested for every layer class we define).
 """
 
 from __future__ import annotations
@@ -68,6 +68,15 @@ def output_cache(output):
         if value is not None:
             return value
     return None
+
+
+class CacheLayerShims:
+    """Mixed into our cache layers before ``CacheLayerMixin``: the methods some releases of the
+    window declare abstract under other names, each answered from the current interface
+    (``get_max_length``), so one layer class satisfies every release."""
+
+    def get_max_cache_shape(self) -> int:  # abstract up to about 5.13; get_max_length since
+        return self.get_max_length()
 
 
 def missing_layer_methods(layer_class) -> list:
