@@ -1,4 +1,4 @@
-"""End-to-end: time to first token and peak memory of Qwen2.5-VL, unpatched vs DTD-patched.
+"""End-to-end: time to first token and peak memory of a video LLM, unpatched vs DTD-patched.
 
 The real Qwen2.5-VL-7B configuration with random weights in bfloat16 (decoder layers reduced, as
 stated in the output; the vision tower is whole), on synthetic streams of 128 and 512 temporal
@@ -8,6 +8,7 @@ same inputs. Target (TimeChat-Online): >= 1.76x lower time to first token at ~81
 
     python benchmarks/e2e_dtd.py                 # GPU; writes benchmarks/results/e2e_dtd_*.md
     python benchmarks/e2e_dtd.py --tiny          # CPU smoke run of the script on the demo config
+    python benchmarks/e2e_dtd.py --family qwen3_5 --layers 8   # Qwen3.5 (see e2e_families.py)
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import torch
 
 import vidllm_ext
 from vidllm_ext.demo import demo_inputs, demo_model, synthetic_clip
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e_families
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_SPEEDUP = 1.76
@@ -96,8 +100,15 @@ def time_to_first_token(model, inputs: dict, repeats: int) -> tuple[float, int]:
     return statistics.median(samples[1:]), peak
 
 
-def run(steps_list, layers, threshold, device, tiny, repeats) -> list[dict]:
-    model = demo_model(device) if tiny else model_7b(layers, device)
+def build(family: str, layers: int, device: str, tiny: bool):
+    if family == "qwen3_5":
+        dtype = torch.float32 if tiny else torch.bfloat16
+        return e2e_families.qwen3_5_model(layers, device, dtype, tiny=tiny)
+    return demo_model(device) if tiny else model_7b(layers, device)
+
+
+def run(steps_list, layers, threshold, device, tiny, repeats, family="qwen2_5_vl") -> list[dict]:
+    model = build(family, layers, device, tiny)
     size = 224 if tiny else 448
     rows = []
     for steps in steps_list:
@@ -125,14 +136,17 @@ def run(steps_list, layers, threshold, device, tiny, repeats) -> list[dict]:
     return rows
 
 
-def report(rows, layers, device, tiny) -> str:
+def report(rows, layers, device, tiny, family="qwen2_5_vl") -> str:
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    model = (
-        "demo config (tiny, CPU smoke run)"
-        if tiny
-        else f"Qwen2.5-VL-7B config, {layers} of 28 decoder layers, full vision tower, bf16, "
-        "random weights"
-    )
+    if tiny:
+        model = f"{family} tiny config (CPU smoke run)"
+    elif family == "qwen3_5":
+        model = e2e_families.describe(family, layers) + ", full vision tower, bf16"
+    else:
+        model = (
+            f"Qwen2.5-VL-7B config, {layers} of 28 decoder layers, full vision tower, bf16, "
+            "random weights"
+        )
     tokens_per_step = rows[0]["video_tokens"] // rows[0]["steps"] if rows else 0
     lines = [
         "# End-to-end DTD benchmark: time to first token",
@@ -169,7 +183,8 @@ def report(rows, layers, device, tiny) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=None)
-    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the 7B config")
+    parser.add_argument("--family", choices=e2e_families.FAMILIES, default="qwen2_5_vl")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers kept")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on the demo config")
@@ -178,13 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("e2e_dtd: skipped, torch sees no CUDA device (use --tiny for a CPU smoke run)")
         return 0
+    e2e_families.check_layers(args.family, args.layers)
     steps = args.steps or ([4, 8] if args.tiny else [128, 512])
-    rows = run(steps, args.layers, args.threshold, device, args.tiny, args.repeats)
-    text = report(rows, args.layers, device, args.tiny)
+    rows = run(steps, args.layers, args.threshold, device, args.tiny, args.repeats, args.family)
+    text = report(rows, args.layers, device, args.tiny, args.family)
     print(text)
     if not args.tiny:
         slug = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-        path = RESULTS / f"e2e_dtd_{slug}_{datetime.date.today().isoformat()}.md"
+        family = "" if args.family == "qwen2_5_vl" else f"{args.family}_"
+        path = RESULTS / f"e2e_dtd_{family}{slug}_{datetime.date.today().isoformat()}.md"
         path.write_text(text)
         print(f"written to {path}")
     return 0

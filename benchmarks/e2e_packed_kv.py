@@ -23,6 +23,12 @@ cost and cache bytes are the same either way.
 
     python benchmarks/e2e_packed_kv.py       # CUDA; writes results/e2e_packed_kv_*.md
     python benchmarks/e2e_packed_kv.py --device cpu --context 4096 --layers 1   # smoke, < 1 min
+    python benchmarks/e2e_packed_kv.py --family qwen3_5 --layers 8   # hybrid: 2 of 8 layers hold KV
+
+``--family qwen3_5``: the Qwen3.5 text decoder (see e2e_families.py); only its full-attention
+layers hold KV (packed by PackedKVCache), the Gated DeltaNet layers keep fixed-size recurrent
+and convolution states, counted in both caches' bytes. Its prefill is always ``each`` (a
+recurrent state cannot be copied from another cache's keys and values).
 
 A cache whose run raises (a build without the CUDA packed-attention kernel) gets a table row
 saying so; the other is still measured.
@@ -45,6 +51,9 @@ import torch
 from vidllm_ext import KVQuantConfig, PackedKVCache
 from vidllm_ext.bench import harness
 from vidllm_ext.integration.attention import AttentionImplementation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e_families
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFILL_CHUNK = 8192
@@ -112,13 +121,13 @@ def text_model(layers: int, device: torch.device, max_positions: int):
 
 def cache_nbytes(cache) -> int:
     """Every byte a cache holds: ``nbytes()`` of a PackedKVCache, keys + values of a
-    DynamicCache's layers."""
+    DynamicCache's layers (and the states of its linear-attention layers)."""
     if isinstance(cache, PackedKVCache):
         return cache.nbytes()
-    return sum(
+    return e2e_families.linear_state_bytes(cache) + sum(
         t.numel() * t.element_size()
         for layer in cache.layers
-        if getattr(layer, "is_initialized", True)
+        if getattr(layer, "is_initialized", True) and hasattr(layer, "keys")
         for t in (layer.keys, layer.values)
     )
 
@@ -266,9 +275,7 @@ def report(runs: list[Run], args, device: torch.device) -> str:
         f"- **commit**: {harness.commit_label()}",
         f"- **date**: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- **torch**: {torch.__version__}",
-        f"- **model**: Qwen2.5-VL-7B text configuration (Qwen2: hidden 3584, 28 heads, 4 KV "
-        f"heads, head_dim 128, intermediate 18944, vocab 152064), {args.layers} of 28 decoder "
-        "layers, random weights, bfloat16",
+        f"- **model**: {model_line(args)}",
         f"- **context**: {args.context} random token ids (the last one fed by generate), "
         f"prefilled in chunks of {PREFILL_CHUNK}; then generate {WARMUP_TOKENS} tokens "
         f"(warm-up) and the timed generate of {args.new_tokens} greedy tokens "
@@ -304,11 +311,22 @@ def report(runs: list[Run], args, device: torch.device) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_line(args) -> str:
+    if args.family == "qwen3_5":
+        return e2e_families.describe("qwen3_5", args.layers) + " (text decoder), bfloat16"
+    return (
+        "Qwen2.5-VL-7B text configuration (Qwen2: hidden 3584, 28 heads, 4 KV heads, head_dim "
+        f"128, intermediate 18944, vocab 152064), {args.layers} of 28 decoder layers, random "
+        "weights, bfloat16"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--context", type=int, default=65536, help="context tokens")
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers of the 7B config")
+    parser.add_argument("--family", choices=e2e_families.FAMILIES, default="qwen2_5_vl")
+    parser.add_argument("--layers", type=int, help="decoder layers kept (default 2; qwen3_5 4)")
     parser.add_argument("--new-tokens", type=int, help="timed tokens (default: 128 CUDA, 4 CPU)")
     parser.add_argument(
         "--prefill",
@@ -323,14 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"e2e_packed_kv: skipped, {problem}")
         return 0
+    hybrid = args.family == "qwen3_5"
+    args.layers = args.layers or (4 if hybrid else 2)
+    e2e_families.check_layers(args.family, args.layers)
+    if hybrid and args.prefill == "shared":
+        parser.error("--prefill shared: a Qwen3.5 recurrent state cannot be copied; use each")
     if args.context < 2 or args.layers < 1:
         parser.error("--context must be >= 2 and --layers >= 1")
     args.new_tokens = args.new_tokens or (128 if device.type == "cuda" else 4)
-    args.prefill = args.prefill or ("each" if device.type == "cuda" else "shared")
+    args.prefill = args.prefill or ("each" if device.type == "cuda" or hybrid else "shared")
     max_positions = args.context + WARMUP_TOKENS + args.new_tokens
-    model = text_model(args.layers, device, max(max_positions, 32768))
+    build = e2e_families.qwen3_5_text_model if hybrid else text_model
+    model = build(args.layers, device, max(max_positions, 32768))
     generator = torch.Generator(device="cpu").manual_seed(0)
-    context = torch.randint(0, TEXT_7B["vocab_size"], (1, args.context), generator=generator)
+    vocab = model.config.vocab_size
+    context = torch.randint(0, vocab, (1, args.context), generator=generator)
     runs = run_both(model, context.to(device), args.new_tokens, args.prefill == "shared")
     text = report(runs, args, device)
     print(text)

@@ -25,11 +25,32 @@ TEXT = dict(
 )
 MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
 IDS = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START)
-QWEN_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# Qwen3-VL-MoE: Qwen3-VL's layout with sparse MoE blocks. Qwen3.5 (-MoE): Qwen3-VL's video layout
+# without deepstack, and a hybrid decoder (three Gated DeltaNet layers to one full attention).
+NEW_FAMILIES = ["qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
+QWEN_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", *NEW_FAMILIES]
 FAMILIES = [*QWEN_FAMILIES, "llava_onevision"]
+# Families that write each temporal step as timestamp text + its own vision block.
+PER_STEP_FAMILIES = ("qwen3_vl", *NEW_FAMILIES)
+HYBRID_FAMILIES = ("qwen3_5", "qwen3_5_moe")
+MOE_FAMILIES = ("qwen3_vl_moe", "qwen3_5_moe")
 # Cosine thresholds that separate the synthetic videos' static tokens from their moving ones in
 # the tiny random models (SigLIP mixes a frame more globally than Qwen's windowed tower).
-FEATURE_THRESHOLD = {"qwen2_vl": 0.9, "qwen2_5_vl": 0.9, "qwen3_vl": 0.9, "llava_onevision": 0.995}
+FEATURE_THRESHOLD = dict.fromkeys(QWEN_FAMILIES, 0.9) | {"llava_onevision": 0.995}
+# Hybrid text stacks: at least one full-attention layer (every fourth), tiny DeltaNet heads.
+HYBRID_MIN_LAYERS = 4
+LINEAR_ATTENTION = dict(
+    linear_conv_kernel_dim=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+)
+# Qwen3.5 rotates part of each head (a quarter in the released models; half of 16 here).
+PARTIAL_MROPE = dict(MROPE, mrope_section=[2, 1, 1], mrope_interleaved=True)
+PARTIAL_MROPE["partial_rotary_factor"] = 0.5
+# A few experts, two per token; Qwen3.5-MoE adds a shared expert.
+EXPERTS = dict(moe_intermediate_size=32, num_experts_per_tok=2, num_experts=4)
 LLAVA_IMAGE = 112  # 8 x 8 SigLIP patches, pooled to 4 x 4 = 16 tokens per frame
 
 
@@ -68,6 +89,8 @@ def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
             vision_end_token_id=END,
         )
         model_class = transformers.Qwen3VLForConditionalGeneration
+    elif family in NEW_FAMILIES:
+        config, model_class = _new_family_config(family, vision)
     elif family == "llava_onevision":
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2)
         vision.update(num_attention_heads=2, image_size=LLAVA_IMAGE, patch_size=PATCH)
@@ -87,6 +110,30 @@ def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
     config.vision_config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     return model_class(config).eval()
+
+
+def _new_family_config(family: str, vision: dict):
+    """Config and model class of a tiny Qwen3-VL-MoE, Qwen3.5 or Qwen3.5-MoE."""
+    import transformers
+
+    vision = dict(vision, hidden_size=32, intermediate_size=64, out_hidden_size=64)
+    vision.update(num_position_embeddings=64)
+    ids = dict(IDS, vision_end_token_id=END)
+    if family == "qwen3_vl_moe":
+        text = dict(TEXT, rope_parameters=dict(MROPE, mrope_interleaved=True), **EXPERTS)
+        vision.update(deepstack_visual_indexes=[0, 1])
+        names = "Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"
+    else:
+        layers = max(TEXT["num_hidden_layers"], HYBRID_MIN_LAYERS)
+        text = dict(TEXT, num_hidden_layers=layers, rope_parameters=PARTIAL_MROPE)
+        text.update(LINEAR_ATTENTION)
+        if family == "qwen3_5":
+            names = "Qwen3_5Config", "Qwen3_5ForConditionalGeneration"
+        else:
+            text.update(EXPERTS, shared_expert_intermediate_size=32)
+            names = "Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration"
+    config_class, model_class = (getattr(transformers, name) for name in names)
+    return config_class(text_config=text, vision_config=vision, **ids), model_class
 
 
 def text_only_model():
@@ -160,7 +207,7 @@ def make_inputs(family: str, videos: list[SyntheticVideo], prompt_lengths: list[
     for video, prompt in zip(videos, prompt_lengths):
         if family == "llava_onevision":  # frames * 16 tokens, then the newline token
             body = [VIDEO] * (video.steps * video.tokens_per_step + 1)
-        elif family == "qwen3_vl":  # timestamp text between steps, each step in its own block
+        elif family in PER_STEP_FAMILIES:  # timestamp text between steps, each its own block
             body = []
             for _ in range(video.steps):
                 body += [40, 41, START] + [VIDEO] * video.tokens_per_step + [END]

@@ -44,7 +44,7 @@ def reduce_inputs(captured: dict, keep: torch.Tensor, embeds: torch.Tensor | Non
 
 def reference_greedy(model, reduced, positions, new_tokens):
     """Greedy decoding by hand: the reduced prefill, then one token at a time at the positions
-    an undropped prompt would give it."""
+    an undropped prompt would give it; like generate, it stops after the end-of-sequence id."""
     from transformers import DynamicCache
 
     language_model = model.model.language_model
@@ -59,6 +59,8 @@ def reference_greedy(model, reduced, positions, new_tokens):
         for _ in range(new_tokens):
             token = model.lm_head(hidden[:, -1]).argmax(-1)
             tokens.append(token)
+            if int(token) == model.generation_config.eos_token_id:
+                break
             position = position + 1
             mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
             hidden = language_model(

@@ -10,9 +10,15 @@ from test_streaming import TIMESTAMP, feed
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache
 from vidllm_ext.integration.compat import cache_from, cache_kwargs
+from vidllm_ext.kv_cache import PackedKVLayer
 
 SMALL = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8)
 SALIENT = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8, salient_ratio=0.2)
+
+
+def first_kv_layer(cache):
+    """The first layer holding packed KV (Qwen3.5's first three layers are linear attention)."""
+    return next(layer for layer in cache.layers if isinstance(layer, PackedKVLayer))
 
 
 def two_videos(family):
@@ -41,9 +47,9 @@ def test_generate_defaults_to_the_packed_cache_and_unpatch_restores(family):
     assert seen and all(isinstance(c, PackedKVCache) for c in seen)
     vidllm_ext.patch(model, kv=SMALL)
     seen.clear()
-    out = model.generate(**inputs, max_new_tokens=5, do_sample=False, num_beams=2)
+    out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, num_beams=2)
     assert out.shape == expected.shape
-    assert seen[-1].config == SMALL and seen[-1].layers[0].quantized_length > 0
+    assert seen[-1].config == SMALL and first_kv_layer(seen[-1]).quantized_length > 0
     mine = PackedKVCache(SMALL)
     model.generate(**inputs, max_new_tokens=2, do_sample=False, **cache_kwargs(model, mine))
     assert seen[-1] is mine  # a cache the caller gives wins
@@ -69,7 +75,7 @@ def test_salient_video_tokens_are_marked_per_sample(family):
     for row in range(2):
         assert int(marked[row].sum()) == math.ceil(0.2 * int(video[row].sum()))
         assert bool(video[row][marked[row]].all())  # only video tokens
-    values = cache.layers[0].value_blocks[0]  # the prefill's block
+    values = first_kv_layer(cache).value_blocks[0]  # the prefill's block
     assert values.salient_index is not None
 
 

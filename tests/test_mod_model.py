@@ -66,7 +66,8 @@ def test_keep_everything_without_gate_equals_the_unpatched_model(family, attn_im
     assert torch.allclose(actual[real], expected[real], atol=1e-5, rtol=1e-5)
     stats = vidllm_ext.last_stats(model, "mod")
     video = sum(v.steps for v in videos) * TOKENS_PER_STEP
-    assert stats.video_tokens_before == video and stats.video_tokens_after == [video]
+    routed = len(stats.routed_layers)  # 1 of 2 layers; 1 and 3 of the 4-layer hybrid stacks
+    assert stats.video_tokens_before == video and stats.video_tokens_after == [video] * routed
     assert stats.kv_cache_bytes_saved == 0
 
 
@@ -118,7 +119,9 @@ def test_padded_batch_generates_what_each_sample_generates_alone(family, attn_im
             single = model(**single_inputs).logits[:, -1]
             assert torch.allclose(single[0], routed[row], atol=1e-5, rtol=1e-4)
             generated = model.generate(**single_inputs, max_new_tokens=6, do_sample=False)
-            assert torch.equal(batch[row, -6:], generated[0, -6:])
+            new = generated[0, single_inputs["input_ids"].shape[1] :]  # may stop early at EOS
+            start = inputs["input_ids"].shape[1]
+            assert torch.equal(batch[row, start : start + new.numel()], new)
     assert not torch.allclose(routed, unrouted, atol=1e-3)  # routing took effect
 
 

@@ -109,8 +109,9 @@ def demo_inputs(model, clip: torch.Tensor, device: str) -> dict:
     adapter = adapter_for(model)
     rows, grid = adapter.preprocess_frames(clip)
     config = model.config
-    video = [config.video_token_id] * adapter.tokens_per_video(grid)
-    ids = [*PROMPT_IDS, config.vision_start_token_id, *video, config.vision_end_token_id]
+    # One block per video (Qwen2/2.5-VL) or per temporal step (Qwen3-VL, Qwen3.5), no timestamps.
+    video = adapter.stream_chunk_ids(grid, False, 0, lambda step: [])
+    ids = [*PROMPT_IDS, *video, *adapter.stream_close_ids(True)]
     input_ids = torch.tensor([ids + QUESTION_IDS], device=device)
     return dict(
         input_ids=input_ids,
@@ -131,9 +132,10 @@ class RunResult:
 
 def cache_bytes(cache) -> int:
     total = 0
-    for layer in cache.layers:
-        for tensor in (layer.keys, layer.values):
-            total += tensor.numel() * tensor.element_size()
+    for layer in cache.layers:  # a hybrid decoder's linear-attention layers hold no KV
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
     return total
 
 
@@ -151,7 +153,7 @@ def run_once(model, inputs: dict, new_tokens: int) -> RunResult:
     return RunResult(
         prefill_s,
         cache_bytes(cache),
-        cache.get_seq_length(),
+        int(cache.get_seq_length()),
         generated[0, inputs["input_ids"].shape[1] :].tolist(),
     )
 

@@ -25,6 +25,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from vidllm_ext import ops
 from vidllm_ext.integration.compat import CacheLayerShims
 from vidllm_ext.kv_config import KVQuantConfig
+from vidllm_ext.kv_linear import LinearAttentionStates, state_nbytes
 from vidllm_ext.kv_types import (
     PackedKeys,
     PackedValues,
@@ -276,7 +277,7 @@ class PackedKVLayer(CacheLayerShims, CacheLayerMixin):
         self.value_blocks = [_map_block(block, fn) for block in self.value_blocks]
 
 
-class PackedKVCache(Cache):
+class PackedKVCache(LinearAttentionStates, Cache):
     """A transformers ``Cache`` storing keys and values at 1-2 bits (VidKV, KIVI), for real.
 
     Args:
@@ -288,9 +289,12 @@ class PackedKVCache(Cache):
             function would read NaN placeholders.
 
     Works with ``model.generate`` (greedy, sampling, beam search, padded batches) for any decoder
-    with full-attention layers. ``nbytes()`` counts every byte held; ``bits_per_element()`` the
-    quantized part's bits per key/value element; ``layers[i].dequantized()`` returns a layer's
-    [B, H, T, D] keys and values for checks.
+    with full-attention layers. In a hybrid decoder (Qwen3.5) only the full-attention layers are
+    packed; the linear-attention layers keep their recurrent and convolution states as
+    transformers' own cache does (:mod:`vidllm_ext.kv_linear`). ``nbytes()`` counts every byte
+    held, those states included; ``bits_per_element()`` the quantized part's bits per key/value
+    element; ``layers[i].dequantized()`` returns a full-attention layer's [B, H, T, D] keys and
+    values for checks.
 
     Example:
         >>> cache = vidllm_ext.PackedKVCache(vidllm_ext.KVQuantConfig(1.5, 1.58))
@@ -347,15 +351,21 @@ class PackedKVCache(Cache):
         self.salient.map_batch(lambda t: t[indices.cpu()])
 
     def nbytes(self) -> int:
-        """Every byte held: codes, scales, zero points, channel splits and the windows."""
-        return sum(layer.nbytes() for layer in self.layers)
+        """Every byte held: codes, scales, zero points, channel splits and the windows, and the
+        recurrent and convolution states of linear-attention layers."""
+        return sum(
+            layer.nbytes() if isinstance(layer, PackedKVLayer) else state_nbytes(layer)
+            for layer in self.layers
+        )
 
     def bits_per_element(self) -> float:
-        """8 x the quantized part's bytes / the number of key and value elements it holds."""
-        elements = sum(layer.quantized_elements() for layer in self.layers)
+        """8 x the quantized part's bytes / the number of key and value elements it holds
+        (full-attention layers only: linear-attention states are not quantized)."""
+        packed = [layer for layer in self.layers if isinstance(layer, PackedKVLayer)]
+        elements = sum(layer.quantized_elements() for layer in packed)
         if elements == 0:
             raise ValueError("bits_per_element: no token has been quantized yet")
-        return 8.0 * sum(layer.quantized_nbytes() for layer in self.layers) / elements
+        return 8.0 * sum(layer.quantized_nbytes() for layer in packed) / elements
 
 
 def _dequantize_key_block(block: KeyBlock) -> Tensor:

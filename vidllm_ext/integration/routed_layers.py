@@ -12,6 +12,16 @@ Every routed layer therefore has its own cache length. Transformers builds one m
 (which must not be routed); a routed layer ignores it and builds its own additive mask from the
 validity of the cache entries it wrote (kept per cache layer) and the causal order of its new
 tokens, the same for sdpa and eager.
+
+Hybrid decoders (Qwen3.5): a routed linear-attention (Gated DeltaNet) layer runs its selected
+tokens, in order, as the shorter sequence: unselected tokens never enter its convolution or
+recurrent state. It holds no KV, so it saves no KV bytes; its padding mask is the 2-D mask of the
+selected layout. Transformers sizes every full-attention mask from the first full-attention
+layer's cache, so that layer is routed only together with every other full-attention layer.
+
+Sparse-MoE layers: unselected tokens never reach the expert router or an expert; the routed call's
+MoE block also skips the left padding of the selected layout, so a layer computes exactly
+``top_k`` expert assignments per selected token (``RoutingStats.expert_assignments_skipped``).
 """
 
 from __future__ import annotations
@@ -24,6 +34,12 @@ from transformers.cache_utils import DynamicLayer
 
 from vidllm_ext import ops
 from vidllm_ext.integration.compat import pop_cache, with_cache
+from vidllm_ext.integration.routed_blocks import (
+    RealRowsOnly,
+    experts_per_token,
+    is_linear_attention,
+    sparse_moe_block,
+)
 from vidllm_ext.integration.routing_context import (
     RoutingContext,
     RoutingRuntime,
@@ -34,11 +50,12 @@ from vidllm_ext.integration.sequence import CompactedLayout
 ROUTER_NAME = "vidllm_router"
 
 
-def resolve_layers(layers, count: int) -> tuple[int, ...]:
-    """The routed decoder layer indices: ``"interleaved"`` is 1, 3, 5, ... below ``count``."""
-    if layers == "interleaved":
-        return tuple(range(1, count, 2))
-    for index in layers:
+def resolve_layers(layers, count: int, layer_types=None) -> tuple[int, ...]:
+    """The routed decoder layer indices: ``"interleaved"`` is 1, 3, 5, ... below ``count``.
+
+    ``layer_types``: the text config's per-layer kinds (hybrid decoders), or None."""
+    routed = tuple(range(1, count, 2)) if layers == "interleaved" else tuple(layers)
+    for index in routed:
         if index >= count:
             raise ValueError(
                 f"mod.layers: layer {index} is out of range; the language model has {count} "
@@ -49,7 +66,23 @@ def resolve_layers(layers, count: int) -> tuple[int, ...]:
                 "mod.layers: layer 0 cannot be routed: transformers reads the KV cache length "
                 "from layer 0, so it must see every token"
             )
-    return tuple(layers)
+    _check_first_full_attention(routed, layer_types)
+    return routed
+
+
+def _check_first_full_attention(routed: tuple[int, ...], layer_types) -> None:
+    """Transformers sizes the full-attention mask of every layer from the first full-attention
+    layer's cache: routing that layer alone would give the others a mask of the wrong length."""
+    if not layer_types or "linear_attention" not in layer_types:
+        return
+    full = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
+    unrouted = [i for i in full if i not in routed]
+    if full and full[0] in routed and unrouted:
+        raise ValueError(
+            f"mod.layers: layer {full[0]} is the first full-attention layer of this hybrid "
+            f"decoder; transformers sizes every full-attention mask from its cache, so it can be "
+            f"routed only together with every full-attention layer (unrouted: {unrouted})"
+        )
 
 
 def install_routing(state, model, routers: dict | None = None) -> list:
@@ -82,7 +115,8 @@ def install_routing(state, model, routers: dict | None = None) -> list:
             "mod= with kv=: routing with the packed KV cache is not supported yet"
         )
     check_attention_implementation(language_model.config)
-    routed = resolve_layers(state.mod.layers, len(language_model.layers))
+    layer_types = getattr(language_model.config, "layer_types", None)
+    routed = resolve_layers(state.mod.layers, len(language_model.layers), layer_types)
     runtime = RoutingRuntime(state, routed, language_model.config)
     handles = [language_model.register_forward_pre_hook(runtime.before_decoder, with_kwargs=True)]
     for position, index in enumerate(routed):
@@ -117,6 +151,10 @@ class RoutedLayer:
         self.head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
+        self.linear = is_linear_attention(config, index)  # no KV: a recurrent and a conv state
+        moe = sparse_moe_block(layer)
+        self.experts_per_token = 0 if moe is None else experts_per_token(moe, config)
+        self.moe = None if moe is None else RealRowsOnly(moe)
         if router is None:
             reference = next(layer.parameters())
             router = nn.Linear(
@@ -136,6 +174,8 @@ class RoutedLayer:
             del layer.forward
         if ROUTER_NAME in layer._modules:
             del layer._modules[ROUTER_NAME]
+        if self.moe is not None:
+            self.moe.remove()
 
     def forward(
         self,
@@ -193,13 +233,25 @@ class RoutedLayer:
             padded = rows.new_zeros(batch, slots.shape[1], dim).index_put((slots,), rows)
             real = slots & context.real.gather(1, layout.source_column)
             moved = {name: _to_layout(value, layout, length) for name, value in inputs.items()}
-        history = self._history(cache, batch, rows.device)
-        mask = _additive_mask(history, real, rows.dtype)
+        if self.linear:  # the recurrent layer's 2-D padding mask over the selected layout
+            history, mask = None, None if bool(real.all()) else real.long()
+        else:
+            history = self._history(cache, batch, rows.device)
+            mask = _additive_mask(history, real, rows.dtype)
         with_cache(moved, cache, self.original_forward)
-        output = self.original_forward(padded, attention_mask=mask, use_cache=use_cache, **moved)
+        if self.moe is not None:
+            self.moe.rows = real
+        try:
+            output = self.original_forward(
+                padded, attention_mask=mask, use_cache=use_cache, **moved
+            )
+        finally:
+            if self.moe is not None:
+                self.moe.rows = None
         if isinstance(output, tuple):
             output = output[0]
-        self._remember(cache, history, real)
+        if history is not None:
+            self._remember(cache, history, real)
         return output.reshape(batch * length, dim) if slots is None else output[slots]
 
     def _history(self, cache, batch: int, device):
@@ -240,8 +292,11 @@ class RoutedLayer:
         other = context.frame_ids.numel() - context.video_tokens
         video_after = selected - other
         stats.video_tokens_after[self.position] = video_after
-        per_token = 2 * self.kv_heads * self.head_dim * hidden.element_size()
-        stats.kv_cache_bytes_saved += (context.video_tokens - video_after) * per_token
+        skipped = context.video_tokens - video_after
+        if not self.linear:  # a linear-attention layer holds no KV whatever it processes
+            per_token = 2 * self.kv_heads * self.head_dim * hidden.element_size()
+            stats.kv_cache_bytes_saved += skipped * per_token
+        stats.expert_assignments_skipped += skipped * self.experts_per_token
 
 
 def _cache_layer(cache, index: int):

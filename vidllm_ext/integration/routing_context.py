@@ -30,13 +30,18 @@ class RoutingStats:
         kv_cache_bytes_saved: key and value bytes the routed layers did not write to a KV cache
             (skipped video tokens x 2 x kv heads x head dim x element size, summed over the
             routed layers). A padded batch stores its rows at the longest row's length, so its
-            dense cache may save less.
+            dense cache may save less. Linear-attention layers (hybrid decoders) hold no KV and
+            add nothing.
+        expert_assignments_skipped: token-to-expert assignments the routed sparse-MoE layers did
+            not compute (skipped video tokens x experts per token, summed over those layers);
+            0 for dense decoders.
     """
 
     routed_layers: tuple[int, ...] = ()
     video_tokens_before: int = 0
     video_tokens_after: list[int] = field(default_factory=list)
     kv_cache_bytes_saved: int = 0
+    expert_assignments_skipped: int = 0
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: video tokens from video_grid_thw, M-RoPE position ids.
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL (-MoE) and Qwen3.5 (-MoE): video tokens from video_grid_thw,
+M-RoPE position ids.
 
 A video of grid (t, h, w) patches becomes t temporal steps of (h / m) * (w / m) tokens (m the
 spatial merge size), in (step, row, column) order. Qwen2/2.5-VL place a video's tokens in one run;
-Qwen3-VL interleaves timestamp text between steps, so tokens are located by id, not by run.
+Qwen3-VL and Qwen3.5 interleave timestamp text between steps, so tokens are located by id, not by
+run. The decoder (dense, MoE, hybrid linear attention) does not change where video tokens are.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vidllm_ext.integration.token_drop import VideoSegment
 # The Qwen2-VL processor's defaults (OpenAI CLIP normalization), for frames given as uint8.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+PER_STEP_BLOCK_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 
 class QwenVLAdapter:
@@ -36,8 +39,8 @@ class QwenVLAdapter:
         self.merge = config.vision_config.spatial_merge_size
         self.patch = config.vision_config.patch_size
         self.temporal_patch = config.vision_config.temporal_patch_size
-        # Qwen3-VL writes every temporal step as its own block behind a timestamp text.
-        self.per_step_blocks = config.model_type == "qwen3_vl"
+        # Qwen3-VL and Qwen3.5 write every temporal step as its own block behind a timestamp text.
+        self.per_step_blocks = config.model_type in PER_STEP_BLOCK_TYPES
         self.supports_streaming = True
 
     def capture(self, args: tuple, kwargs: dict) -> dict:

@@ -1,0 +1,44 @@
+"""Routed fine-tuning on the newer families (issue 18, section 2): 30 AdamW steps of the synthetic
+video-caption task, as test_mod_training.py runs them on the older ones."""
+
+import pytest
+from caption_task import routers, tiny_model
+from models import NEW_FAMILIES
+from test_mod_training import LAYERS, ROUTED_LAYERS, ROUTER_NORM, assert_loss_falls, fine_tune
+
+import vidllm_ext
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_routed_fine_tuning_lowers_the_loss_and_trains_the_routers(family):
+    """5 decoder layers; "interleaved" routes 1 and 3 (on Qwen3.5: a linear-attention layer and
+    the only full-attention one)."""
+    model = vidllm_ext.patch(
+        tiny_model(family, layers=LAYERS), mod=vidllm_ext.MoDConfig(keep_ratio=0.2)
+    )
+    found = routers(model)
+    assert len(found) == len(ROUTED_LAYERS)
+    losses = fine_tune(model, family)
+    assert_loss_falls(losses)
+    for name, router in found.items():
+        weight = router.weight.detach()
+        assert weight.abs().min() > 0, f"{name}: some weights never moved off zero"
+        assert weight.norm() > ROUTER_NORM, f"{name}: moved only {weight.norm():.2e}"
+    stats = vidllm_ext.last_stats(model, "mod")
+    assert stats.routed_layers == ROUTED_LAYERS
+    assert all(0 < after < stats.video_tokens_before for after in stats.video_tokens_after)
+    if family != "qwen3_5":  # MoE: the skipped tokens skipped the experts of both layers
+        skipped = sum(stats.video_tokens_before - after for after in stats.video_tokens_after)
+        assert stats.expert_assignments_skipped == 2 * skipped
