@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vidllm_ext import _structure_checks as values
-from vidllm_ext._validation import check_float_dtype, check_tensor
+from vidllm_ext._validation import INT64_MAX, check_float_dtype, check_tensor
 from vidllm_ext.merge_types import MergePlan
 
 # Token counts index 32-bit lanes and rank keys in the kernels.
@@ -22,6 +22,8 @@ def check_int(value: object, name: str, minimum: int) -> int:
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    if value > INT64_MAX:
+        raise ValueError(f"{name}: expected an int <= 2^63 - 1, got {value}")
     return value
 
 
