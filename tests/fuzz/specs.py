@@ -468,6 +468,14 @@ def _shrink(name):
     return lambda packed: dataclasses.replace(packed, **{name: getattr(packed, name)[..., :-1, :]})
 
 
+def _wider(name):
+    def tamper(packed):
+        codes = getattr(packed, name)
+        return dataclasses.replace(packed, **{name: torch.cat([codes, codes[..., :1]], -1)})
+
+    return tamper
+
+
 KEY_TAMPERING = [
     ("codes2 one token short", _shrink("codes2")),
     ("codes1 one token short", _shrink("codes1")),
@@ -501,7 +509,7 @@ def dequantize_values(rng):
     salient = _salient(rng, shape) if config.value_bits == 1.58 else None
     packed = ops.quantize_values(_floats(rng, shape), config, salient)
     tamper = [
-        ("codes one token short", _shrink("codes")),
+        ("codes with a byte more per token", _wider("codes")),
         ("head_dim + 1", lambda p: dataclasses.replace(p, head_dim=p.head_dim + 1)),
         ("mode bogus", _replace(mode="bogus")),
         ("group_size 0", _replace(group_size=0)),

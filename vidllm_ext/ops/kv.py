@@ -34,6 +34,7 @@ def quantize_keys(
         :class:`vidllm_ext.PackedKeys`; ``.nbytes`` counts every stored byte. The last token group
         may be partial (T need not be a multiple of ``group_size``).
     """
+    _refuse_meta(k=k, channel_split=channel_split)
     return scheme.quantize_keys_with(kv_pack, k, _check_config(config), channel_split)
 
 
@@ -59,6 +60,7 @@ def quantize_values(
             of tokens stored at 2 bits instead, in channel groups formed from those tokens alone
             (VidKV).
     """
+    _refuse_meta(v=v, salient=salient)
     return scheme.quantize_values_with(kv_pack, v, _check_config(config), salient)
 
 
@@ -68,6 +70,12 @@ def dequantize_values(packed: PackedValues) -> Tensor:
     ``packed`` is checked like in :func:`dequantize_keys` (salient positions' range on the CPU).
     """
     return scheme.dequantize_values_with(kv_pack, check_packed_values(packed))
+
+
+def _refuse_meta(**tensors: object) -> None:
+    for name, value in tensors.items():
+        if isinstance(value, Tensor) and value.device.type == "meta":
+            raise ValueError(f"{name}: expected a CPU or CUDA tensor, got a meta tensor")
 
 
 def _check_config(config: object) -> KVQuantConfig:

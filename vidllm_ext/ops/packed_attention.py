@@ -158,6 +158,8 @@ def _check_mask(mask: Optional[Tensor], q: Tensor, cached: int) -> Optional[Tens
         return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError("mask must be a bool tensor [B, Lq, T] or [B, 1, Lq, T] (True = attend)")
+    if mask.device.type == "meta":
+        raise ValueError("mask: expected a CPU or CUDA tensor, got a meta tensor")
     if mask.dim() == 4:
         if mask.shape[1] != 1:
             raise ValueError("mask: per-head masks are not supported; give [B, 1, Lq, T]")
