@@ -7,6 +7,7 @@ Knobs (environment variables):
                          so newer GPUs can JIT it.
   CUDA_HOME / CUDACXX    where to look for nvcc (else /usr/local/cuda, else PATH).
   MAX_JOBS               parallel compile jobs (default: all cores).
+  VIDLLM_SANITIZE=1      ASan + UBSan build of the C++ kernels and bindings (.ci/sanitize.sh).
 """
 
 import os
@@ -90,6 +91,7 @@ class CMakeBuild(build_ext):
             f"-DVIDLLM_VERSION={package_version()}",
             f"-DVIDLLM_GIT_COMMIT={git_commit()}",
             f"-DVIDLLM_CUDA={'ON' if with_cuda else 'OFF'}",
+            f"-DVIDLLM_SANITIZE={'ON' if os.environ.get('VIDLLM_SANITIZE') == '1' else 'OFF'}",
             "-GNinja",  # ninja is a build requirement; it tracks header dependencies exactly
         ]
         if with_cuda:

@@ -191,8 +191,10 @@ def test_kernels_write_every_output_element(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_malformed_plan_cannot_reach_outside_its_rows(device):
-    """A plan assembled by hand with indices out of range: clamped, never a crash."""
+def test_malformed_plan_cannot_reach_outside_its_rows(device, monkeypatch):
+    """A plan assembled by hand with indices out of range, with the structure checks off:
+    clamped, never a crash."""
+    monkeypatch.setenv("VIDLLM_CHECK_STRUCTURES", "0")
     x = torch.randn(2, 9, 16, device=device)
     plan = ops.bipartite_soft_matching(torch.randn(2, 9, 8, device=device), 3)
     garbage = torch.tensor([[-5, 10**9, 3, 2, 1, 0], [7, -1, 10**12, 5, 5, 5]], device=device)

@@ -15,9 +15,16 @@ DTD_METHODS = ("feature", "pixel")
 DTD_MODES = ("absolute", "relative")
 
 
+# The kernels take int64 scalars: a larger Python int cannot reach them.
+INT64_MAX = 2**63 - 1
+
+
 def check_tensor(value: object, name: str) -> torch.Tensor:
+    """A torch.Tensor with data (CPU or CUDA; a meta tensor has none for the kernels to read)."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name}: expected a CPU or CUDA tensor, got a meta tensor")
     return value
 
 
@@ -123,4 +130,36 @@ def check_positive_int(value: object, name: str) -> int:
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    if value > INT64_MAX:
+        raise ValueError(f"{name}: expected an int <= 2^63 - 1, got {value}")
     return value
+
+
+def check_compact_outputs(
+    frames: torch.Tensor, kept: object, kept_index: object, counts: object, total: object
+) -> None:
+    """Outputs of compact_tokens_into, written in place: kept [capacity, dim] of frames' dtype,
+    kept_index int64 [capacity], counts int32 [steps] or None, total int64 [1] or None, all
+    contiguous on frames' device."""
+    steps, _, dim = frames.shape
+    kept = check_tensor(kept, "kept")
+    capacity = kept.shape[0] if kept.dim() == 2 else -1
+    expected = {
+        "kept": (kept, frames.dtype, [capacity, dim]),
+        "kept_index": (kept_index, torch.int64, [capacity]),
+        "counts": (counts, torch.int32, [steps]),
+        "total": (total, torch.int64, [1]),
+    }
+    for name, (tensor, dtype, shape) in expected.items():
+        if tensor is None and name in ("counts", "total"):
+            continue
+        tensor = check_tensor(tensor, name)
+        if tensor.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype}, got {tensor.dtype}")
+        if list(tensor.shape) != shape or capacity < 0:
+            shown = ["capacity", dim] if name == "kept" else shape
+            raise ValueError(f"{name}: expected shape {shown}, got {list(tensor.shape)}")
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor (it is written in place)")
+        if tensor.device != frames.device:
+            raise ValueError(f"{name}: expected a tensor on {frames.device} like frames")

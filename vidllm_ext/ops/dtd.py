@@ -207,6 +207,7 @@ def compact_tokens_into(
     """
     frames = check.check_frames(frames)
     keep_mask = check.check_keep_mask(keep_mask, frames)
+    check.check_compact_outputs(frames, kept, kept_index, counts, total)
     device = frames.device
     if counts is None:
         counts = torch.empty(frames.shape[0], dtype=torch.int32, device=device)

@@ -12,6 +12,7 @@ from typing import Optional
 
 from torch import Tensor
 
+from vidllm_ext._packed_checks import check_packed_keys, check_packed_values
 from vidllm_ext.kv_config import KVQuantConfig
 from vidllm_ext.kv_types import PackedKeys, PackedValues
 from vidllm_ext.ops import kv_pack
@@ -33,12 +34,18 @@ def quantize_keys(
         :class:`vidllm_ext.PackedKeys`; ``.nbytes`` counts every stored byte. The last token group
         may be partial (T need not be a multiple of ``group_size``).
     """
-    return scheme.quantize_keys_with(kv_pack, k, config, channel_split)
+    _refuse_meta(k=k, channel_split=channel_split)
+    return scheme.quantize_keys_with(kv_pack, k, _check_config(config), channel_split)
 
 
 def dequantize_keys(packed: PackedKeys) -> Tensor:
-    """Keys [B, H, T, D] in their original dtype, restored from ``packed``."""
-    return scheme.dequantize_keys_with(kv_pack, packed)
+    """Keys [B, H, T, D] in their original dtype, restored from ``packed``.
+
+    ``packed``'s tensors are checked against each other first (shapes, dtypes, devices; the
+    channel split's range on the CPU, see :mod:`vidllm_ext._structure_checks`): ValueError or
+    TypeError naming the field.
+    """
+    return scheme.dequantize_keys_with(kv_pack, check_packed_keys(packed))
 
 
 def quantize_values(
@@ -53,9 +60,26 @@ def quantize_values(
             of tokens stored at 2 bits instead, in channel groups formed from those tokens alone
             (VidKV).
     """
-    return scheme.quantize_values_with(kv_pack, v, config, salient)
+    _refuse_meta(v=v, salient=salient)
+    return scheme.quantize_values_with(kv_pack, v, _check_config(config), salient)
 
 
 def dequantize_values(packed: PackedValues) -> Tensor:
-    """Values [B, H, T, D] in their original dtype, salient tokens back in place."""
-    return scheme.dequantize_values_with(kv_pack, packed)
+    """Values [B, H, T, D] in their original dtype, salient tokens back in place.
+
+    ``packed`` is checked like in :func:`dequantize_keys` (salient positions' range on the CPU).
+    """
+    return scheme.dequantize_values_with(kv_pack, check_packed_values(packed))
+
+
+def _refuse_meta(**tensors: object) -> None:
+    for name, value in tensors.items():
+        if isinstance(value, Tensor) and value.device.type == "meta":
+            raise ValueError(f"{name}: expected a CPU or CUDA tensor, got a meta tensor")
+
+
+def _check_config(config: object) -> KVQuantConfig:
+    if not isinstance(config, KVQuantConfig):
+        what = f"the class {config.__name__}" if isinstance(config, type) else type(config).__name__
+        raise TypeError(f"config: expected a KVQuantConfig instance, got {what}")
+    return config

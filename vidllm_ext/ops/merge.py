@@ -328,8 +328,9 @@ def proportional_attention_bias(size: Tensor, *, dtype: Optional[torch.dtype] = 
     a merged token of size s weighs like the s tokens it stands for.
 
     Args:
-        size: float ``[..., T]`` token sizes (from :func:`merge_wavg` or
-            :func:`hierarchical_merge`), positive.
+        size: float32/float16/bfloat16 ``[..., T]`` (at least 1-D) token sizes (from
+            :func:`merge_wavg` or :func:`hierarchical_merge`), finite and positive: checked on
+            the CPU (ValueError), see :mod:`vidllm_ext._structure_checks`.
         dtype: the bias dtype (default float32). SDPA wants the query's dtype for a float mask.
 
     Returns:
@@ -341,6 +342,8 @@ def proportional_attention_bias(size: Tensor, *, dtype: Optional[torch.dtype] = 
         >>> bias = vidllm_ext.ops.proportional_attention_bias(size, dtype=q.dtype)
         >>> out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # q, k, v [B, H, T', d]
     """
+    size = check.check_sizes(size)
+    dtype = check.check_bias_dtype(dtype)
     bias = size.float().log()
     if dtype is not None:
         bias = bias.to(dtype)

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vidllm_ext._packed_checks import check_packed_layer
 from vidllm_ext.ops import _attention_segments as seg
 from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
 
@@ -126,6 +127,7 @@ def _check(q: Tensor, layer_state, scale) -> float:
         raise TypeError(f"q must be float32, float16 or bfloat16, got {q.dtype}")
     if not getattr(layer_state, "is_initialized", False) or not hasattr(layer_state, "key_blocks"):
         raise ValueError("layer_state must be an initialized PackedKVCache layer (cache.layers[i])")
+    check_packed_layer(layer_state)
     batch, q_heads, q_len, dim = q.shape
     window = layer_state.keys
     if q.device != window.device:
@@ -156,6 +158,8 @@ def _check_mask(mask: Optional[Tensor], q: Tensor, cached: int) -> Optional[Tens
         return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError("mask must be a bool tensor [B, Lq, T] or [B, 1, Lq, T] (True = attend)")
+    if mask.device.type == "meta":
+        raise ValueError("mask: expected a CPU or CUDA tensor, got a meta tensor")
     if mask.dim() == 4:
         if mask.shape[1] != 1:
             raise ValueError("mask: per-head masks are not supported; give [B, 1, Lq, T]")
@@ -176,7 +180,9 @@ def packed_attention(
             Lq = 1; chunked prefill and streaming frames: Lq > 1, causal). Hq must be a
             multiple of the cache's KV heads (GQA).
         layer_state: ``cache.layers[i]`` of a :class:`vidllm_ext.PackedKVCache`, after the
-            step's ``update``.
+            step's ``update``. Its window and blocks are checked against each other first
+            (shapes, dtypes, devices; index ranges on the CPU, see
+            :mod:`vidllm_ext._structure_checks`).
         scale: softmax scale; 1 / sqrt(D) by default.
         mask: optional bool [B, Lq, T] or [B, 1, Lq, T] over all T cached tokens (True =
             attend), applied on top of causality (padding).

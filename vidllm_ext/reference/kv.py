@@ -86,6 +86,8 @@ def key_channel_split(keys: Tensor, two_bit_channels: int) -> Tensor:
     """
     if keys.shape[2] == 0:
         raise ValueError("key_channel_split needs at least one token")
+    if keys.shape[0] == 0:  # no sample: every range is equally unknown, ties go to low channels
+        return torch.arange(two_bit_channels, device=keys.device).repeat(keys.shape[1], 1)
     x = keys.float()
     spread = x.amax(dim=(0, 2)) - x.amin(dim=(0, 2))  # [H, D]
     spread = torch.nan_to_num(spread, nan=-math.inf)
@@ -205,6 +207,8 @@ def dequantize_keys_with(prims: ModuleType, packed: PackedKeys) -> Tensor:
     two_bit = packed.two_bit_channels
     one_bit = dim - two_bit
     group = packed.group_size
+    if heads == 0:  # no channel map to index with
+        return _heads(out, batch, heads)
     if two_bit:
         prims.dequantize_channel_groups(
             _rows(packed.codes2),
@@ -341,6 +345,8 @@ def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
 def _quantize_groups(prims: ModuleType, rows: Tensor, mode: str, group: int, channels=None):
     """The primitive, or its empty result when there is no channel to quantize."""
     count = rows.shape[2] if channels is None else channels.shape[1]
+    if channels is not None and channels.shape[0] == 0:  # zero heads: nothing to map
+        rows, channels = rows[:, :, :count], None
     if count:
         return prims.quantize_channel_groups(rows, mode, group, channels)
     groups = -(-rows.shape[1] // group)
@@ -352,7 +358,7 @@ def _quantize_groups(prims: ModuleType, rows: Tensor, mode: str, group: int, cha
 def _row_index(channels: Tensor, rows: Tensor) -> Tensor:
     """[R, T, C] gather/scatter index: row r uses channels[r % H]."""
     heads = channels.shape[0]
-    per_row = channels.repeat(rows.shape[0] // heads, 1)
+    per_row = channels.repeat(rows.shape[0] // heads, 1) if heads else channels
     return per_row[:, None, :].expand(rows.shape[0], rows.shape[1], channels.shape[1])
 
 
