@@ -306,6 +306,22 @@ bool complete_barrier(Emulator& e, std::vector<int>& released) {
 
 // Nothing can run and nothing can complete: describes why.
 std::string describe_deadlock(const Emulator& e) {
+  // A lane missing from a warp collective is the more specific report: give it first.
+  for (const Thread& t : e.threads) {
+    if (t.state != State::kWarp) continue;
+    const int first = t.linear / 32 * 32;
+    for (int other = 0; other < 32; ++other) {
+      if ((t.mask >> other & 1u) == 0) continue;
+      const Thread& u = e.threads[first + other];
+      if (u.state != State::kWarp || u.mask != t.mask) {
+        return format(
+            "thread %d calls %s with mask 0x%08x, but lane %d (thread %d) did not "
+            "arrive: it %s",
+            t.linear, op_name(t.op), t.mask, other, u.linear, where(u).c_str());
+      }
+    }
+  }
+
   const Thread* at_barrier = nullptr;
   for (const Thread& t : e.threads)
     if (t.state == State::kBarrier) {
@@ -328,20 +344,6 @@ std::string describe_deadlock(const Emulator& e) {
           "__syncthreads not reached by every live thread: thread %d waits at %s:%d, "
           "thread %d %s",
           at_barrier->linear, at_barrier->file, at_barrier->line, t.linear, where(t).c_str());
-    }
-  }
-  for (const Thread& t : e.threads) {
-    if (t.state != State::kWarp) continue;
-    const int first = t.linear / 32 * 32;
-    for (int other = 0; other < 32; ++other) {
-      if ((t.mask >> other & 1u) == 0) continue;
-      const Thread& u = e.threads[first + other];
-      if (u.state != State::kWarp || u.mask != t.mask) {
-        return format(
-            "thread %d calls %s with mask 0x%08x, but lane %d (thread %d) did not "
-            "arrive: it %s",
-            t.linear, op_name(t.op), t.mask, other, u.linear, where(u).c_str());
-      }
     }
   }
   return "no thread can make progress";

@@ -76,11 +76,16 @@ def test_warp_collectives_and_predicate_barriers(schedule):
         assert out[9 * t : 9 * t + 9] == expected, t
 
 
+def exact_scans():
+    """Per thread t: the exclusive sum of ones (t), its aggregate, then the exclusive sum of the
+    thread indices."""
+    return [v for t in range(THREADS) for v in (t, THREADS, t * (t - 1) // 2)]
+
+
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_block_scan_reused_after_a_barrier_is_exact(schedule):
     out = run("scan_reuse_with_barrier", schedule)
-    assert out[: 2 * THREADS : 2] == list(range(THREADS))
-    assert out[1 : 2 * THREADS : 2] == [t * (t - 1) // 2 for t in range(THREADS)]
+    assert out[: 3 * THREADS] == exact_scans()
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -89,8 +94,7 @@ def test_block_scan_reused_without_a_barrier_shows_the_race(schedule):
     The emulator lets the first resumed thread run into the second scan before the others read
     the first, so the missing barrier corrupts results under every schedule."""
     out = run("scan_reuse_without_barrier", schedule)
-    exact = [v for t in range(THREADS) for v in (t, t * (t - 1) // 2)]
-    assert out[: 2 * THREADS] != exact
+    assert out[: 3 * THREADS] != exact_scans()
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

@@ -67,12 +67,13 @@ template <bool kBarrierBetween>
 __global__ void scan_reuse_kernel(int64_t* out) {
   using BlockScan = cub::BlockScan<int, 64>;
   __shared__ typename BlockScan::TempStorage storage;
-  int first = 0, second = 0, total = 0;
-  BlockScan(storage).ExclusiveSum(1, first, total);
+  int first = 0, second = 0, first_total = 0, second_total = 0;
+  BlockScan(storage).ExclusiveSum(1, first, first_total);
   if (kBarrierBetween) __syncthreads();
-  BlockScan(storage).ExclusiveSum(static_cast<int>(threadIdx.x), second, total);
-  out[2 * threadIdx.x] = first;
-  out[2 * threadIdx.x + 1] = second;
+  BlockScan(storage).ExclusiveSum(static_cast<int>(threadIdx.x), second, second_total);
+  out[3 * threadIdx.x] = first;
+  out[3 * threadIdx.x + 1] = first_total;
+  out[3 * threadIdx.x + 2] = second;
 }
 
 // cub::BlockReduce: the sum in thread 0 only.
