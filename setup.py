@@ -5,6 +5,10 @@ Knobs (environment variables):
                          not; 1: fail unless nvcc is found; 0: CPU kernels only.
   VIDLLM_CUDA_ARCHS      compute capabilities to compile, default "80;90"; the newest also gets PTX
                          so newer GPUs can JIT it.
+  VIDLLM_CUDA_EMULATION=0|1
+                         1: also compile every .cu with the host compiler for the emulator of the
+                         CUDA execution model (csrc/cuda_emulator), which
+                         vidllm_ext.testing.emulated_cuda() runs ops on. Default 0.
   CUDA_HOME / CUDACXX    where to look for nvcc (else /usr/local/cuda, else PATH).
   MAX_JOBS               parallel compile jobs (default: all cores).
   VIDLLM_SANITIZE=1      ASan + UBSan build of the C++ kernels and bindings (.ci/sanitize.sh).
@@ -49,6 +53,13 @@ def cuda_setting() -> "tuple[bool, str | None]":
     return nvcc is not None, nvcc
 
 
+def emulation_setting() -> bool:
+    mode = os.environ.get("VIDLLM_CUDA_EMULATION", "0").strip().lower()
+    if mode not in ("0", "1"):
+        raise RuntimeError(f"VIDLLM_CUDA_EMULATION must be 0 or 1, got {mode!r}")
+    return mode == "1"
+
+
 def cmake_cuda_archs(spec: str) -> str:
     """'80;90' -> '80-real;90': machine code for each, PTX for the newest as well."""
     archs = [a.strip() for a in spec.replace(",", ";").split(";") if a.strip()]
@@ -79,6 +90,7 @@ class CMakeBuild(build_ext):
         import pybind11
 
         with_cuda, nvcc = cuda_setting()
+        with_emulation = emulation_setting()
         output_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         # A fixed build folder per interpreter, so `pip install -e .` rebuilds only what changed.
         build_dir = ROOT / "build" / f"cmake-py{sys.version_info[0]}{sys.version_info[1]}"
@@ -92,14 +104,16 @@ class CMakeBuild(build_ext):
             f"-DVIDLLM_GIT_COMMIT={git_commit()}",
             f"-DVIDLLM_CUDA={'ON' if with_cuda else 'OFF'}",
             f"-DVIDLLM_SANITIZE={'ON' if os.environ.get('VIDLLM_SANITIZE') == '1' else 'OFF'}",
+            f"-DVIDLLM_CUDA_EMULATION={'ON' if with_emulation else 'OFF'}",
             "-GNinja",  # ninja is a build requirement; it tracks header dependencies exactly
         ]
         if with_cuda:
             archs = cmake_cuda_archs(os.environ.get("VIDLLM_CUDA_ARCHS", "80;90"))
             args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
-        print(
-            f"vidllm_ext: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels", flush=True
-        )
+        kinds = "CPU + CUDA" if with_cuda else "CPU-only"
+        if with_emulation:
+            kinds += " + emulated CUDA"
+        print(f"vidllm_ext: building {kinds} kernels", flush=True)
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)

@@ -1,10 +1,14 @@
 #include "dispatch.h"
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 #if defined(VIDLLM_WITH_CUDA)
 #include "common/cuda_device.h"
+#endif
+#if defined(VIDLLM_CUDA_EMULATION)
+#include "cuda_emulator/control.h"
 #endif
 
 #ifndef VIDLLM_CUDA_ARCHS
@@ -13,6 +17,9 @@
 
 namespace vidllm::binding {
 namespace {
+
+// Process-wide, like a device: every thread's ops follow vidllm_ext.testing.emulated_cuda().
+std::atomic<bool> emulation_enabled{false};
 
 #if defined(VIDLLM_WITH_CUDA)
 // Per-device answer of check_device_supported: 0 unknown, 1 supported, 2 not compiled.
@@ -48,9 +55,40 @@ void require_supported_device(int device) {
 
 std::string compiled_cuda_archs() { return VIDLLM_CUDA_ARCHS; }
 
+bool cuda_emulation_compiled() {
+#if defined(VIDLLM_CUDA_EMULATION)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool cuda_emulation_enabled() { return emulation_enabled.load(); }
+
+void set_cuda_emulation(bool enabled, int schedule, uint64_t seed) {
+#if defined(VIDLLM_CUDA_EMULATION)
+  if (schedule < 0 || schedule > 2)
+    throw py::value_error("schedule: expected 0 (forward), 1 (reverse) or 2 (random), got " +
+                          std::to_string(schedule));
+  cuda_emulator::configure(static_cast<cuda_emulator::Schedule>(schedule), seed);
+  emulation_enabled.store(enabled);
+#else
+  (void)schedule;
+  (void)seed;
+  if (enabled)
+    throw std::runtime_error(
+        "this build of vidllm_ext has no CUDA emulation; reinstall with VIDLLM_CUDA_EMULATION=1");
+#endif
+}
+
+Status missing_launcher() {
+  return {StatusCode::kCudaError, "this build of vidllm_ext has no launcher for this backend"};
+}
+
 Backend select_backend(const TensorArg& primary) {
   if (!primary.is_cuda()) {
-    if (primary.device_string() == "cpu") return Backend::kCpu;
+    if (primary.device_string() == "cpu")
+      return emulation_enabled.load() ? Backend::kEmulatedCuda : Backend::kCpu;
     throw py::value_error(std::string(primary.name()) +
                           ": expected a CPU or CUDA tensor, got one on " + primary.device_string());
   }

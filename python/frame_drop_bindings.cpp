@@ -17,19 +17,7 @@ using frame_drop::Method;
 using frame_drop::Mode;
 
 void run_decide(const frame_drop::DecideParams& params, Backend backend, uintptr_t stream) {
-  Status status;
-  {
-    py::gil_scoped_release no_gil;
-#if defined(VIDLLM_WITH_CUDA)
-    status = backend == Backend::kCuda ? frame_drop::decide_cuda(params, stream_from_int(stream))
-                                       : frame_drop::decide_cpu(params);
-#else
-    (void)backend;
-    (void)stream;
-    status = frame_drop::decide_cpu(params);
-#endif
-  }
-  throw_if_failed(status, "dtd_decide");
+  VIDLLM_RUN_KERNEL(frame_drop, decide, "dtd_decide", params, backend, stream);
 }
 
 void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj,
@@ -75,18 +63,7 @@ void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj
   params.method = method;
   params.device = frames.device_id();
 
-  Status status;
-  {
-    py::gil_scoped_release no_gil;
-#if defined(VIDLLM_WITH_CUDA)
-    status = backend == Backend::kCuda ? frame_drop::score_cuda(params, stream_from_int(stream))
-                                       : frame_drop::score_cpu(params);
-#else
-    (void)backend;
-    status = frame_drop::score_cpu(params);
-#endif
-  }
-  throw_if_failed(status, "dtd_score");
+  VIDLLM_RUN_KERNEL(frame_drop, score, "dtd_score", params, backend, stream);
 }
 
 void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle counts_obj,
@@ -194,17 +171,7 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
   params.dim = frames.size(2);
   params.dtype = dtype;
   params.device = frames.device_id();
-  Status status;
-  {
-    py::gil_scoped_release no_gil;
-#if defined(VIDLLM_WITH_CUDA)
-    status = backend == Backend::kCuda ? frame_drop::compact_cuda(params, stream_from_int(stream))
-                                       : frame_drop::compact_cpu(params);
-#else
-    status = frame_drop::compact_cpu(params);
-#endif
-  }
-  throw_if_failed(status, "dtd_compact");
+  VIDLLM_RUN_KERNEL(frame_drop, compact, "dtd_compact", params, backend, stream);
 }
 
 }  // namespace

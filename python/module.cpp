@@ -25,6 +25,7 @@ void register_kv_quant(py::module_& m);
 void register_token_merge(py::module_& m);
 void register_routing(py::module_& m);
 void register_kv_attention(py::module_& m);
+void register_emulation(py::module_& m);
 
 namespace {
 
@@ -57,6 +58,7 @@ py::dict build_info() {
   info["cuda_runtime_version"] = py::none();
   info["device_count"] = 0;
 #endif
+  info["cuda_emulation"] = cuda_emulation_compiled();
 #if defined(_OPENMP)
   info["openmp"] = true;
 #else
@@ -77,4 +79,5 @@ PYBIND11_MODULE(_C, m) {
   vidllm::binding::register_token_merge(m);
   vidllm::binding::register_routing(m);
   vidllm::binding::register_kv_attention(m);
+  vidllm::binding::register_emulation(m);
 }

@@ -16,14 +16,8 @@ namespace {
 
 using routing::RowType;
 
-#if defined(VIDLLM_WITH_CUDA)
-#define VIDLLM_ROUTING_LAUNCH(stage, params, backend, stream)                           \
-  ((backend) == Backend::kCuda ? routing::stage##_cuda(params, stream_from_int(stream)) \
-                               : routing::stage##_cpu(params))
-#else
 #define VIDLLM_ROUTING_LAUNCH(stage, params, backend, stream) \
-  ((void)(backend), (void)(stream), routing::stage##_cpu(params))
-#endif
+  VIDLLM_LAUNCHER(routing, stage, params, backend, stream)
 
 // Runs `launch` (returning a Status) without the GIL, then raises for a failed Status.
 template <typename Launch>
@@ -74,7 +68,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
     index->expect_dense();
   }
   // values (host memory only)
-  if (backend == Backend::kCpu) {
+  if (host_memory(backend)) {
     check_offset_values(static_cast<const int64_t*>(offsets.data()), offsets.size(0),
                         scores.size(0));
   }
@@ -140,7 +134,7 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   }
   // values (host memory only)
   const auto* entries = static_cast<const int64_t*>(index.data());
-  if (backend == Backend::kCpu) check_index_values(entries, count, source.size(0), false, "source");
+  if (host_memory(backend)) check_index_values(entries, count, source.size(0), false, "source");
 
   routing::GatherParams params;
   params.source = source.data();
@@ -199,7 +193,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   check_status(status, y);
   // values (host memory only)
   const auto* entries = static_cast<const int64_t*>(index.data());
-  if (backend == Backend::kCpu) check_index_values(entries, count, rows, check_unique, "x");
+  if (host_memory(backend)) check_index_values(entries, count, rows, check_unique, "x");
 
   routing::ScatterParams params;
   params.x = x ? x->data() : nullptr;

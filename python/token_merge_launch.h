@@ -1,4 +1,4 @@
-// Dispatch of a token-merge stage to its CPU or CUDA launcher, without the GIL.
+// Dispatch of a token-merge stage to its CPU, CUDA or emulated CUDA launcher, without the GIL.
 #pragma once
 
 #include "dispatch.h"
@@ -6,14 +6,8 @@
 
 namespace vidllm::binding {
 
-#if defined(VIDLLM_WITH_CUDA)
-#define TOKEN_MERGE_LAUNCH(stage, params, backend, stream)                                  \
-  ((backend) == Backend::kCuda ? token_merge::stage##_cuda(params, stream_from_int(stream)) \
-                               : token_merge::stage##_cpu(params))
-#else
 #define TOKEN_MERGE_LAUNCH(stage, params, backend, stream) \
-  ((void)(backend), (void)(stream), token_merge::stage##_cpu(params))
-#endif
+  VIDLLM_LAUNCHER(token_merge, stage, params, backend, stream)
 
 // Runs `launch` without the GIL and turns its Status into an exception naming `kernel`.
 template <typename Launch>

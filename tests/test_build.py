@@ -22,6 +22,7 @@ def test_build_info_reports_the_build():
         "cuda_runtime_version",
         "device_count",
         "openmp",
+        "cuda_emulation",
     }
     assert info["version"] == vidllm_ext.__version__
     assert isinstance(info["device_count"], int) and info["device_count"] >= 0

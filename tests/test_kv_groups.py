@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, device_context
 from helpers import FLOAT_DTYPES, assert_close_to_oracle
 
 from vidllm_ext import _C, ops
@@ -351,13 +351,15 @@ def test_cuda_equals_cpu_bitwise(dtype, mode, mapped):
     x = x.to(dtype)
     index = channel_map(4, 37, 128, seed=30) if mapped else None
     results = {}
-    for device in ("cpu", "cuda"):
-        idx = None if index is None else index.to(device)
-        quantized = kv.quantize_channel_groups(x.to(device), mode, 32, idx)
-        out = torch.full((8, 300, 128), -3.0, dtype=dtype, device=device)
-        kv.dequantize_channel_groups(*quantized, mode, 32, 128, out=out, channels=idx)
-        token = kv.quantize_token_groups(x.to(device), 32)
-        results[device] = [*quantized, out, *token, kv.dequantize_token_groups(*token, 32, 128)]
+    for name in ("cpu", "cuda"):
+        with device_context(name) as device:
+            idx = None if index is None else index.to(device)
+            quantized = kv.quantize_channel_groups(x.to(device), mode, 32, idx)
+            out = torch.full((8, 300, 128), -3.0, dtype=dtype, device=device)
+            kv.dequantize_channel_groups(*quantized, mode, 32, 128, out=out, channels=idx)
+            token = kv.quantize_token_groups(x.to(device), 32)
+            decoded = kv.dequantize_token_groups(*token, 32, 128)
+            results[name] = [*quantized, out, *token, decoded]
     for cpu, cuda in zip(results["cpu"], results["cuda"]):
         assert torch.equal(bits_of(cpu), bits_of(cuda))
 

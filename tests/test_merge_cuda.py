@@ -1,11 +1,12 @@
 """CUDA kernels against the CPU kernels, bit for bit: both add every float32 sum in the same order
 without FMA contraction, so plans, merged features and sizes are identical (NaN payloads and
-signed zeros included). Skipped without a GPU."""
+signed zeros included). On a GPU, else on the CUDA emulator (conftest.py)."""
 
 import math
 
 import pytest
 import torch
+from conftest import CUDA_DEVICE, on_cuda
 from helpers import FLOAT_DTYPES
 from merge_helpers import bitwise, random_metric, video_tokens
 
@@ -20,7 +21,7 @@ SIZES = [(1, 0, 7), (3, 1, 7), (3, 257, 64), (2, 1031, 100), (4, 2560, 64), (1, 
 
 def assert_bitwise_equal(cpu, cuda):
     for a, b in zip(cpu, cuda):
-        assert b.device.type == "cuda"
+        assert b.device.type == CUDA_DEVICE
         assert torch.equal(bitwise(a), bitwise(b))
 
 
@@ -43,7 +44,8 @@ def test_matching_equals_cpu(dtype, batch, tokens, channels):
         cap = max(tokens - protected, 0) // 2
         for r in sorted({0, 1, cap // 3, cap}):
             cpu = ops.bipartite_soft_matching(metric, r, protected=protected)
-            cuda = ops.bipartite_soft_matching(metric.cuda(), r, protected=protected)
+            with on_cuda() as device:
+                cuda = ops.bipartite_soft_matching(metric.to(device), r, protected=protected)
             assert_bitwise_equal(cpu[:6], cuda[:6])
 
 
@@ -55,18 +57,25 @@ def test_merge_and_unmerge_equal_cpu(dtype, dim):
     generator = torch.Generator().manual_seed(62)
     size = torch.rand(3, 1030, generator=generator) * 5 + 0.5  # not integers: the order shows
     plan = ops.bipartite_soft_matching(metric, 500, protected=2)
-    cuda_plan = ops.bipartite_soft_matching(metric.cuda(), 500, protected=2)
+    with on_cuda() as device:
+        cuda_plan = ops.bipartite_soft_matching(metric.to(device), 500, protected=2)
     for s in (None, size):
         cpu = ops.merge_wavg(plan, x, s)
-        cuda = ops.merge_wavg(cuda_plan, x.cuda(), None if s is None else s.cuda())
+        cpu_unmerged = ops.unmerge(plan, cpu[0])
+        with on_cuda() as device:
+            cuda = ops.merge_wavg(cuda_plan, x.to(device), None if s is None else s.to(device))
+            cuda_unmerged = ops.unmerge(cuda_plan, cuda[0])
         assert_bitwise_equal(cpu, cuda)
-        assert_bitwise_equal([ops.unmerge(plan, cpu[0])], [ops.unmerge(cuda_plan, cuda[0])])
+        assert_bitwise_equal([cpu_unmerged], [cuda_unmerged])
     if dim > 1:  # rows starting one element in: no 16-byte vectors, the scalar path
         shifted = x[..., 1:]
         cpu = ops.merge_wavg(plan, shifted, size)
-        cuda = ops.merge_wavg(cuda_plan, shifted.cuda(), size.cuda())
+        cpu_unmerged = ops.unmerge(plan, cpu[0])
+        with on_cuda() as device:
+            cuda = ops.merge_wavg(cuda_plan, shifted.to(device), size.to(device))
+            cuda_unmerged = ops.unmerge(cuda_plan, cuda[0])
         assert_bitwise_equal(cpu, cuda)
-        assert_bitwise_equal([ops.unmerge(plan, cpu[0])], [ops.unmerge(cuda_plan, cuda[0])])
+        assert_bitwise_equal([cpu_unmerged], [cuda_unmerged])
 
 
 @pytest.mark.parametrize(
@@ -84,5 +93,6 @@ def test_hierarchical_merge_equals_cpu(
     tokens = video_tokens(frames, per_frame, dim, dtype, seed=63)
     kwargs = dict(frames_per_segment=frames_per_segment, tokens_per_segment=tokens_per_segment)
     cpu = ops.hierarchical_merge(tokens, **kwargs)
-    cuda = ops.hierarchical_merge(tokens.cuda(), **kwargs)
+    with on_cuda() as device:
+        cuda = ops.hierarchical_merge(tokens.to(device), **kwargs)
     assert_bitwise_equal(cpu, cuda)

@@ -4,7 +4,7 @@ and vidllm_ext._C itself; kernels write every output element and survive malform
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, gpu_only
 from helpers import poison_like
 
 from vidllm_ext import _C, ops, reference
@@ -94,6 +94,7 @@ def test_bad_hierarchical_arguments(impl, kwargs, error, message):
 
 
 @pytest.mark.cuda
+@gpu_only
 def test_device_mismatch_is_a_value_error():
     plan = ops.bipartite_soft_matching(METRIC.cuda(), 3)
     with pytest.raises(ValueError, match="x: expected a tensor on cuda:0 like the plan"):

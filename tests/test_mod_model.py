@@ -6,6 +6,7 @@ import math
 import models
 import pytest
 import torch
+from conftest import on_cuda
 from models import FAMILIES, VIDEO, SyntheticVideo, build_model, make_inputs
 from test_streaming import TIMESTAMP, feed
 
@@ -386,27 +387,29 @@ def test_a_cache_changed_outside_the_routed_layers_is_an_error():
 @pytest.mark.cuda
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_routing_on_cuda_matches_the_cpu(attn_implementation, monkeypatch):
-    """The same patched model on the GPU (routing kernels on CUDA): the CPU's logits, and a padded
-    batch generating what each sample generates alone."""
+    """The same patched model on CUDA (routing kernels on the GPU or the emulator): the CPU's
+    logits, and a padded batch generating what each sample generates alone."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the vision tower's conv
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     config = vidllm_ext.MoDConfig(keep_ratio=0.25)
     cpu = vidllm_ext.patch(build_model("qwen2_vl", attn_implementation), mod=config)
-    gpu = vidllm_ext.patch(build_model("qwen2_vl", attn_implementation).cuda(), mod=config)
     randomize_routers(cpu)
-    randomize_routers(gpu)
-    assert gpu.model.language_model.layers[1].vidllm_router.weight.is_cuda
     videos, prompts = two_videos("qwen2_vl")
     inputs = make_inputs("qwen2_vl", videos, prompts)
-    on_gpu = {name: value.cuda() for name, value in inputs.items()}
     real = inputs["attention_mask"].bool()
     with torch.no_grad():
         expected = cpu(**inputs).logits
+    with on_cuda() as device, torch.no_grad():
+        gpu = vidllm_ext.patch(build_model("qwen2_vl", attn_implementation).to(device), mod=config)
+        randomize_routers(gpu)
+        assert gpu.model.language_model.layers[1].vidllm_router.weight.device.type == device
+        on_gpu = {name: value.to(device) for name, value in inputs.items()}
         actual = gpu(**on_gpu).logits.cpu()
         assert torch.allclose(actual[real], expected[real], atol=1e-4, rtol=1e-4)
         assert vidllm_ext.last_stats(gpu, "mod") == vidllm_ext.last_stats(cpu, "mod")
         batch = gpu.generate(**on_gpu, max_new_tokens=6, do_sample=False)
         for row, video, prompt in zip(range(2), videos, prompts):
-            single = {k: v.cuda() for k, v in make_inputs("qwen2_vl", [video], [prompt]).items()}
+            single = make_inputs("qwen2_vl", [video], [prompt])
+            single = {k: v.to(device) for k, v in single.items()}
             generated = gpu.generate(**single, max_new_tokens=6, do_sample=False)
             assert torch.equal(batch[row, -6:], generated[0, -6:])

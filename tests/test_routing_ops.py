@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, gpu_only
 from helpers import assert_close_to_oracle, poison_like
 from routing_cases import ROW_DTYPES, random_rows, repeating_index, unique_index
 
@@ -257,6 +257,7 @@ def test_out_of_range_index_raises_on_the_cpu():
 
 
 @pytest.mark.cuda
+@gpu_only
 def test_out_of_range_index_on_cuda_poisons_or_raises():
     x, index, delta, _ = scatter_inputs(10, 4, 8, torch.float32, "cuda", seed=15)
     index[1] = 10

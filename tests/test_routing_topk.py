@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, gpu_only
 from helpers import FLOAT_DTYPES, poison_like
 from routing_cases import (
     SEGMENT_LAYOUTS,
@@ -148,6 +148,7 @@ def test_topk_binding_writes_every_slot(device):
 
 
 @pytest.mark.cuda
+@gpu_only
 def test_topk_into_flags_invalid_offsets_on_cuda():
     scores = random_scores(20, torch.float32).cuda()
     index = torch.full((20,), -7, dtype=torch.int64, device="cuda")

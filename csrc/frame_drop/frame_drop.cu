@@ -12,6 +12,7 @@
 
 #include "common/block_select.cuh"
 #include "common/cuda_device.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "common/dynamic_shared.cuh"
@@ -96,7 +97,7 @@ __global__ void __launch_bounds__(kScoreThreads)
   constexpr int kSums = kScoreSums<kMethod>;
   using BlockSum = cuda::BlockSum<kScoreThreads, kSums>;
   __shared__ typename BlockSum::Storage sum_storage;
-  extern __shared__ __align__(16) unsigned char previous_row_bytes[];
+  VIDLLM_DYNAMIC_SHARED(unsigned char, previous_row_bytes);
   T* previous_row = reinterpret_cast<T*>(previous_row_bytes);
   BlockSum block_sum(sum_storage);
 
@@ -200,8 +201,8 @@ Status launch_score(const ScoreParams& p, cudaStream_t stream) {
   const int64_t chunks = ceil_div(p.steps, steps_per_chunk);
   const dim3 grid(static_cast<unsigned int>(p.tokens),
                   static_cast<unsigned int>(std::min(chunks, kMaxGridY)));
-  kernel<<<grid, kScoreThreads, static_cast<size_t>(row_bytes), stream>>>(p, steps_per_chunk,
-                                                                          chunks);
+  VIDLLM_LAUNCH(grid, kScoreThreads, static_cast<size_t>(row_bytes), stream, kernel)(
+      p, steps_per_chunk, chunks);
   return cuda::launch_status();
 }
 
@@ -373,11 +374,11 @@ Status launch_gather(const CompactParams& p, int64_t element_bytes, cudaStream_t
       std::min(ceil_div(p.capacity, int64_t{kGatherWarps}), sms * kGatherBlocksPerSm);
   const dim3 grid(static_cast<unsigned int>(blocks));
   if (gather_vectorizable(p, element_bytes))
-    gather_kernel<uint4><<<grid, kGatherThreads, 0, stream>>>(p, element_bytes);
+    VIDLLM_LAUNCH(grid, kGatherThreads, 0, stream, gather_kernel<uint4>)(p, element_bytes);
   else if (element_bytes == 4)
-    gather_kernel<uint32_t><<<grid, kGatherThreads, 0, stream>>>(p, element_bytes);
+    VIDLLM_LAUNCH(grid, kGatherThreads, 0, stream, gather_kernel<uint32_t>)(p, element_bytes);
   else
-    gather_kernel<uint16_t><<<grid, kGatherThreads, 0, stream>>>(p, element_bytes);
+    VIDLLM_LAUNCH(grid, kGatherThreads, 0, stream, gather_kernel<uint16_t>)(p, element_bytes);
   return cuda::launch_status();
 }
 
@@ -406,8 +407,8 @@ Status decide_cuda(const DecideParams& params, void* stream) {
   if (params.steps == 0) return Status::ok();
   if (params.steps > kMaxGridX || params.tokens > kMaxGridX)
     return Status::invalid("frame_drop decide: steps and tokens must be at most 2^31 - 1");
-  decide_kernel<<<static_cast<unsigned int>(params.steps), kDecideThreads, 0,
-                  static_cast<cudaStream_t>(stream)>>>(params);
+  VIDLLM_LAUNCH(static_cast<unsigned int>(params.steps), kDecideThreads, 0,
+                static_cast<cudaStream_t>(stream), decide_kernel)(params);
   return cuda::launch_status();
 }
 
@@ -419,12 +420,12 @@ Status compact_cuda(const CompactParams& params, void* stream) {
   if (params.steps > kMaxGridX || params.tokens > kMaxGridX)
     return Status::invalid("frame_drop compact: steps and tokens must be at most 2^31 - 1");
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  offsets_kernel<<<1, kScanThreads, 0, cuda_stream>>>(params.counts, params.offsets, params.total,
-                                                      params.steps);
+  VIDLLM_LAUNCH(1, kScanThreads, 0, cuda_stream, offsets_kernel)(params.counts, params.offsets,
+                                                                 params.total, params.steps);
   VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
   if (params.steps == 0 || params.tokens == 0 || params.capacity <= 0) return Status::ok();
-  kept_index_kernel<<<static_cast<unsigned int>(params.steps), kScanThreads, 0, cuda_stream>>>(
-      params);
+  VIDLLM_LAUNCH(static_cast<unsigned int>(params.steps), kScanThreads, 0, cuda_stream,
+                kept_index_kernel)(params);
   VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
   if (params.dim == 0) return Status::ok();
   return launch_gather(params, element_size(params.dtype), cuda_stream);

@@ -27,6 +27,7 @@
 #include <limits>
 
 #include "common/cuda_device.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "common/dynamic_shared.cuh"
@@ -54,7 +55,7 @@ template <int QT, bool kPackedKeys, ValueFormat kValues>
 __global__ void __launch_bounds__(kThreads)
     segment_partials_kernel(const SegmentParams p, const Shape shape) {
   static_assert(QT % kWarps == 0, "softmax warps own QT / kWarps rows each");
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  VIDLLM_DYNAMIC_SHARED(unsigned char, shared_bytes);
   __shared__ typename cuda::BlockSum<kThreads, QT>::Storage sum_storage;
   cuda::BlockSum<kThreads, QT> block_sum(sum_storage);
   const Shared s = carve(shared_bytes, shape.smem);
@@ -175,8 +176,8 @@ Status launch_segment(const SegmentParams& p, const Shape& shape, int64_t shared
           "packed attention: head_dim too large for the shared memory of a block on this device");
   }
   const int64_t blocks = shape.query_tiles * shape.splits * p.q.kv_heads * p.q.batch;
-  kernel<<<static_cast<unsigned int>(blocks), kThreads, static_cast<size_t>(shared_bytes),
-           stream>>>(p, shape);
+  VIDLLM_LAUNCH(static_cast<unsigned int>(blocks), kThreads, static_cast<size_t>(shared_bytes),
+                stream, kernel)(p, shape);
   return cuda::launch_status();
 }
 
@@ -303,8 +304,8 @@ Status combine_partials_cuda(const CombineParams& p, void* stream) {
   if (blocks > kMaxGridX) return Status::invalid("combine_partials: too many rows");
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      p.out_dtype, combine_partials_kernel<scalar_t>
-      <<<static_cast<unsigned int>(blocks), kCombineThreads, 0, cuda_stream>>>(p));
+      p.out_dtype, VIDLLM_LAUNCH(static_cast<unsigned int>(blocks), kCombineThreads, 0, cuda_stream,
+                                 combine_partials_kernel<scalar_t>)(p));
   return cuda::launch_status();
 }
 

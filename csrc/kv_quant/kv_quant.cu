@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "common/cuda_device.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "kv_quant/kv_quant.h"
@@ -215,10 +216,10 @@ Status launch_pack(const PackParams& p, int64_t bytes_per_row, cudaStream_t stre
                           aligned16(p.codes) && aligned16(p.packed);
   if (one_stream) {
     const unsigned int blocks = grid_stride_blocks(std::max<int64_t>(total / 16, 1), p.device);
-    pack_stream_kernel<kPacking><<<blocks, kThreads, 0, stream>>>(p, total);
+    VIDLLM_LAUNCH(blocks, kThreads, 0, stream, pack_stream_kernel<kPacking>)(p, total);
   } else {
     const unsigned int blocks = grid_stride_blocks(total, p.device);
-    pack_bytes_kernel<kPacking><<<blocks, kThreads, 0, stream>>>(p, bytes_per_row);
+    VIDLLM_LAUNCH(blocks, kThreads, 0, stream, pack_bytes_kernel<kPacking>)(p, bytes_per_row);
   }
   return cuda::launch_status();
 }
@@ -232,10 +233,10 @@ Status launch_unpack(const UnpackParams& p, int64_t bytes_per_row, cudaStream_t 
                           aligned16(p.codes) && aligned16(p.packed);
   if (one_stream) {
     const unsigned int blocks = grid_stride_blocks(std::max<int64_t>(total / 16, 1), p.device);
-    unpack_stream_kernel<kPacking><<<blocks, kThreads, 0, stream>>>(p, total);
+    VIDLLM_LAUNCH(blocks, kThreads, 0, stream, unpack_stream_kernel<kPacking>)(p, total);
   } else {
     const unsigned int blocks = grid_stride_blocks(total, p.device);
-    unpack_bytes_kernel<kPacking><<<blocks, kThreads, 0, stream>>>(p, bytes_per_row);
+    VIDLLM_LAUNCH(blocks, kThreads, 0, stream, unpack_bytes_kernel<kPacking>)(p, bytes_per_row);
   }
   return cuda::launch_status();
 }
@@ -448,9 +449,9 @@ Status launch_dequantize(const DequantArgs& a, int device, cudaStream_t stream) 
   const int64_t chunks = ceil_div(a.count, static_cast<int64_t>(cuda::kVectorWidth<T>));
   const unsigned int blocks = grid_stride_blocks(a.rows * a.tokens * chunks, device);
   if (dequantize_vectorizable<T>(a))
-    dequantize_kernel<T, kMode, true><<<blocks, kThreads, 0, stream>>>(a);
+    VIDLLM_LAUNCH(blocks, kThreads, 0, stream, dequantize_kernel<T, kMode, true>)(a);
   else
-    dequantize_kernel<T, kMode, false><<<blocks, kThreads, 0, stream>>>(a);
+    VIDLLM_LAUNCH(blocks, kThreads, 0, stream, dequantize_kernel<T, kMode, false>)(a);
   return cuda::launch_status();
 }
 
@@ -517,10 +518,10 @@ Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& p, void* stre
                   static_cast<unsigned int>(std::min(p.rows * groups, kMaxGridY)));
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      p.dtype,
-      VIDLLM_KV_DISPATCH_MODE(p.mode, quantize_channel_groups_kernel<scalar_t, kMode>
-                              <<<grid, static_cast<unsigned int>(threads), 0, cuda_stream>>>(
-                                  p, groups, bytes_per_token)));
+      p.dtype, VIDLLM_KV_DISPATCH_MODE(
+                   p.mode, VIDLLM_LAUNCH(grid, static_cast<unsigned int>(threads), 0, cuda_stream,
+                                         quantize_channel_groups_kernel<scalar_t, kMode>)(
+                               p, groups, bytes_per_token)));
   return cuda::launch_status();
 }
 
@@ -558,8 +559,9 @@ Status quantize_token_groups_cuda(const TokenGroupQuantParams& p, void* stream) 
   const int64_t sms = std::max(cuda::multiprocessor_count(p.device), 1);
   const unsigned int blocks = static_cast<unsigned int>(std::min(tiles, sms * kBlocksPerSm));
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  VIDLLM_DISPATCH_FLOAT_TYPES(p.dtype, quantize_token_groups_kernel<scalar_t>
-                              <<<blocks, kThreads, 0, cuda_stream>>>(p, groups, tokens_per_tile));
+  VIDLLM_DISPATCH_FLOAT_TYPES(
+      p.dtype, VIDLLM_LAUNCH(blocks, kThreads, 0, cuda_stream,
+                             quantize_token_groups_kernel<scalar_t>)(p, groups, tokens_per_tile));
   return cuda::launch_status();
 }
 

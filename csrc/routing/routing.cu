@@ -13,6 +13,7 @@
 
 #include "common/block_select.cuh"
 #include "common/cuda_device.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "common/rank_key.h"
@@ -147,11 +148,13 @@ __global__ void __launch_bounds__(kSelectThreads) topk_large_kernel(const TopkPa
 template <typename T>
 Status launch_topk_select(const TopkParams& p, cudaStream_t stream) {
   const int64_t small_blocks = grid_size(p.segments, kSelectWarps, 8, p.device);
-  topk_small_kernel<T><<<static_cast<unsigned int>(small_blocks), kSelectThreads, 0, stream>>>(p);
+  VIDLLM_LAUNCH(static_cast<unsigned int>(small_blocks), kSelectThreads, 0, stream,
+                topk_small_kernel<T>)(p);
   VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
   if (p.tokens <= kSmallSegment) return Status::ok();  // no segment can be long
   const int64_t large_blocks = grid_size(p.segments, 1, 4, p.device);
-  topk_large_kernel<T><<<static_cast<unsigned int>(large_blocks), kSelectThreads, 0, stream>>>(p);
+  VIDLLM_LAUNCH(static_cast<unsigned int>(large_blocks), kSelectThreads, 0, stream,
+                topk_large_kernel<T>)(p);
   return cuda::launch_status();
 }
 
@@ -432,19 +435,19 @@ Status launch_gather(const GatherParams& p, cudaStream_t stream) {
       static_cast<unsigned int>(grid_size(p.count, kRowWarps, kRowBlocksPerSm, p.device)));
   if (p.weight == nullptr && p.dot == nullptr) {
     if (vectorized)
-      gather_copy_kernel<T, uint4><<<grid, kRowThreads, 0, stream>>>(p);
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, gather_copy_kernel<T, uint4>)(p);
     else
-      gather_copy_kernel<T, T><<<grid, kRowThreads, 0, stream>>>(p);
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, gather_copy_kernel<T, T>)(p);
   } else if (p.dot != nullptr) {
     if (vectorized)
-      gather_scaled_kernel<T, kVec, true><<<grid, kRowThreads, 0, stream>>>(p);
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, gather_scaled_kernel<T, kVec, true>)(p);
     else
-      gather_scaled_kernel<T, 1, true><<<grid, kRowThreads, 0, stream>>>(p);
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, gather_scaled_kernel<T, 1, true>)(p);
   } else {
     if (vectorized)
-      gather_scaled_kernel<T, kVec, false><<<grid, kRowThreads, 0, stream>>>(p);
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, gather_scaled_kernel<T, kVec, false>)(p);
     else
-      gather_scaled_kernel<T, 1, false><<<grid, kRowThreads, 0, stream>>>(p);
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, gather_scaled_kernel<T, 1, false>)(p);
   }
   return cuda::launch_status();
 }
@@ -454,9 +457,9 @@ Status launch_scatter_rows(const ScatterParams& p, cudaStream_t stream) {
   const dim3 grid(
       static_cast<unsigned int>(grid_size(p.rows, kRowWarps, kRowBlocksPerSm, p.device)));
   if (scatter_vectorizable<T>(p))
-    scatter_rows_kernel<T, cuda::kVectorWidth<T>><<<grid, kRowThreads, 0, stream>>>(p);
+    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, cuda::kVectorWidth<T>>)(p);
   else
-    scatter_rows_kernel<T, 1><<<grid, kRowThreads, 0, stream>>>(p);
+    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, 1>)(p);
   return cuda::launch_status();
 }
 
@@ -467,7 +470,7 @@ Status launch_scatter_rows(const ScatterParams& p, cudaStream_t stream) {
 // Always writes *total (and slot_start): also for zero segments, where it checks tokens == 0.
 Status topk_plan_cuda(const TopkParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
-  topk_plan_kernel<<<1, kPlanThreads, 0, static_cast<cudaStream_t>(stream)>>>(params);
+  VIDLLM_LAUNCH(1, kPlanThreads, 0, static_cast<cudaStream_t>(stream), topk_plan_kernel)(params);
   return cuda::launch_status();
 }
 
@@ -504,7 +507,8 @@ Status scatter_cuda(const ScatterParams& params, void* stream) {
   }
   if (params.count > 0) {
     const int64_t blocks = grid_size(params.count, kRowThreads, kRowBlocksPerSm, params.device);
-    scatter_map_kernel<<<static_cast<unsigned int>(blocks), kRowThreads, 0, cuda_stream>>>(params);
+    VIDLLM_LAUNCH(static_cast<unsigned int>(blocks), kRowThreads, 0, cuda_stream,
+                  scatter_map_kernel)(params);
     VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
     scatter_link_kernel<<<1, 32, 0, cuda_stream>>>(params);  // returns at once without repeats
     VIDLLM_RETURN_IF_ERROR(cuda::launch_status());

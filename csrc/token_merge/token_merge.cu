@@ -13,6 +13,7 @@
 
 #include "common/block_select.cuh"
 #include "common/cuda_device.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "common/rank_key.h"
@@ -299,9 +300,9 @@ Status launch_merge(const MergeParams& p, cudaStream_t stream) {
       grid_for(ceil_div(p.rows.count * out_capacity, int64_t{kRowWarps}), p.device)));
   if (rows_vectorizable<T>(p.x, p.x_row_stride, p.x_token_stride, p.dim, p.rows) &&
       aligned16(p.out))
-    merge_kernel<T, cuda::kVectorWidth<T>><<<grid, kRowThreads, 0, stream>>>(p);
+    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, cuda::kVectorWidth<T>>)(p);
   else
-    merge_kernel<T, 1><<<grid, kRowThreads, 0, stream>>>(p);
+    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, 1>)(p);
   return cuda::launch_status();
 }
 
@@ -314,9 +315,9 @@ Status launch_unmerge(const UnmergeParams& p, cudaStream_t stream) {
   if (rows_vectorizable<T>(p.merged, p.merged_row_stride, p.merged_token_stride, p.dim,
                            merged_rows) &&
       aligned16(p.out))
-    unmerge_kernel<T, cuda::kVectorWidth<T>><<<grid, kRowThreads, 0, stream>>>(p);
+    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, cuda::kVectorWidth<T>>)(p);
   else
-    unmerge_kernel<T, 1><<<grid, kRowThreads, 0, stream>>>(p);
+    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, 1>)(p);
   return cuda::launch_status();
 }
 
@@ -331,8 +332,8 @@ Status metric_cuda(const MetricParams& params, void* stream) {
   const dim3 grid(
       static_cast<unsigned int>(grid_for(ceil_div(total, int64_t{kMetricThreads}), params.device)));
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, metric_kernel<scalar_t><<<grid, kMetricThreads, 0, cuda_stream>>>(params));
+  VIDLLM_DISPATCH_FLOAT_TYPES(params.dtype, VIDLLM_LAUNCH(grid, kMetricThreads, 0, cuda_stream,
+                                                          metric_kernel<scalar_t>)(params));
   return cuda::launch_status();
 }
 
@@ -340,7 +341,7 @@ Status plan_cuda(const PlanParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0) return Status::ok();
   const unsigned int blocks = static_cast<unsigned int>(std::min(params.rows.count, kMaxBlocks));
-  plan_kernel<<<blocks, kPlanThreads, 0, static_cast<cudaStream_t>(stream)>>>(params);
+  VIDLLM_LAUNCH(blocks, kPlanThreads, 0, static_cast<cudaStream_t>(stream), plan_kernel)(params);
   return cuda::launch_status();
 }
 

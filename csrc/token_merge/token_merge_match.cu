@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "common/cuda_device.h"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "common/rank_key.h"
@@ -182,7 +183,8 @@ Status launch_match(const MatchParams& p, cudaStream_t stream) {
   const int64_t a_capacity = set_a_size(p.rows.tokens, p.rows.protected_tokens);
   const int64_t a_tiles = ceil_div(a_capacity, int64_t{kTileA});
   const int64_t blocks = std::min(p.rows.count * a_tiles, kMaxBlocks);
-  match_kernel<T><<<static_cast<unsigned int>(blocks), kMatchThreads, 0, stream>>>(p, a_tiles);
+  VIDLLM_LAUNCH(static_cast<unsigned int>(blocks), kMatchThreads, 0, stream, match_kernel<T>)(
+      p, a_tiles);
   return cuda::launch_status();
 }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# CI: every CUDA kernel on the host emulator of the CUDA execution model
+# (csrc/cuda_emulator/README.md). Reinstalls the package into .ci/run's virtual environment
+# (.ci-venv, created here with torch if .ci/run has not made it) with VIDLLM_CUDA_EMULATION=1:
+# the CPU kernels plus the emulated CUDA kernels (plus nvcc's where nvcc is found), then runs the
+# emulator's own tests and the CUDA-marked tests under the "forward" and the seeded "random"
+# schedule. On a machine with a usable GPU the CUDA-marked tests run on the GPU instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .ci-venv/bin/python ]; then
+  python3 -m venv .ci-venv
+  .ci-venv/bin/python -m pip install --quiet --upgrade pip
+  .ci-venv/bin/python -m pip install torch==2.13.0
+fi
+source .ci-venv/bin/activate
+
+start=$SECONDS
+VIDLLM_CUDA_EMULATION=1 pip install ".[test]"
+echo "emulator build: $((SECONDS - start)) s"
+python -c "import vidllm_ext, sys; sys.exit(not vidllm_ext.build_info()['cuda_emulation'])"
+
+seed="${VIDLLM_EMULATOR_SEED:-1}"
+cd tests
+start=$SECONDS
+python -m pytest -q emulator
+python -m pytest -q -m cuda --emulator-schedule forward
+python -m pytest -q -m cuda --emulator-schedule random --emulator-seed "$seed"
+echo "emulated tests: $((SECONDS - start)) s"
