@@ -8,12 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 checkout="$PWD"
+ci_python="$checkout/.ci-venv/bin/python"
 export VIDLLM_CUDA=0
 
 second_venv="$(mktemp -d)/venv"
 trap 'rm -rf "$(dirname "$second_venv")"' EXIT
 
-show_installed() {  # $1: the venv's python; runs outside the checkout so the install is imported
+show_installed() {  # $1: the venv's python (absolute); from / so the install, not the source, loads
     (cd / && "$1" -c '
 import json, vidllm_ext
 info = vidllm_ext.build_info()
@@ -24,12 +25,14 @@ assert not info["cuda_compiled"], "VIDLLM_CUDA=0 was not honoured: this is not t
 
 echo "== reinstall into .ci-venv after touching a .cpp file"
 touch python/module.cpp
-.ci-venv/bin/python -m pip install --quiet "$checkout"
-show_installed .ci-venv/bin/python
+"$ci_python" -m pip install --quiet "$checkout"
+show_installed "$ci_python"
 
 echo "== install into a second virtual environment from the same checkout"
 python3 -m venv "$second_venv"
 "$second_venv/bin/python" -m pip install --quiet --upgrade pip
 "$second_venv/bin/python" -m pip install --quiet torch==2.13.0
-"$second_venv/bin/python" -m pip install --quiet "$checkout"
+# [hf]: `import vidllm_ext` currently imports transformers (vidllm_ext/kv_cache.py and
+# integration/), which the base install does not declare.
+"$second_venv/bin/python" -m pip install --quiet "$checkout[hf]"
 show_installed "$second_venv/bin/python"
