@@ -3,6 +3,8 @@ decoding from reduced inputs."""
 
 import torch
 
+from vidllm_ext.integration.compat import cache_kwargs
+
 
 def language_model_inputs(model, inputs):
     """What the unpatched language model receives for these inputs."""
@@ -48,7 +50,9 @@ def reference_greedy(model, reduced, positions, new_tokens):
     language_model = model.model.language_model
     cache = DynamicCache(config=model.config.text_config)
     with torch.no_grad():
-        hidden = language_model(**reduced, past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = language_model(
+            **reduced, **cache_kwargs(language_model, cache), use_cache=True
+        ).last_hidden_state
         position = positions[..., -1:].clone()
         mask = reduced["attention_mask"]
         tokens = []
@@ -61,7 +65,7 @@ def reference_greedy(model, reduced, positions, new_tokens):
                 inputs_embeds=language_model.embed_tokens(token)[:, None],
                 position_ids=position,
                 attention_mask=mask,
-                past_key_values=cache,
+                **cache_kwargs(language_model, cache),
                 use_cache=True,
             ).last_hidden_state
     return torch.stack(tokens, dim=1)

@@ -5,7 +5,7 @@ import torch
 import transformers
 from test_kv_scheme import assert_packed_equal, outlier_kv
 
-from vidllm_ext import KVQuantConfig, PackedKVCache, ops
+from vidllm_ext import KVQuantConfig, PackedKVCache, cache_kwargs, ops
 from vidllm_ext.kv_types import PackedKeys, PackedValues
 
 CONFIGS = {
@@ -228,7 +228,7 @@ def test_full_precision_config_generates_exactly_like_dynamic_cache(kind, beams)
     args = dict(max_new_tokens=12, do_sample=False, num_beams=beams)
     expected = model.generate(**prompt, **args)
     cache = PackedKVCache(KVQuantConfig(key_bits=16, value_bits=16))
-    assert torch.equal(model.generate(**prompt, **args, past_key_values=cache), expected)
+    assert torch.equal(model.generate(**prompt, **args, **cache_kwargs(model, cache)), expected)
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
@@ -238,7 +238,7 @@ def test_quantized_cache_generates_with_beams_and_padding(kind, beams, name):
     model, prompt = tiny_causal_lm(kind), padded_prompt()
     cache = PackedKVCache(CONFIGS[name])
     out = model.generate(
-        **prompt, max_new_tokens=12, do_sample=False, num_beams=beams, past_key_values=cache
+        **prompt, max_new_tokens=12, do_sample=False, num_beams=beams, **cache_kwargs(model, cache)
     )
     assert out.shape == (2, 45 + 12)
     assert cache.get_seq_length() == 45 + 11

@@ -9,6 +9,7 @@ from test_streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache
+from vidllm_ext.integration.compat import cache_from, cache_kwargs
 
 SMALL = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8)
 SALIENT = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8, salient_ratio=0.2)
@@ -23,7 +24,7 @@ def caches_seen(model):
     seen = []
     adapter = vidllm_ext.integration.registry.adapter_for(model)
     hook = adapter.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs.get("past_key_values")), with_kwargs=True
+        lambda module, args, kwargs: seen.append(cache_from(kwargs)), with_kwargs=True
     )
     return seen, hook
 
@@ -44,7 +45,7 @@ def test_generate_defaults_to_the_packed_cache_and_unpatch_restores(family):
     assert out.shape == expected.shape
     assert seen[-1].config == SMALL and seen[-1].layers[0].quantized_length > 0
     mine = PackedKVCache(SMALL)
-    model.generate(**inputs, max_new_tokens=2, do_sample=False, past_key_values=mine)
+    model.generate(**inputs, max_new_tokens=2, do_sample=False, **cache_kwargs(model, mine))
     assert seen[-1] is mine  # a cache the caller gives wins
     vidllm_ext.unpatch(model)
     seen.clear()
@@ -59,7 +60,7 @@ def test_salient_video_tokens_are_marked_per_sample(family):
     model, inputs = build_model(family), two_videos(family)
     vidllm_ext.patch(model, kv=SALIENT)
     cache = PackedKVCache(SALIENT)
-    model.generate(**inputs, max_new_tokens=3, do_sample=False, past_key_values=cache)
+    model.generate(**inputs, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
     ids = inputs["input_ids"]
     video = ids == model.config.video_token_id if family != "llava_onevision" else None
     if video is None:
@@ -77,7 +78,7 @@ def test_salient_tokens_follow_dtd():
     model, inputs = build_model(family), two_videos(family)
     vidllm_ext.patch(model, kv=SALIENT, dtd=vidllm_ext.DTDConfig(threshold=0.9))
     cache = PackedKVCache(SALIENT)
-    model.generate(**inputs, max_new_tokens=3, do_sample=False, past_key_values=cache)
+    model.generate(**inputs, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
     stats = vidllm_ext.last_stats(model)
     assert stats.video_tokens_after < stats.video_tokens_before
     tokens_per_step = SyntheticVideo().tokens_per_step

@@ -11,6 +11,7 @@ from test_streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext import reference
+from vidllm_ext.integration.compat import cache_kwargs, output_cache, pop_cache
 from vidllm_ext.integration.routing_context import RoutingContext
 
 pytest.importorskip("transformers")
@@ -133,7 +134,7 @@ def test_routed_layer_cache_holds_text_and_selected_video_only(family):
         out = model.generate(
             **inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True
         )
-    cache = out.past_key_values
+    cache = output_cache(out)
     skipped = [v.steps * (TOKENS_PER_STEP - kept_per_step(keep_ratio)) for v in videos]
     # Rows are left-padded to the row that keeps the most tokens.
     assert cache_lengths(cache) == [length + 3, length - min(skipped) + 3]
@@ -154,7 +155,7 @@ def test_routing_stats_and_caches_of_several_routed_layers(monkeypatch):
         randomize_routers(model)
         cache = DynamicCache(config=model.config.text_config)
         with torch.no_grad():
-            model(**inputs, past_key_values=cache, use_cache=True)
+            model(**inputs, **cache_kwargs(model, cache), use_cache=True)
         stats = vidllm_ext.last_stats(model, "mod")
         assert isinstance(stats, vidllm_ext.RoutingStats)
         assert stats.routed_layers == routed
@@ -214,7 +215,8 @@ def test_routed_layer_matches_the_reference_in_forward_and_gradients():
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].double()
     layer = language_model(model).layers[1]
     hidden, kwargs = captured_layer_inputs(model, inputs, 1)
-    kwargs.update(past_key_values=None, use_cache=False)  # the forward above filled a cache
+    pop_cache(kwargs)
+    kwargs.update(use_cache=False)  # the forward above filled a cache
     cos, sin = kwargs["position_embeddings"]
     is_video = inputs["input_ids"][0] == VIDEO
     offsets = torch.arange(0, 4 * 16 + 1, 16)
@@ -297,7 +299,7 @@ def test_dtd_and_routing_in_one_generate(family):
             for ratios in dtd.step_drop_ratios
         ]
         assert mod.video_tokens_after == [sum(kept)]
-        layer_zero, routed = cache_lengths(out.past_key_values)
+        layer_zero, routed = cache_lengths(output_cache(out))
         # Per row: the tokens DTD kept, less the video tokens routing skipped, padded to the
         # longest row.
         dtd_kept = [round(float((16 * (1 - ratios)).sum())) for ratios in dtd.step_drop_ratios]

@@ -9,7 +9,7 @@ from test_kv_patch import SMALL, two_videos
 from test_streaming import TIMESTAMP, feed
 
 import vidllm_ext
-from vidllm_ext import PackedKVCache, ops
+from vidllm_ext import PackedKVCache, cache_kwargs, ops
 from vidllm_ext.integration import attention
 from vidllm_ext.kv_cache import PackedKVLayer
 from vidllm_ext.ops import kv_pack
@@ -50,7 +50,7 @@ def generate(model, inputs, cache, **kwargs):
         **inputs,
         max_new_tokens=6,
         do_sample=False,
-        past_key_values=cache,
+        **cache_kwargs(model, cache),
         output_scores=True,
         return_dict_in_generate=True,
         **kwargs,

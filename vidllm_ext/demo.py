@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vidllm_ext.integration import DTDConfig, MergeConfig, last_stats, patch
+from vidllm_ext.integration.compat import output_cache
 from vidllm_ext.integration.registry import adapter_for
 from vidllm_ext.integration.token_drop import scene_changes
 
@@ -146,7 +147,7 @@ def run_once(model, inputs: dict, new_tokens: int) -> RunResult:
         _synchronize(device)
         prefill_s = time.perf_counter() - start
         generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
-    cache = output.past_key_values
+    cache = output_cache(output)
     return RunResult(
         prefill_s,
         cache_bytes(cache),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vidllm_ext.integration.compat import with_cache
 from vidllm_ext.integration.config import DTDConfig, MergeConfig
 from vidllm_ext.integration.patching import STATE_ATTRIBUTE, NothingKept, StreamStep, patch
 from vidllm_ext.integration.registry import adapter_for
@@ -197,10 +198,10 @@ class StreamingSession:
             positions = self.adapter.positions(self.sequence, self.video_grids)[..., -count:]
         input_ids = torch.tensor([ids], device=self.device) if ids is not None else None
         with torch.no_grad():
+            inputs = with_cache(inputs, self.cache, self.model.forward)
             output = self.model(
                 input_ids=input_ids,
                 position_ids=positions.to(self.device),
-                past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=1,
                 **inputs,

@@ -1,9 +1,11 @@
 """Drop-in patching of HuggingFace video LLMs (the layer above vidllm_ext.ops)."""
 
+from vidllm_ext.integration.compat import cache_kwargs
 from vidllm_ext.integration.config import DTDConfig, MergeConfig, MoDConfig
 from vidllm_ext.integration.patching import last_stats, patch, unpatch
 from vidllm_ext.integration.registry import supported_model_types
 from vidllm_ext.integration.routing_context import RoutingStats
+from vidllm_ext.integration.sequence import TechniqueInactive
 from vidllm_ext.integration.token_drop import DTDStats
 from vidllm_ext.integration.token_merge import MergeStats
 
@@ -14,6 +16,8 @@ __all__ = [
     "MergeStats",
     "MoDConfig",
     "RoutingStats",
+    "TechniqueInactive",
+    "cache_kwargs",
     "last_stats",
     "patch",
     "supported_model_types",

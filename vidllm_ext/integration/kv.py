@@ -14,6 +14,8 @@ import functools
 
 import torch
 
+from vidllm_ext.integration.compat import cache_from, with_cache
+from vidllm_ext.integration.sequence import TechniqueInactive
 from vidllm_ext.kv_cache import PackedKVCache
 from vidllm_ext.kv_config import KVQuantConfig
 from vidllm_ext.reference.kv import salient_video_tokens
@@ -26,9 +28,10 @@ def default_packed_cache(model, config: KVQuantConfig):
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_from(kwargs)
         if cache is None and kwargs.get("use_cache", True):
-            kwargs["past_key_values"] = PackedKVCache(config, packed_attention=True)
+            cache = PackedKVCache(config, packed_attention=True)
+            with_cache(kwargs, cache, model.forward)
         elif isinstance(cache, PackedKVCache):
             cache.packed_attention = True
         return original(*args, **kwargs)
@@ -36,9 +39,32 @@ def default_packed_cache(model, config: KVQuantConfig):
     return generate
 
 
+def require_packed_cache(state, module, args, kwargs: dict):
+    """Language-model pre-hook of ``patch(kv=...)``: the forward's cache is a
+    :class:`PackedKVCache` reading its codes directly. A forward that would build transformers'
+    default cache gets a fresh PackedKVCache instead; a forward given another cache raises
+    :class:`TechniqueInactive` rather than run without the packed cache."""
+    cache = cache_from(kwargs)
+    use_cache = kwargs.get("use_cache")
+    if use_cache is None:
+        use_cache = getattr(module.config, "use_cache", True)
+    if cache is None and use_cache:
+        with_cache(kwargs, PackedKVCache(state.kv, packed_attention=True), module.forward)
+        return args, kwargs
+    if cache is not None and not isinstance(cache, PackedKVCache):
+        raise TechniqueInactive(
+            f"kv: the model is patched with a packed KV cache, but this forward got a "
+            f"{type(cache).__name__}; pass a vidllm_ext.PackedKVCache (or none, and one is made), "
+            "or unpatch the model to use another cache"
+        )
+    if cache is not None:
+        cache.packed_attention = True
+    return None
+
+
 def mark_salient_tokens(state, kwargs: dict) -> None:
     """Language-model pre-hook: mark this forward's salient video tokens in the packed cache."""
-    cache, embeds = kwargs.get("past_key_values"), kwargs.get("inputs_embeds")
+    cache, embeds = cache_from(kwargs), kwargs.get("inputs_embeds")
     if not isinstance(cache, PackedKVCache) or cache.config.salient_ratio == 0 or embeds is None:
         return
     input_ids = (state.captured or {}).get("input_ids")

@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 import torch
 
 from vidllm_ext.integration.attention import AttentionImplementation
+from vidllm_ext.integration.compat import cache_from, warn_if_untested
 from vidllm_ext.integration.config import DTDConfig, MergeConfig, MoDConfig
-from vidllm_ext.integration.kv import default_packed_cache, mark_salient_tokens
+from vidllm_ext.integration.kv import (
+    default_packed_cache,
+    mark_salient_tokens,
+    require_packed_cache,
+)
 from vidllm_ext.integration.registry import adapter_for
 from vidllm_ext.integration.routed_layers import existing_routers, install_routing
-from vidllm_ext.integration.sequence import CompactedLayout
+from vidllm_ext.integration.sequence import CompactedLayout, require_video_layout
 from vidllm_ext.integration.token_drop import DTDStats, drop_video_tokens
 from vidllm_ext.integration.token_merge import MergeStats, merge_video_tokens
 from vidllm_ext.kv_config import KVQuantConfig
@@ -106,6 +111,7 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
                 f"{name}: expected a vidllm_ext.{kind.__name__} or None, got {type(value).__name__}"
             )
     adapter = adapter_for(model)
+    warn_if_untested()
     if merge is not None:
         _check_merge_fits(merge, adapter)
     routers = existing_routers(adapter.language_model)  # trained routers survive re-patching
@@ -130,6 +136,13 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         state.handles.append(
             adapter.language_model.register_forward_pre_hook(
                 lambda module, args, kwargs: _before_decoder(state, args, kwargs),
+                with_kwargs=True,
+            )
+        )
+    if kv is not None:
+        state.handles.append(
+            adapter.language_model.register_forward_pre_hook(
+                lambda module, args, kwargs: require_packed_cache(state, module, args, kwargs),
                 with_kwargs=True,
             )
         )
@@ -235,7 +248,7 @@ def _before_decoder(state: PatchState, args, kwargs):
     embeds = kwargs.get("inputs_embeds")
     if embeds is None:
         return None
-    cache = kwargs.get("past_key_values")
+    cache = cache_from(kwargs)
     if state.stream is not None:
         return _shorten_stream_chunk(state, args, kwargs, embeds)
     if cache is None or cache.get_seq_length() == 0:
@@ -254,7 +267,12 @@ def _take_segments(state: PatchState) -> list:
     """The videos of the call being prefilled; the recorded encoder inputs are used up."""
     captured, state.encoded_videos = state.captured, None
     method = state.dtd.method if state.dtd is not None else "feature"
-    return state.adapter.video_segments(captured, method) if captured else []
+    segments = state.adapter.video_segments(captured, method) if captured else []
+    technique = "dtd" if state.dtd is not None else "merge"
+    require_video_layout(
+        technique, (captured or {}).get("input_ids"), state.adapter.video_token_id, segments
+    )
+    return segments
 
 
 def _shorten(state: PatchState, embeds: torch.Tensor, segments: list, previous=None):

@@ -23,6 +23,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from vidllm_ext import ops
+from vidllm_ext.integration.compat import pop_cache, with_cache
 from vidllm_ext.integration.routing_context import (
     RoutingContext,
     RoutingRuntime,
@@ -141,18 +142,19 @@ class RoutedLayer:
         hidden_states: torch.Tensor,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         use_cache=False,
         position_embeddings=None,
         **kwargs,
     ):
-        """The decoder layer's forward, routed (``attention_mask`` is replaced by its own)."""
+        """The decoder layer's forward, routed (``attention_mask`` is replaced by its own); the
+        cache comes under the keyword the installed transformers uses (see ``compat``)."""
         context = self.runtime.context_for(hidden_states)
+        cache = pop_cache(kwargs)
         inputs = dict(position_ids=position_ids, position_embeddings=position_embeddings, **kwargs)
 
         def run(keep: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
             return self._run_selected(
-                rows, keep, hidden_states.shape, context, past_key_values, use_cache, inputs
+                rows, keep, hidden_states.shape, context, cache, use_cache, inputs
             )
 
         if context.video_tokens == 0:  # nothing to route: every token goes through
@@ -193,9 +195,8 @@ class RoutedLayer:
             moved = {name: _to_layout(value, layout, length) for name, value in inputs.items()}
         history = self._history(cache, batch, rows.device)
         mask = _additive_mask(history, real, rows.dtype)
-        output = self.original_forward(
-            padded, attention_mask=mask, past_key_values=cache, use_cache=use_cache, **moved
-        )
+        with_cache(moved, cache, self.original_forward)
+        output = self.original_forward(padded, attention_mask=mask, use_cache=use_cache, **moved)
         if isinstance(output, tuple):
             output = output[0]
         self._remember(cache, history, real)

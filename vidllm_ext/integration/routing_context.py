@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vidllm_ext.integration.sequence import require_video_layout
+
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
@@ -86,7 +88,9 @@ def video_frame_ids(state, batch: int, length: int, device) -> torch.Tensor:
         return frame_ids
     original = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
     first_id = 0
-    for segment in state.adapter.video_segments(captured, "feature"):
+    segments = state.adapter.video_segments(captured, "feature")
+    require_video_layout("mod", input_ids, state.adapter.video_token_id, segments)
+    for segment in segments:
         steps = torch.arange(segment.steps, device=input_ids.device) + first_id
         columns = segment.columns.to(input_ids.device)
         original[segment.sample, columns] = steps.repeat_interleave(segment.tokens)

@@ -69,3 +69,24 @@ class CompactedLayout:
             return torch.cat([prefill, later], dim=1)
         prefill = prefill.to(device=attention_mask.device, dtype=attention_mask.dtype)
         return torch.cat([prefill, attention_mask[:, self.original_length :]], dim=1)
+
+
+class TechniqueInactive(RuntimeError):
+    """A configured technique could not take effect on this call; raised instead of silently
+    running the unpatched computation."""
+
+
+def require_video_layout(technique: str, input_ids, video_token_id: int, segments: list) -> None:
+    """Raises :class:`TechniqueInactive` when ``input_ids`` hold video tokens but no video
+    segment was found for them (the patch never saw their grids or pixels)."""
+    if segments or input_ids is None:
+        return
+    video_tokens = int((input_ids == video_token_id).sum())
+    if video_tokens:
+        raise TechniqueInactive(
+            f"{technique}: this forward holds {video_tokens} video tokens, but the patch never saw "
+            "their layout (video grids / pixel inputs of the multimodal call), so it cannot take "
+            "effect; refusing to run the unpatched computation silently. This usually means the "
+            "installed transformers passes videos in a way this vidllm_ext does not know: please "
+            "report it with the transformers version"
+        )
