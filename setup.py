@@ -79,6 +79,65 @@ def git_commit() -> str:
         return "unknown"
 
 
+# Tools a CMake cache remembers by path. pip's build isolation deletes the cmake, ninja and pybind11
+# of each build when it ends, so the next build from the same checkout finds them gone.
+CACHED_TOOL_PATHS = (
+    "CMAKE_COMMAND",
+    "CMAKE_MAKE_PROGRAM",
+    "CMAKE_CXX_COMPILER",
+    "CMAKE_CUDA_COMPILER",
+)
+
+
+def read_cmake_cache(cache_file: Path) -> "dict[str, str]":
+    """CMakeCache.txt's entries as {name: value} (types and comments dropped)."""
+    entries = {}
+    for line in cache_file.read_text(errors="replace").splitlines():
+        if line.startswith(("#", "//")) or "=" not in line:
+            continue
+        name_and_type, value = line.split("=", 1)
+        entries[name_and_type.split(":", 1)[0]] = value
+    return entries
+
+
+def stale_cmake_cache(build_dir: Path, expected: "dict[str, str]") -> "str | None":
+    """Why the CMake cache in build_dir cannot be reused, or None when it can (or there is none).
+
+    expected: cache entries this build configures with ({"Python_EXECUTABLE": ..., ...}); the cache
+    is stale when one of them was recorded with another value, or when a tool it remembers (cmake,
+    ninja, a compiler) no longer exists.
+    """
+    cache_file = build_dir / "CMakeCache.txt"
+    if not cache_file.is_file():
+        return None
+    cached = read_cmake_cache(cache_file)
+    for name, value in expected.items():
+        if name in cached and cached[name] != value:
+            return f"{name} changed from {cached[name]} to {value}"
+    for name in CACHED_TOOL_PATHS:
+        path = cached.get(name, "")
+        if os.path.isabs(path) and not os.path.exists(path):
+            return f"{name} {path} no longer exists"
+    return None
+
+
+def cmake_build_dir(cache_inputs: "dict[str, str]") -> Path:
+    """The CMake build folder, ready to configure: build/cmake-pyXY, one per Python minor version.
+
+    It is kept between builds so that `pip install -e .` recompiles only what changed, and emptied
+    first when its cache is stale: made by another checkout path, interpreter or pybind11
+    (cache_inputs: the -D values this build passes), or by tools that no longer exist.
+    """
+    build_dir = ROOT / "build" / f"cmake-py{sys.version_info[0]}{sys.version_info[1]}"
+    expected = {"CMAKE_HOME_DIRECTORY": str(ROOT), "CMAKE_CACHEFILE_DIR": str(build_dir)}
+    stale = stale_cmake_cache(build_dir, {**expected, **cache_inputs})
+    if stale:
+        print(f"vidllm_ext: {stale}: configuring {build_dir} afresh", flush=True)
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return build_dir
+
+
 def package_version() -> str:
     scope: dict = {}
     exec((ROOT / "vidllm_ext" / "_version.py").read_text(), scope)
@@ -92,13 +151,16 @@ class CMakeBuild(build_ext):
         with_cuda, nvcc = cuda_setting()
         with_emulation = emulation_setting()
         output_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
-        # A fixed build folder per interpreter, so `pip install -e .` rebuilds only what changed.
-        build_dir = ROOT / "build" / f"cmake-py{sys.version_info[0]}{sys.version_info[1]}"
-        build_dir.mkdir(parents=True, exist_ok=True)
+        # The paths the CMake cache remembers from this environment (pip's isolated one differs
+        # every time); cmake_build_dir starts afresh when they changed.
+        cache_inputs = {
+            "Python_EXECUTABLE": sys.executable,
+            "pybind11_DIR": pybind11.get_cmake_dir(),
+        }
+        build_dir = cmake_build_dir(cache_inputs)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={output_dir}",
-            f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            *(f"-D{name}={value}" for name, value in cache_inputs.items()),
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DVIDLLM_VERSION={package_version()}",
             f"-DVIDLLM_GIT_COMMIT={git_commit()}",

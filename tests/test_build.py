@@ -150,6 +150,39 @@ def test_setup_arch_list(setup_script):
         archs("sm_90")
 
 
+def write_cmake_cache(build_dir, **entries):
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# This is the CMakeCache file.", "//Program used to build from build.ninja files."]
+    lines += [f"{name}:FILEPATH={value}" for name, value in entries.items()]
+    (build_dir / "CMakeCache.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_setup_detects_a_stale_cmake_cache(setup_script, tmp_path):
+    stale = setup_script["stale_cmake_cache"]
+    assert stale(tmp_path, {"Python_EXECUTABLE": sys.executable}) is None  # no cache yet
+    tools = {"CMAKE_COMMAND": sys.executable, "CMAKE_MAKE_PROGRAM": sys.executable}
+    write_cmake_cache(tmp_path, Python_EXECUTABLE=sys.executable, **tools)
+    assert stale(tmp_path, {"Python_EXECUTABLE": sys.executable}) is None
+    assert "Python_EXECUTABLE changed" in stale(tmp_path, {"Python_EXECUTABLE": "/other/python"})
+    # Issue 14: pip deleted the isolated build environment whose ninja the cache remembers.
+    gone = "/tmp/pip-build-env-3ce37sjp/overlay/bin/ninja"
+    write_cmake_cache(tmp_path, Python_EXECUTABLE=sys.executable, CMAKE_MAKE_PROGRAM=gone)
+    reason = stale(tmp_path, {"Python_EXECUTABLE": sys.executable})
+    assert reason == f"CMAKE_MAKE_PROGRAM {gone} no longer exists"
+
+
+def test_setup_build_folder_is_emptied_only_when_stale(setup_script, tmp_path, monkeypatch):
+    monkeypatch.setitem(setup_script["cmake_build_dir"].__globals__, "ROOT", tmp_path)
+    build_dir = tmp_path / "build" / f"cmake-py{sys.version_info[0]}{sys.version_info[1]}"
+    home = {"CMAKE_HOME_DIRECTORY": str(tmp_path), "CMAKE_CACHEFILE_DIR": str(build_dir)}
+    write_cmake_cache(build_dir, Python_EXECUTABLE=sys.executable, **home)
+    (build_dir / "object.o").touch()
+    assert setup_script["cmake_build_dir"]({"Python_EXECUTABLE": sys.executable}) == build_dir
+    assert (build_dir / "object.o").exists()  # kept: incremental rebuilds
+    setup_script["cmake_build_dir"]({"Python_EXECUTABLE": "/another/venv/bin/python"})
+    assert build_dir.is_dir() and not any(build_dir.iterdir())
+
+
 def test_cli_quick_benchmark_prints_the_table_and_targets():
     result = run_cli("bench", "dtd", "--device", "cpu", "--quick")
     assert result.returncode == 0, result.stderr
