@@ -18,6 +18,11 @@ pytest.importorskip("transformers")
 TOKENS_PER_STEP = 16
 
 
+def counts_tokens(layer) -> bool:
+    """Linear-attention cache layers count their tokens on newer releases only (not on 5.12)."""
+    return hasattr(layer, "get_seq_length")
+
+
 def language_model(model):
     return model.model.language_model
 
@@ -73,10 +78,12 @@ def test_a_routed_linear_attention_layer_sees_only_its_selected_tokens(family):
         cache_keyword = {cache_parameter(type(layer).forward): alone}
         type(layer).forward(layer, hidden[:, columns], None, use_cache=True, **cache_keyword)
     routed, expected = cache.layers[1], alone.layers[1]
-    assert int(routed.get_seq_length()) == columns.numel()
+    if counts_tokens(routed):
+        assert int(routed.get_seq_length()) == columns.numel()
     for state, expected_state in zip(layer_states(routed), layer_states(expected), strict=True):
         torch.testing.assert_close(state, expected_state)
-    assert int(cache.layers[0].get_seq_length()) == hidden.shape[1]  # layer 0 saw everything
+    if counts_tokens(cache.layers[0]):
+        assert int(cache.layers[0].get_seq_length()) == hidden.shape[1]  # layer 0 saw everything
 
 
 @pytest.mark.parametrize("family", models.HYBRID_FAMILIES)
@@ -99,8 +106,9 @@ def test_decode_steps_route_nothing_in_a_linear_attention_layer(family):
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4
     length, skipped = inputs["input_ids"].shape[1], 4 * (TOKENS_PER_STEP - 4)
     # Prefill, then three decode steps of one token each through every layer.
-    assert int(cache.layers[0].get_seq_length()) == length + 3
-    assert int(cache.layers[1].get_seq_length()) == length - skipped + 3  # routed, linear
+    if counts_tokens(cache.layers[0]):
+        assert int(cache.layers[0].get_seq_length()) == length + 3
+        assert int(cache.layers[1].get_seq_length()) == length - skipped + 3  # routed, linear
     assert cache.layers[3].keys.shape[-2] == length - skipped + 3  # routed, full attention
 
 
@@ -237,5 +245,6 @@ def test_streaming_chunks_route_like_one_forward(family):
     assert torch.equal(answer, expected[: answer.numel()])
     layers = session.cache.layers
     skipped = 6 * (TOKENS_PER_STEP - 4)
-    assert int(layers[0].get_seq_length()) - int(layers[1].get_seq_length()) == skipped
-    assert layers[0].get_seq_length() - layers[3].keys.shape[-2] == skipped
+    if counts_tokens(layers[0]):
+        assert int(layers[0].get_seq_length()) - int(layers[1].get_seq_length()) == skipped
+        assert layers[0].get_seq_length() - layers[3].keys.shape[-2] == skipped

@@ -26,8 +26,9 @@ class StreamingSession:
     context as a turn. A model patched with routing (``mod``) keeps its routers.
 
     Args:
-        model: a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or LLaVA-OneVision ``*ForConditionalGeneration``;
-            the session patches it with ``dtd`` (replacing any earlier patch).
+        model: a ``*ForConditionalGeneration`` of a supported family (Qwen2-VL, Qwen2.5-VL,
+            Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE, LLaVA-OneVision); the session patches
+            it with ``dtd`` (replacing any earlier patch).
         processor: optional HF processor: its tokenizer encodes and decodes text and its video
             processor (when it has one) prepares frames. Without it, questions are token ids and
             answers come back as token ids; uint8 frames get the Qwen processor's default layout.

@@ -75,9 +75,10 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
     """Patches a HuggingFace video LLM instance in place and returns it.
 
     Args:
-        model: a loaded ``*ForConditionalGeneration`` of a supported family (qwen2_5_vl,
-            qwen3_vl, qwen2_vl, llava_onevision); other instances and transformers' classes are
-            never touched.
+        model: a loaded ``*ForConditionalGeneration`` of a supported family
+            (``vidllm_ext.integration.supported_model_types()``: qwen2_vl, qwen2_5_vl, qwen3_vl,
+            qwen3_vl_moe, qwen3_5, qwen3_5_moe, llava_onevision); other instances and
+            transformers' classes are never touched.
         dtd: :class:`DTDConfig` to drop redundant video tokens before the first decoder layer, or
             None.
         merge: :class:`MergeConfig` to merge each video's tokens segment by segment (after DTD
