@@ -81,7 +81,11 @@ class Campaigns:
 
 @pytest.fixture(scope="module")
 def campaigns(request, tmp_path_factory):
-    selected = [i.callspec.params["op"] for i in request.session.items if "op" in i.fixturenames]
+    selected = [  # this module's campaigns only: other test files have an "op" parameter too
+        item.callspec.params["op"]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module and "op" in item.fixturenames
+    ]
     return Campaigns(sorted(set(selected), key=OPS.index), tmp_path_factory.mktemp("fuzz"))
 
 
