@@ -20,10 +20,9 @@ start=$SECONDS
 # so checked) the nvcc kernels, and no GPU is here to run them.
 VIDLLM_CUDA=0 VIDLLM_CUDA_EMULATION=1 pip install ".[test]"
 echo "emulator build: $((SECONDS - start)) s"
-python -c "import vidllm_ext, sys; sys.exit(not vidllm_ext.build_info()['cuda_emulation'])"
-
 seed="${VIDLLM_EMULATOR_SEED:-1}"
-cd tests
+cd tests  # from here the installed package is imported, not the source folder
+python -c "import vidllm_ext, sys; sys.exit(not vidllm_ext.build_info()['cuda_emulation'])"
 start=$SECONDS
 python -m pytest -q emulator
 # Every CUDA-marked test once, under the seeded random schedule (block order and the order threads
