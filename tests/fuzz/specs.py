@@ -434,10 +434,8 @@ def quantize_keys(rng):
     split = None
     if rng.random() < 0.3:
         count = config.two_bit_key_channels(shape[3])
-        split = torch.stack(
-            [torch.randperm(shape[3])[:count].sort().values for _ in range(shape[1])]
-        )
-        split = split.reshape(shape[1], count)
+        rows = [torch.randperm(shape[3])[:count].sort().values for _ in range(shape[1])]
+        split = torch.stack(rows) if rows else torch.zeros(0, count, dtype=torch.long)  # 0 heads
     values = dict(k=_floats(rng, shape), config=config, channel_split=split)
     args = dict(k=Arg("data"), config=CONFIG_ARG, channel_split=Arg("index", optional=True))
     return _case(

@@ -89,7 +89,32 @@ def campaigns(request, tmp_path_factory):
     return Campaigns(sorted(set(selected), key=OPS.index), tmp_path_factory.mktemp("fuzz"))
 
 
-@pytest.mark.parametrize("op", OPS)
+# Contract failures the 5,000-call campaign finds on main, open (issue 15's note lists them): each
+# campaign still runs in full, and a crash or a new failing op still fails CI.
+KNOWN_FAILURES = {
+    "compact_tokens_into": "counts=None with an empty selection returns None, the reference []",
+    "dequantize_values": "tampered PackedValues (head_dim + 1, salient reversed) are accepted",
+    "packed_attention": "a cache layer whose window values are one token short is accepted",
+    "topk_per_segment_into": "an index output of rank - 1 is accepted",
+}
+
+
+def _campaign_params():
+    for op in OPS:
+        reason = KNOWN_FAILURES.get(op)
+        marks = (
+            [
+                pytest.mark.xfail(
+                    reason=f"known, open: {reason}", raises=AssertionError, strict=False
+                )
+            ]
+            if reason
+            else []
+        )
+        yield pytest.param(op, marks=marks, id=op)
+
+
+@pytest.mark.parametrize("op", list(_campaign_params()))
 def test_fuzz_campaign(op, campaigns):
     code, out, err = campaigns.result(op)
     progress = (campaigns.folder / f"{op}.progress").read_text() if code != 0 else ""
