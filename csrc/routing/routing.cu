@@ -510,7 +510,8 @@ Status scatter_cuda(const ScatterParams& params, void* stream) {
     VIDLLM_LAUNCH(static_cast<unsigned int>(blocks), kRowThreads, 0, cuda_stream,
                   scatter_map_kernel)(params);
     VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
-    VIDLLM_LAUNCH(1, 32, 0, cuda_stream, scatter_link_kernel)(params);  // returns at once without repeats
+    VIDLLM_LAUNCH(1, 32, 0, cuda_stream,
+                  scatter_link_kernel)(params);  // returns at once without repeats
     VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
   }
   if (params.rows == 0 || params.dim == 0) return Status::ok();
