@@ -8,7 +8,7 @@ same inputs. Target (TimeChat-Online): >= 1.76x lower time to first token at ~81
 
     python benchmarks/e2e_dtd.py                 # GPU; writes benchmarks/results/e2e_dtd_*.md
     python benchmarks/e2e_dtd.py --tiny          # CPU smoke run of the script on the demo config
-    python benchmarks/e2e_dtd.py --family qwen3_5 --layers 8   # Qwen3.5 (see e2e_families.py)
+    python benchmarks/e2e_dtd.py --family qwen3_5 --layers 8   # Qwen3.5 (see model_families.py)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import vidllm_ext
 from vidllm_ext.demo import demo_inputs, demo_model, synthetic_clip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import e2e_families
+import model_families
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_SPEEDUP = 1.76
@@ -103,7 +103,7 @@ def time_to_first_token(model, inputs: dict, repeats: int) -> tuple[float, int]:
 def build(family: str, layers: int, device: str, tiny: bool):
     if family == "qwen3_5":
         dtype = torch.float32 if tiny else torch.bfloat16
-        return e2e_families.qwen3_5_model(layers, device, dtype, tiny=tiny)
+        return model_families.qwen3_5_model(layers, device, dtype, tiny=tiny)
     return demo_model(device) if tiny else model_7b(layers, device)
 
 
@@ -141,7 +141,7 @@ def report(rows, layers, device, tiny, family="qwen2_5_vl") -> str:
     if tiny:
         model = f"{family} tiny config (CPU smoke run)"
     elif family == "qwen3_5":
-        model = e2e_families.describe(family, layers) + ", full vision tower, bf16"
+        model = model_families.describe(family, layers) + ", full vision tower, bf16"
     else:
         model = (
             f"Qwen2.5-VL-7B config, {layers} of 28 decoder layers, full vision tower, bf16, "
@@ -183,7 +183,7 @@ def report(rows, layers, device, tiny, family="qwen2_5_vl") -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=None)
-    parser.add_argument("--family", choices=e2e_families.FAMILIES, default="qwen2_5_vl")
+    parser.add_argument("--family", choices=model_families.FAMILIES, default="qwen2_5_vl")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers kept")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("e2e_dtd: skipped, torch sees no CUDA device (use --tiny for a CPU smoke run)")
         return 0
-    e2e_families.check_layers(args.family, args.layers)
+    model_families.check_layers(args.family, args.layers)
     steps = args.steps or ([4, 8] if args.tiny else [128, 512])
     rows = run(steps, args.layers, args.threshold, device, args.tiny, args.repeats, args.family)
     text = report(rows, args.layers, device, args.tiny, args.family)

@@ -25,7 +25,7 @@ cost and cache bytes are the same either way.
     python benchmarks/e2e_packed_kv.py --device cpu --context 4096 --layers 1   # smoke, < 1 min
     python benchmarks/e2e_packed_kv.py --family qwen3_5 --layers 8   # hybrid: 2 of 8 layers hold KV
 
-``--family qwen3_5``: the Qwen3.5 text decoder (see e2e_families.py); only its full-attention
+``--family qwen3_5``: the Qwen3.5 text decoder (see model_families.py); only its full-attention
 layers hold KV (packed by PackedKVCache), the Gated DeltaNet layers keep fixed-size recurrent
 and convolution states, counted in both caches' bytes. Its prefill is always ``each`` (a
 recurrent state cannot be copied from another cache's keys and values).
@@ -53,7 +53,7 @@ from vidllm_ext.bench import harness
 from vidllm_ext.integration.attention import AttentionImplementation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import e2e_families
+import model_families
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFILL_CHUNK = 8192
@@ -124,7 +124,7 @@ def cache_nbytes(cache) -> int:
     DynamicCache's layers (and the states of its linear-attention layers)."""
     if isinstance(cache, PackedKVCache):
         return cache.nbytes()
-    return e2e_families.linear_state_bytes(cache) + sum(
+    return model_families.linear_state_bytes(cache) + sum(
         t.numel() * t.element_size()
         for layer in cache.layers
         if getattr(layer, "is_initialized", True) and hasattr(layer, "keys")
@@ -313,7 +313,7 @@ def report(runs: list[Run], args, device: torch.device) -> str:
 
 def model_line(args) -> str:
     if args.family == "qwen3_5":
-        return e2e_families.describe("qwen3_5", args.layers) + " (text decoder), bfloat16"
+        return model_families.describe("qwen3_5", args.layers) + " (text decoder), bfloat16"
     return (
         "Qwen2.5-VL-7B text configuration (Qwen2: hidden 3584, 28 heads, 4 KV heads, head_dim "
         f"128, intermediate 18944, vocab 152064), {args.layers} of 28 decoder layers, random "
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--context", type=int, default=65536, help="context tokens")
-    parser.add_argument("--family", choices=e2e_families.FAMILIES, default="qwen2_5_vl")
+    parser.add_argument("--family", choices=model_families.FAMILIES, default="qwen2_5_vl")
     parser.add_argument("--layers", type=int, help="decoder layers kept (default 2; qwen3_5 4)")
     parser.add_argument("--new-tokens", type=int, help="timed tokens (default: 128 CUDA, 4 CPU)")
     parser.add_argument(
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     hybrid = args.family == "qwen3_5"
     args.layers = args.layers or (4 if hybrid else 2)
-    e2e_families.check_layers(args.family, args.layers)
+    model_families.check_layers(args.family, args.layers)
     if hybrid and args.prefill == "shared":
         parser.error("--prefill shared: a Qwen3.5 recurrent state cannot be copied; use each")
     if args.context < 2 or args.layers < 1:
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args.new_tokens = args.new_tokens or (128 if device.type == "cuda" else 4)
     args.prefill = args.prefill or ("each" if device.type == "cuda" or hybrid else "shared")
     max_positions = args.context + WARMUP_TOKENS + args.new_tokens
-    build = e2e_families.qwen3_5_text_model if hybrid else text_model
+    build = model_families.qwen3_5_text_model if hybrid else text_model
     model = build(args.layers, device, max(max_positions, 32768))
     generator = torch.Generator(device="cpu").manual_seed(0)
     vocab = model.config.vocab_size
