@@ -7,10 +7,10 @@ import models
 import pytest
 import torch
 from models import VIDEO, SyntheticVideo, build_model, make_inputs
+from support.routing_oracle import routed_and_reference
 from test_mod_model import randomize_routers, two_videos
 
 import vidllm_ext
-from vidllm_ext import reference
 from vidllm_ext.integration.compat import cache_kwargs, cache_parameter
 from vidllm_ext.kv_linear import layer_states
 
@@ -203,20 +203,7 @@ def test_routed_hybrid_layer_matches_the_reference_in_forward_and_gradients(fami
         embeddings = (cos[:, selected_index], sin[:, selected_index])
         return type(layer).forward(layer, selected[None], embeddings)[0]
 
-    upstream = torch.randn(hidden.shape[1:], dtype=torch.float64)
-    results = []
-    for routed in (True, False):
-        layer.zero_grad()
-        leaf = hidden.clone().requires_grad_()
-        if routed:
-            out = layer(leaf, **kwargs)[0]
-        else:
-            scores = layer.vidllm_router(leaf[0]).squeeze(-1)
-            out = reference.routing.routed_update(
-                leaf[0], scores, is_video, offsets, 0.25, raw_layer, "sigmoid2"
-            )
-        out.backward(upstream)
-        results.append((out.detach(), leaf.grad, layer.vidllm_router.weight.grad.clone()))
+    results = routed_and_reference(layer, hidden, kwargs, is_video, offsets, 0.25, raw_layer)
     (out, grad_hidden, grad_router), (expected, expected_hidden, expected_router) = results
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(grad_hidden, expected_hidden, atol=1e-10, rtol=1e-10)
