@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 FLOOR=$(sed -n 's/.*"transformers>=\([0-9.]*\),<6".*/\1/p' pyproject.toml | head -n 1)
 echo "== transformers floor: $FLOOR (from pyproject.toml)"
 
-built=$(.ci-venv/bin/python -c "import os, vidllm_ext; print(os.path.dirname(vidllm_ext.__file__))")
+# -P: the current directory (the source tree, no compiled extension) stays off sys.path.
+built=$(.ci-venv/bin/python -P -c "import os, vidllm_ext; print(os.path.dirname(vidllm_ext.__file__))")
 rm -rf .ci-venv-floor .ci-floor-package
 python3 -m venv .ci-venv-floor
 .ci-venv-floor/bin/python -m pip install --quiet --upgrade pip
@@ -20,7 +21,7 @@ mkdir .ci-floor-package
 ln -s "$built" .ci-floor-package/vidllm_ext
 site=$(.ci-venv-floor/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 echo "$PWD/.ci-floor-package" >"$site/vidllm_ext_ci_build.pth"
-.ci-venv-floor/bin/python -c "import transformers, vidllm_ext; print('transformers', transformers.__version__, 'vidllm_ext', vidllm_ext.__version__, vidllm_ext.__file__)"
+.ci-venv-floor/bin/python -P -c "import transformers, vidllm_ext; print('transformers', transformers.__version__, 'vidllm_ext', vidllm_ext.__version__, vidllm_ext.__file__)"
 # Known floor defect, open: on 5.12 a LLaVA-OneVision routed layer's cache after DTD + routing
 # holds more entries than the test expects (50 against 36); reported in the issue notes.
 KNOWN="test_mod_model.py::test_dtd_and_routing_in_one_generate[llava_onevision]"
