@@ -291,6 +291,8 @@ def compare(result, expected) -> str | None:
     for i, (g, w) in enumerate(zip(got, want)):
         if isinstance(g, torch.Tensor) and isinstance(w, torch.Tensor):
             problem = _tensor_equal(g, w)
+        elif isinstance(g, torch.Tensor) or isinstance(w, torch.Tensor):
+            problem = f"{type(g).__name__} vs reference {type(w).__name__}"
         else:
             problem = None if (g == w or (g != g and w != w)) else f"{g!r} vs reference {w!r}"
         if problem:

@@ -124,6 +124,7 @@ def _compact_into(impl, values):
     if impl is reference:
         kept, kept_index, counts = reference.compact_tokens(values["frames"], values["keep_mask"])
         total = torch.tensor([kept.shape[0]])
+        counts = counts if values["counts"] is not None else None  # the op returns only total
         return total, counts, kept[:capacity], kept_index[:capacity]
     total = ops.compact_tokens_into(
         values["frames"], values["keep_mask"], values["kept"], values["kept_index"],
@@ -266,7 +267,8 @@ def topk_per_segment(rng):
 
 
 def _topk_into(impl, values):
-    capacity = values["index"].shape[0] if isinstance(values["index"], torch.Tensor) else 0
+    index = values["index"]
+    capacity = index.shape[0] if isinstance(index, torch.Tensor) and index.dim() else 0
     names = ("scores", "segment_offsets", "keep_ratio")
     if impl is reference:
         index = reference.topk_per_segment(*(values[n] for n in names))
@@ -511,12 +513,15 @@ def dequantize_values(rng):
     packed = ops.quantize_values(_floats(rng, shape), config, salient)
     tamper = [
         ("codes with a byte more per token", _wider("codes")),
-        ("head_dim + 1", lambda p: dataclasses.replace(p, head_dim=p.head_dim + 1)),
+        # + 4, not + 1: one more channel can fit the padding of the last code byte (token2's
+        # statistics cover groups of channels), and then the structure is consistent.
+        ("head_dim + 4", lambda p: dataclasses.replace(p, head_dim=p.head_dim + 4)),
         ("mode bogus", _replace(mode="bogus")),
         ("group_size 0", _replace(group_size=0)),
     ]
     if packed.salient_index is not None and packed.salient_index.numel():
         tamper.append(("salient past the end", _replace(salient_index=packed.salient_index + 99)))
+    if packed.salient_index is not None and packed.salient_index.shape[1] > 1:  # one: no order
         tamper.append(("salient reversed", _replace(salient_index=packed.salient_index.flip(1))))
     values = dict(packed=packed)
     args = dict(packed=Arg("structure", tamper=tamper))
@@ -549,8 +554,13 @@ def _copy_layer(layer):
     return copy.deepcopy(layer)
 
 
-def _drop_window_value(layer):
-    layer.values = layer.values[:, :, :-1] if layer.values.shape[2] else layer.values[:, :1]
+def _window_lengths_differ(layer):
+    """Window values one token shorter than the keys (one longer when the window is empty)."""
+    window = layer.values
+    if window.shape[2]:
+        layer.values = window[:, :, :-1]
+    else:
+        layer.values = window.new_zeros(window.shape[0], window.shape[1], 1, window.shape[3])
 
 
 def _longer_quantized(layer):
@@ -570,7 +580,7 @@ def _value_block_twice(layer):
 
 LAYER_TAMPERING = [
     ("quantized_length + 1", _tamper_layer(_longer_quantized)),
-    ("window values one token short", _tamper_layer(_drop_window_value)),
+    ("window values and keys of different lengths", _tamper_layer(_window_lengths_differ)),
     ("window values float64", _tamper_layer(_float64_window)),
     ("a value block twice", _tamper_layer(_value_block_twice)),
 ]

@@ -89,14 +89,9 @@ def campaigns(request, tmp_path_factory):
     return Campaigns(sorted(set(selected), key=OPS.index), tmp_path_factory.mktemp("fuzz"))
 
 
-# Contract failures the 5,000-call campaign finds on main, open (issue 15's note lists them): each
-# campaign still runs in full, and a crash or a new failing op still fails CI.
-KNOWN_FAILURES = {
-    "compact_tokens_into": "counts=None with an empty selection returns None, the reference []",
-    "dequantize_values": "tampered PackedValues (head_dim + 1, salient reversed) are accepted",
-    "packed_attention": "a cache layer whose window values are one token short is accepted",
-    "topk_per_segment_into": "an index output of rank - 1 is accepted",
-}
+# Contract failures the campaign finds on main that are known and open, by op: each campaign still
+# runs in full, and a crash or a new failing op still fails CI. Empty: every op keeps its contract.
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _campaign_params():
