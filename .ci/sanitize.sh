@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sanitizer step: builds the C++ kernels and bindings with AddressSanitizer + UndefinedBehavior-
-# Sanitizer (VIDLLM_SANITIZE=1) into a venv of its own and runs the op-level tests and the fuzz
-# suite with every report fatal and visible.
+# Sanitizer step: builds the C++ kernels, the bindings and the emulated CUDA kernels with
+# AddressSanitizer + UndefinedBehaviorSanitizer (VIDLLM_SANITIZE=1 VIDLLM_CUDA_EMULATION=1) into a
+# venv of its own and runs the emulator's own tests, the op-level tests (their CUDA cases on the
+# emulator: a fixed 1-in-N share, VIDLLM_EMULATOR_SAMPLE (default 8), not the ones .ci/emulator.sh
+# runs) and the fuzz suite, with every report fatal and visible.
 #
 #   bash .ci/sanitize.sh                 # default fuzz budget
 #   VIDLLM_FUZZ_CALLS=50000 bash .ci/sanitize.sh
@@ -31,7 +33,8 @@ find "$WORK/src" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} + 2>/dev/
 mkdir -p "$WORK/src"
 git ls-files -z --cached --others --exclude-standard \
   | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C "$WORK/src"
-VIDLLM_SANITIZE=1 VIDLLM_CUDA=0 PATH="$WORK/venv/bin:$PATH" \
+# With the emulated CUDA kernels (VIDLLM_CUDA_EMULATION=1), sanitized as well.
+VIDLLM_SANITIZE=1 VIDLLM_CUDA=0 VIDLLM_CUDA_EMULATION=1 PATH="$WORK/venv/bin:$PATH" \
   "$PY" -m pip install --quiet --no-build-isolation "$WORK/src[test]"
 
 # libasan must come first; libstdc++ right after it, or ASan's __cxa_throw interceptor fails at
@@ -53,4 +56,7 @@ OP_TESTS=(
 )
 cd "$ROOT/tests"
 # -s: sanitizer reports go to the terminal, not into pytest's captured output.
-"$PY" -m pytest -q -s -p no:cacheprovider "${OP_TESTS[@]}" fuzz
+"$PY" -c "import vidllm_ext, sys; sys.exit(not vidllm_ext.build_info()['cuda_emulation'])"
+"$PY" -m pytest -q -s -p no:cacheprovider emulator "${OP_TESTS[@]}" fuzz \
+  --emulator-schedule random --emulator-seed "${VIDLLM_EMULATOR_SEED:-1}" \
+  --emulator-sample "${VIDLLM_EMULATOR_SAMPLE:-8}" --emulator-share $((2 % ${VIDLLM_EMULATOR_SAMPLE:-8}))

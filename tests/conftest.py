@@ -52,6 +52,12 @@ def pytest_addoption(parser):
         default=int(os.environ.get("VIDLLM_EMULATOR_SAMPLE", "1")),
         help="on the emulator, run a fixed 1-in-N share of the CUDA tests (1: all)",
     )
+    parser.addoption(
+        "--emulator-share",
+        type=int,
+        default=int(os.environ.get("VIDLLM_EMULATOR_SHARE", "0")),
+        help="which of the N shares of --emulator-sample N to run (0 to N - 1)",
+    )
 
 
 def pytest_configure(config):
@@ -85,14 +91,19 @@ def pytest_collection_modifyitems(config, items):
 def _sample_on_emulator(config, items) -> None:
     """``--emulator-sample N`` (or VIDLLM_EMULATOR_SAMPLE) keeps a fixed 1-in-N share of the
     CUDA-marked tests on the emulator, chosen by a hash of the test id (the same share every
-    run), so CI covers every family within its time budget; 1 (the default) runs them all."""
+    run), so CI covers every family within its time budget; 1 (the default) runs them all.
+    ``--emulator-share K`` picks which of the N shares (CI runs a different one per schedule)."""
     every = config.getoption("--emulator-sample")
     if every <= 1:
         return
+    share = config.getoption("--emulator-share")
+    if not 0 <= share < every:
+        raise pytest.UsageError(f"--emulator-share must be in [0, {every - 1}], got {share}")
+    reason = f"not in share {share} of the 1-in-{every} emulator sample"
     for item in items:
         digest = zlib.crc32(item.nodeid.encode())
-        if "cuda" in item.keywords and digest % every:
-            item.add_marker(pytest.mark.skip(reason=f"not in the 1-in-{every} emulator sample"))
+        if "cuda" in item.keywords and digest % every != share:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 # Helper modules of tests/ that build transformers models.
