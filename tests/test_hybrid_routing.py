@@ -7,6 +7,7 @@ import models
 import pytest
 import torch
 from models import VIDEO, SyntheticVideo, build_model, make_inputs
+from support.gradcheck import gradcheck_in_directions
 from support.routing_oracle import routed_and_reference
 from test_mod_model import randomize_routers, two_videos
 
@@ -235,3 +236,42 @@ def test_streaming_chunks_route_like_one_forward(family):
     if counts_tokens(layers[0]):
         assert int(layers[0].get_seq_length()) - int(layers[1].get_seq_length()) == skipped
         assert layers[0].get_seq_length() - layers[3].keys.shape[-2] == skipped
+
+
+@pytest.mark.parametrize(
+    "family, index", [("qwen3_5", 1), ("qwen3_5", 3), ("qwen3_5_moe", 1), ("qwen3_vl_moe", 1)]
+)
+def test_gradcheck_of_a_routed_hybrid_or_moe_layer(family, index):
+    """torch.autograd.gradcheck of a routed linear-attention, full-attention or MoE layer in its
+    hidden states and router weight. These layers compute parts in float32 whatever the input
+    dtype (the gated RMSNorm, the delta rule, the softmax), so the finite differences take a step
+    of 1e-3 and a tolerance of 1e-2: a wrong gradient is off by far more."""
+    model = build_model(family).double()
+    if family in models.MOE_FAMILIES:
+        model.set_experts_implementation("eager")  # grouped_mm has no float64
+    vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.5, layers=(index,)))
+    randomize_routers(model)
+    inputs = make_inputs(family, [SyntheticVideo(steps=2)], [3])
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].double()
+    layer = language_model(model).layers[index]
+    captured = {}
+
+    def record(module, args, kwargs):
+        captured.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"])
+
+    handle = layer.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    kwargs = {k: captured[k] for k in ("position_embeddings", "position_ids") if k in captured}
+    weight = layer.vidllm_router.weight.detach().clone()
+
+    def routed(hidden, weight):
+        parameters = {"vidllm_router.weight": weight}
+        return torch.func.functional_call(layer, parameters, (hidden,), kwargs)[0]
+
+    # Repeated video tokens enter with equal router scores, a tie the finite differences would
+    # break (a jump, not a wrong gradient): gradcheck at a generic point near the real input.
+    noise = torch.randn(captured["hidden"].shape, generator=torch.Generator().manual_seed(1))
+    hidden = captured["hidden"] + 1e-2 * noise.double()
+    assert gradcheck_in_directions(routed, (hidden, weight), eps=1e-3, atol=2e-5, rtol=1e-3)
