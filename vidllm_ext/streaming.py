@@ -139,8 +139,8 @@ class StreamingSession:
         shortens = state.dtd is not None or state.merge is not None
         state.stream = StreamStep(previous=self._last_step) if shortens else None
         try:
-            video_inputs = self.adapter.stream_video_inputs(pixel_rows.to(self.device), grid)
-            self._forward(new_ids, **_to_device(video_inputs, self.device))
+            with self.adapter.stream_video_call(pixel_rows.to(self.device), grid) as video_inputs:
+                self._forward(new_ids, **_to_device(video_inputs, self.device))
         except NothingKept:
             pass  # the whole chunk was redundant: nothing to prefill
         finally:

@@ -6,6 +6,7 @@ patches per side, pooled 2x2), followed by one image_newline token that is alway
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -113,11 +114,51 @@ class LlavaOneVisionAdapter:
         """The newline that ends a video, fed once when the stream's video closes."""
         return self.multimodal.image_newline if video_open else None
 
-    def stream_video_inputs(self, pixels: torch.Tensor, grid: list[int]) -> dict:
-        """The chunk's features without the newline get_video_features appends to every call."""
-        encoded = self.multimodal.get_video_features(pixels, return_dict=True)
-        encoded.pooler_output = encoded.pooler_output[:, :-1]
-        return {"mm_encoder_outputs": {"video": encoded}}
+    @contextlib.contextmanager
+    def stream_video_call(self, pixels: torch.Tensor, grid: list[int]):
+        """Forward arguments for one chunk of a stream, valid inside this context.
+
+        A chunk has no newline token (one newline ends the whole video, fed when the stream
+        closes it), but the model puts one after every video's features: older releases (5.12)
+        append ``image_newline`` in the forward, newer ones inside ``get_video_features``. For
+        this one forward ``get_video_features`` hands over exactly the chunk's features: it drops
+        a newline it appended itself, or else lends the chunk's last feature to
+        ``image_newline`` (restored on exit) for the forward to append. Which of the two applies
+        is read from the feature count, not from the version."""
+        multimodal = self.multimodal
+        encoder = vars(multimodal).get("get_video_features")  # the patch's recording wrapper
+        newline = multimodal.image_newline
+        saved = newline.detach().clone()
+        expected = grid[0] * self.tokens_per_frame
+
+        def chunk_features(*args, **kwargs):
+            encoded = (encoder or type(multimodal).get_video_features.__get__(multimodal))(
+                *args, **kwargs
+            )
+            pooled = encoded.pooler_output
+            if pooled.shape[1] == expected:  # the forward appends image_newline after this
+                with torch.no_grad():
+                    newline.copy_(pooled[0, -1])
+            elif pooled.shape[1] != expected + 1:
+                raise RuntimeError(
+                    f"StreamingSession: LLaVA-OneVision's get_video_features gave "
+                    f"{pooled.shape[1]} features for a chunk of {expected} video tokens; this "
+                    f"transformers release lays out video features in a way vidllm_ext does not "
+                    f"know"
+                )
+            encoded.pooler_output = pooled[:, :-1]
+            return encoded
+
+        multimodal.get_video_features = chunk_features
+        try:
+            yield {"pixel_values_videos": pixels}
+        finally:
+            with torch.no_grad():
+                newline.copy_(saved)
+            if encoder is not None:
+                multimodal.get_video_features = encoder
+            else:
+                del multimodal.get_video_features
 
     def positions(self, token_ids: list[int], video_grids: list[list[int]]) -> torch.Tensor:
         return torch.arange(len(token_ids), device=self.multimodal.device)[None]

@@ -9,6 +9,8 @@ run. The decoder (dense, MoE, hybrid linear attention) does not change where vid
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -139,9 +141,10 @@ class QwenVLAdapter:
             ids += [self.video_token_id] * tokens + [self.vision_end_id]
         return ids
 
-    def stream_video_inputs(self, pixels: torch.Tensor, grid: list[int]) -> dict:
+    @contextlib.contextmanager
+    def stream_video_call(self, pixels: torch.Tensor, grid: list[int]):
         """Forward arguments that hand one chunk's pixels to the model."""
-        return {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid])}
+        yield {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid])}
 
     def processed_video(self, pixels: torch.Tensor, grid) -> tuple[torch.Tensor, list[int]]:
         """Already-processed pixel rows [steps * h * w, patch_dim] with their grid [steps, h, w]."""
