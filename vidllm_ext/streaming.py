@@ -66,8 +66,8 @@ class StreamingSession:
         self.adapter = adapter_for(model)
         if not getattr(self.adapter, "supports_streaming", False):
             raise NotImplementedError(
-                f"StreamingSession supports qwen2_vl, qwen2_5_vl and qwen3_vl models so far, got "
-                f"{model.config.model_type!r}"
+                f"StreamingSession: the {model.config.model_type!r} adapter has no streaming "
+                f"support"
             )
         previous = getattr(model, STATE_ATTRIBUTE, None)
         if kv is None:
