@@ -107,7 +107,15 @@ def _sample_on_emulator(config, items) -> None:
 
 
 # Helper modules of tests/ that build transformers models.
-MODEL_HELPERS = ("models", "patch_reference", "caption_task")
+MODEL_HELPERS = (
+    "models",
+    "patch_reference",
+    "caption_task",
+    "support.packed_models",
+    "support.routed_models",
+    "support.streaming",
+    "support.training",
+)
 
 
 def _uses_transformers(module) -> bool:

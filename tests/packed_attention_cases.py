@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from helpers import assert_close_to_oracle
-from test_kv_scheme import outlier_kv
+from support.kv import outlier_kv
 
 from vidllm_ext import KVQuantConfig, PackedKVCache, reference
 

@@ -4,7 +4,7 @@ attention; issue 18, section 3)."""
 import pytest
 import torch
 from models import HYBRID_FAMILIES, SyntheticVideo, build_model, make_inputs
-from test_streaming import TIMESTAMP, feed
+from support.streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache

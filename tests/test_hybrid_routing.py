@@ -8,8 +8,8 @@ import pytest
 import torch
 from models import VIDEO, SyntheticVideo, build_model, make_inputs
 from support.gradcheck import gradcheck_in_directions
+from support.routed_models import randomize_routers, two_videos
 from support.routing_oracle import routed_and_reference
-from test_mod_model import randomize_routers, two_videos
 
 import vidllm_ext
 from vidllm_ext.integration.compat import cache_kwargs, cache_parameter

@@ -4,7 +4,7 @@ video-caption task, as test_mod_training.py runs them on the older ones."""
 import pytest
 from caption_task import routers, tiny_model
 from models import NEW_FAMILIES
-from test_mod_training import LAYERS, ROUTED_LAYERS, ROUTER_NORM, assert_loss_falls, fine_tune
+from support.training import LAYERS, ROUTED_LAYERS, ROUTER_NORM, assert_loss_falls, fine_tune
 
 import vidllm_ext
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers
-from test_kv_scheme import assert_packed_equal, outlier_kv
+from support.kv import assert_packed_equal, outlier_kv
 
 from vidllm_ext import KVQuantConfig, PackedKVCache, cache_kwargs, ops
 from vidllm_ext.kv_types import PackedKeys, PackedValues

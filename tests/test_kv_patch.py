@@ -4,25 +4,21 @@ import math
 
 import pytest
 import torch
-from models import FAMILIES, SyntheticVideo, build_model, make_inputs
-from test_streaming import TIMESTAMP, feed
+from models import FAMILIES, SyntheticVideo, build_model
+from support.packed_models import SMALL, two_videos
+from support.streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache
 from vidllm_ext.integration.compat import cache_from, cache_kwargs
 from vidllm_ext.kv_cache import PackedKVLayer
 
-SMALL = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8)
 SALIENT = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8, salient_ratio=0.2)
 
 
 def first_kv_layer(cache):
     """The first layer holding packed KV (Qwen3.5's first three layers are linear attention)."""
     return next(layer for layer in cache.layers if isinstance(layer, PackedKVLayer))
-
-
-def two_videos(family):
-    return make_inputs(family, [SyntheticVideo(), SyntheticVideo(seed=1, moving=(1, 2))], [3, 5])
 
 
 def caches_seen(model):

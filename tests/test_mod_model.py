@@ -9,32 +9,16 @@ import torch
 from conftest import on_cuda
 from models import FAMILIES, VIDEO, SyntheticVideo, build_model, make_inputs
 from support.gradcheck import gradcheck_in_directions
+from support.routed_models import ROUTER, randomize_routers, two_videos
 from support.routing_oracle import routed_and_reference
-from test_streaming import TIMESTAMP, feed
+from support.streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext.integration.compat import cache_kwargs, output_cache, pop_cache
 from vidllm_ext.integration.routing_context import RoutingContext
 
 pytest.importorskip("transformers")
-ROUTER = "vidllm_router"
 TOKENS_PER_STEP = 16  # SyntheticVideo's default grid in every family
-
-
-def two_videos(family):
-    """Two samples with different video lengths (LLaVA's batch stacks equal-length videos, so
-    there the prompts differ) and different prompt lengths: a left-padded batch."""
-    second = 4 if family == "llava_onevision" else 2
-    return [SyntheticVideo(seed=1), SyntheticVideo(steps=second, seed=2)], [3, 9]
-
-
-def randomize_routers(model, seed=0):
-    """Distinct router scores (zero-initialized routers tie every token)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if ROUTER in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
 
 
 def language_model(model):

@@ -4,20 +4,12 @@ video-caption task on tiny models; the loss falls and the routers learn."""
 import pytest
 import torch
 from caption_task import caption_batch, routers, tiny_model
+from support.training import LAYERS, ROUTED_LAYERS, ROUTER_NORM, assert_loss_falls, fine_tune
 
 import vidllm_ext
 
 pytest.importorskip("transformers")
 
-STEPS = 30
-# Mean loss of the last 5 steps over the first 5. Measured on this task over 4 seeds and the 4
-# families: 0.15-0.38 routed, 0.16-0.37 dense; a model that learns nothing stays near 1.
-LOSS_RATIO = 0.5
-# Router weight norm after the 30 steps: measured 0.08-0.49 (same runs); they start at 0.
-ROUTER_NORM = 0.02
-# "interleaved" on 5 decoder layers routes 1 and 3; the last layer stays dense (see
-# test_a_routed_last_layer_gets_no_router_gradient_from_caption_labels).
-LAYERS, ROUTED_LAYERS = 5, (1, 3)
 FAMILIES = ["qwen2_5_vl", "llava_onevision"]
 
 
@@ -29,26 +21,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def fine_tune(model, family: str, steps: int = STEPS, seed: int = 0) -> list[float]:
-    """AdamW steps over batches of three videos (one per class, rotating); returns the losses."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for step in range(steps):
-        classes = [(step + i) % 3 for i in range(3)]
-        loss = model(**caption_batch(family, classes, seed=seed + step % 4)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
-
-
-def assert_loss_falls(losses: list[float]) -> None:
-    assert all(torch.isfinite(torch.tensor(losses))), losses
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < LOSS_RATIO * first, f"loss {first:.3f} -> {last:.3f}: {losses}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

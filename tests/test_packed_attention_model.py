@@ -5,8 +5,8 @@ calling a dequantizer; the logits match the dequantizing path."""
 import pytest
 import torch
 from models import FAMILIES, SyntheticVideo, build_model, make_inputs
-from test_kv_patch import SMALL, two_videos
-from test_streaming import TIMESTAMP, feed
+from support.packed_models import SMALL, two_videos
+from support.streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext import PackedKVCache, cache_kwargs, ops
