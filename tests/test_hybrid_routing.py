@@ -10,6 +10,7 @@ from models import VIDEO, SyntheticVideo, build_model, make_inputs
 from support.gradcheck import gradcheck_in_directions
 from support.routed_models import randomize_routers, two_videos
 from support.routing_oracle import routed_and_reference
+from support.streaming import TIMESTAMP, feed
 
 import vidllm_ext
 from vidllm_ext.integration.compat import cache_kwargs, cache_parameter
@@ -40,6 +41,31 @@ def layer_input(model, inputs, index, **call):
         model(**inputs, **call)
     handle.remove()
     return captured["hidden"]
+
+
+def routed_float64_layer(family, index, keep_ratio, video):
+    """A float64 tiny model with decoder layer ``index`` routed (random routers; eager experts,
+    since grouped_mm has no float64): ``(layer, inputs, hidden, kwargs)``, with the hidden states
+    and the position arguments that layer received in one forward of ``video``."""
+    model = build_model(family).double()
+    if family in models.MOE_FAMILIES:
+        model.set_experts_implementation("eager")
+    vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=keep_ratio, layers=(index,)))
+    randomize_routers(model)
+    inputs = make_inputs(family, [video], [5])
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].double()
+    layer = language_model(model).layers[index]
+    captured = {}
+
+    def record(module, args, kwargs):
+        captured.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"])
+
+    handle = layer.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    kwargs = {k: captured[k] for k in ("position_embeddings", "position_ids") if k in captured}
+    return layer, inputs, captured["hidden"], kwargs
 
 
 def selected_columns(model, inputs, hidden, index, keep_ratio):
@@ -177,25 +203,7 @@ def test_the_first_full_attention_layer_is_routed_only_with_every_full_attention
 def test_routed_hybrid_layer_matches_the_reference_in_forward_and_gradients(family, index):
     """Batch of one in float64: the routed layer against reference.routing.routed_update with a
     layer_fn that runs the raw layer on the selected tokens (without a cache)."""
-    model = build_model(family).double()
-    if family in models.MOE_FAMILIES and hasattr(model, "set_experts_implementation"):
-        model.set_experts_implementation("eager")  # grouped_mm has no float64
-    vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.25, layers=(index,)))
-    randomize_routers(model)
-    inputs = make_inputs(family, [SyntheticVideo()], [5])
-    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].double()
-    layer = language_model(model).layers[index]
-    captured = {}
-
-    def record(module, args, kwargs):
-        captured.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"])
-
-    handle = layer.register_forward_pre_hook(record, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    handle.remove()
-    hidden = captured.pop("hidden")
-    kwargs = {k: captured[k] for k in ("position_embeddings", "position_ids") if k in captured}
+    layer, inputs, hidden, kwargs = routed_float64_layer(family, index, 0.25, SyntheticVideo())
     cos, sin = kwargs["position_embeddings"]
     is_video = inputs["input_ids"][0] == VIDEO
     offsets = torch.arange(0, 4 * 16 + 1, 16)
@@ -217,8 +225,6 @@ def test_routed_hybrid_layer_matches_the_reference_in_forward_and_gradients(fami
 def test_streaming_chunks_route_like_one_forward(family):
     """A routed linear-attention layer continues its state chunk by chunk with the selected tokens
     only: the stream answers what one prefill of the whole video answers."""
-    from test_streaming import TIMESTAMP, feed
-
     model = build_model(family)
     video = SyntheticVideo(steps=6, moving=(0, 5, 6, 11))
     inputs = make_inputs(family, [video], [0])
@@ -244,26 +250,9 @@ def test_streaming_chunks_route_like_one_forward(family):
 def test_gradcheck_of_a_routed_hybrid_or_moe_layer(family, index):
     """torch.autograd.gradcheck of a routed linear-attention, full-attention or MoE layer in its
     hidden states and router weight. These layers compute parts in float32 whatever the input
-    dtype (the gated RMSNorm, the delta rule, the softmax), so the finite differences take a step
-    of 1e-3 and a tolerance of 1e-2: a wrong gradient is off by far more."""
-    model = build_model(family).double()
-    if family in models.MOE_FAMILIES:
-        model.set_experts_implementation("eager")  # grouped_mm has no float64
-    vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.5, layers=(index,)))
-    randomize_routers(model)
-    inputs = make_inputs(family, [SyntheticVideo(steps=2)], [3])
-    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].double()
-    layer = language_model(model).layers[index]
-    captured = {}
-
-    def record(module, args, kwargs):
-        captured.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"])
-
-    handle = layer.register_forward_pre_hook(record, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    handle.remove()
-    kwargs = {k: captured[k] for k in ("position_embeddings", "position_ids") if k in captured}
+    dtype (the gated RMSNorm, the delta rule, the softmax): the finite differences take a step of
+    1e-3, whose error (about 1e-6 here) is far below a wrong gradient's."""
+    layer, _, hidden, kwargs = routed_float64_layer(family, index, 0.5, SyntheticVideo(steps=2))
     weight = layer.vidllm_router.weight.detach().clone()
 
     def routed(hidden, weight):
@@ -272,6 +261,6 @@ def test_gradcheck_of_a_routed_hybrid_or_moe_layer(family, index):
 
     # Repeated video tokens enter with equal router scores, a tie the finite differences would
     # break (a jump, not a wrong gradient): gradcheck at a generic point near the real input.
-    noise = torch.randn(captured["hidden"].shape, generator=torch.Generator().manual_seed(1))
-    hidden = captured["hidden"] + 1e-2 * noise.double()
+    noise = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1))
+    hidden = hidden + 1e-2 * noise.double()
     assert gradcheck_in_directions(routed, (hidden, weight), eps=1e-3, atol=2e-5, rtol=1e-3)
