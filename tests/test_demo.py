@@ -6,17 +6,9 @@ import sys
 import numpy as np
 import pytest
 from models import build_model
+from support.demo import run_demo
 
 pytest.importorskip("transformers")
-
-
-def run_demo(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "vidllm_ext", "demo", "--new-tokens", "2", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def write_video(path, frames=12):

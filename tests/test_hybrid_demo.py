@@ -2,7 +2,7 @@
 
 import pytest
 from models import NEW_FAMILIES, build_model
-from test_demo import run_demo
+from support.demo import run_demo
 
 pytest.importorskip("transformers")
 

@@ -1,0 +1,13 @@
+"""Running `vidllm-ext demo` as a user does: a subprocess of this Python."""
+
+import subprocess
+import sys
+
+
+def run_demo(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "vidllm_ext", "demo", "--new-tokens", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
