@@ -2,8 +2,8 @@
 # Sanitizer step: builds the C++ kernels, the bindings and the emulated CUDA kernels with
 # AddressSanitizer + UndefinedBehaviorSanitizer (VIDLLM_SANITIZE=1 VIDLLM_CUDA_EMULATION=1) into a
 # venv of its own and runs the emulator's own tests, the op-level tests (their CUDA cases on the
-# emulator: a fixed 1-in-N share, VIDLLM_EMULATOR_SAMPLE (default 8), not the ones .ci/emulator.sh
-# runs) and the fuzz suite, with every report fatal and visible.
+# emulator: a fixed 1-in-N share, N = VIDLLM_EMULATOR_ASAN_SAMPLE, default 32, none of them among
+# the shares .ci/emulator.sh runs) and the fuzz suite, with every report fatal and visible.
 #
 #   bash .ci/sanitize.sh                 # default fuzz budget
 #   VIDLLM_FUZZ_CALLS=50000 bash .ci/sanitize.sh
@@ -59,4 +59,4 @@ cd "$ROOT/tests"
 "$PY" -c "import vidllm_ext, sys; sys.exit(not vidllm_ext.build_info()['cuda_emulation'])"
 "$PY" -m pytest -q -s -p no:cacheprovider emulator "${OP_TESTS[@]}" fuzz \
   --emulator-schedule random --emulator-seed "${VIDLLM_EMULATOR_SEED:-1}" \
-  --emulator-sample "${VIDLLM_EMULATOR_SAMPLE:-8}" --emulator-share $((2 % ${VIDLLM_EMULATOR_SAMPLE:-8}))
+  --emulator-sample "${VIDLLM_EMULATOR_ASAN_SAMPLE:-32}" --emulator-share 2
