@@ -1,0 +1,174 @@
+"""Trains the demo video QA model from scratch on the CPU: ``python -m vidllm_ext.train_demo``.
+
+Every step draws fresh clips from the task's train split. A clip becomes one sequence: the video
+block, then all its questions in a random order, each followed by its answer and ``</s>``; the
+loss is on answers and ``</s>`` only. The first question of a sequence sees exactly what
+:func:`vidllm_ext.demo_model.ask` gives the model. AdamW, linear warm-up then cosine decay,
+gradient clipping. Saves the model and processor (``save_pretrained``), ``loss.png`` and
+``metrics.json`` in ``--out``; ``--smoke`` runs a few steps of a tiny batch.
+
+Example:
+    python -m vidllm_ext.train_demo --steps 3000 --out vidllm_ext/demo_weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from vidllm_ext import demo_task
+from vidllm_ext.demo_model import build_model, build_processor
+from vidllm_ext.demo_processor import VIDEO_PAD, VISION_END, VISION_START
+
+IGNORE = -100
+
+
+def clip_sequence(processor, clip: demo_task.Clip, rng: random.Random):
+    """(token ids, labels, answer types) of one clip; labels are IGNORE outside answers."""
+    tokenizer = processor.tokenizer
+    video_tokens = processor.video_processor.tokens([demo_task.FRAMES // 2, 6, 6])
+    special = tokenizer.convert_tokens_to_ids([VISION_START, VIDEO_PAD, VISION_END])
+    ids = [special[0], *[special[1]] * video_tokens, special[2]]
+    labels = [IGNORE] * len(ids)
+    kinds = []
+    for question, answer in rng.sample(clip.questions, len(clip.questions)):
+        asked = tokenizer(question, add_special_tokens=False)["input_ids"]
+        answered = [
+            *tokenizer(answer, add_special_tokens=False)["input_ids"],
+            tokenizer.eos_token_id,
+        ]
+        ids += asked + answered
+        labels += [IGNORE] * len(asked) + answered
+        kinds.append(demo_task.question_type(question))
+    return ids, labels, kinds
+
+
+def make_batch(processor, seeds: list[int], rng: random.Random) -> tuple[dict, list[str]]:
+    """Forward inputs (with ``labels``) for the clips of ``seeds``, rows right-padded."""
+    clips = [demo_task.sample(seed) for seed in seeds]
+    rows = [clip_sequence(processor, clip, rng) for clip in clips]
+    longest = max(len(ids) for ids, _, _ in rows)
+    pad = processor.tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), longest), pad)
+    labels = torch.full((len(rows), longest), IGNORE)
+    attention_mask = torch.zeros_like(input_ids)
+    for index, (ids, row_labels, _) in enumerate(rows):
+        input_ids[index, : len(ids)] = torch.tensor(ids)
+        labels[index, : len(ids)] = torch.tensor(row_labels)
+        attention_mask[index, : len(ids)] = 1
+    video = processor.video_processor([clip.frames for clip in clips])
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **video)
+    return batch, [kind for _, _, kinds in rows for kind in kinds]
+
+
+def answer_accuracy(model, batch: dict, kinds: list[str]) -> dict[str, float]:
+    """Teacher-forced accuracy of each answer's first token, per question type."""
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    labels = batch["labels"]
+    is_first = (labels[:, 1:] != IGNORE) & (labels[:, :-1] == IGNORE)
+    predicted = logits[:, :-1].argmax(-1)[is_first]
+    right = (predicted == labels[:, 1:][is_first]).tolist()
+    totals: dict[str, list[int]] = {}
+    for kind, hit in zip(kinds, right):
+        totals.setdefault(kind, []).append(hit)
+    return {kind: sum(hits) / len(hits) for kind, hits in sorted(totals.items())}
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_loss_curve(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = max(1, len(losses) // 50)
+    smooth = [
+        sum(losses[max(0, i - window) : i + 1]) / len(losses[max(0, i - window) : i + 1])
+        for i in range(len(losses))
+    ]
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.plot(losses, alpha=0.3, label="loss (answer tokens)")
+    axes.plot(smooth, label=f"mean of {window} steps")
+    axes.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="demo model training")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def train(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    processor, model = build_processor(), build_model(args.seed).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    rng = random.Random(args.seed)
+    validation = make_batch(processor, demo_task.seeds("validation", args.val_clips), rng)
+    losses, history, start = [], [], time.time()
+    bar = tqdm(range(args.steps), desc="train", unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        seeds = demo_task.seeds("train", args.batch, start=step * args.batch)
+        batch, _ = make_batch(processor, seeds, rng)
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
+            model.eval()
+            scores = answer_accuracy(model, *validation)
+            model.train()
+            history.append({"step": step + 1, "minutes": (time.time() - start) / 60, **scores})
+            bar.write(f"step {step + 1}: loss {loss.item():.3f} " + json.dumps(scores))
+            save_loss_curve(losses, out / "loss.png")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    metrics = dict(vars(args), minutes=(time.time() - start) / 60, validation=history)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vidllm_ext.train_demo", description=__doc__)
+    parser.add_argument("--out", default="demo_model", help="folder for weights, loss.png")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=16, help="clips per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-clips", type=int, default=64)
+    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--smoke", action="store_true", help="a few steps of 2 clips (CI)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.smoke:
+        args.steps, args.batch, args.warmup, args.val_clips, args.val_every = 4, 2, 2, 4, 2
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
