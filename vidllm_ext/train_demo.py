@@ -29,15 +29,30 @@ from vidllm_ext.demo_processor import VIDEO_PAD, VISION_END, VISION_START
 IGNORE = -100
 
 
-def clip_sequence(processor, clip: demo_task.Clip, rng: random.Random):
-    """(token ids, labels, answer types) of one clip; labels are IGNORE outside answers."""
+def visible_questions(clip: demo_task.Clip, steps: int) -> list[tuple[str, str]]:
+    """The questions of ``clip`` still answerable from its first ``steps`` temporal steps: the
+    moving object's colour, direction and the count always (2 steps or more); where it ends up
+    once the first scene is over; the cut and what follows it once a step after the cut is in."""
+    full = demo_task.FRAMES // demo_task.FRAMES_PER_STEP
+    if steps >= full:
+        return list(clip.questions)
+    kinds = {"colour", "direction", "count"}
+    if clip.cut_step is not None and steps > clip.cut_step:
+        kinds |= {"where", "cut", "after"}
+    return [(q, a) for q, a in clip.questions if demo_task.question_type(q) in kinds]
+
+
+def clip_sequence(processor, clip: demo_task.Clip, steps: int, rng: random.Random):
+    """(token ids, labels, answer types) of the first ``steps`` temporal steps of a clip and
+    the questions they answer; labels are IGNORE outside answers."""
     tokenizer = processor.tokenizer
-    video_tokens = processor.video_processor.tokens([demo_task.FRAMES // 2, 6, 6])
+    video_tokens = processor.video_processor.tokens([steps, 6, 6])
     special = tokenizer.convert_tokens_to_ids([VISION_START, VIDEO_PAD, VISION_END])
     ids = [special[0], *[special[1]] * video_tokens, special[2]]
     labels = [IGNORE] * len(ids)
     kinds = []
-    for question, answer in rng.sample(clip.questions, len(clip.questions)):
+    questions = visible_questions(clip, steps)
+    for question, answer in rng.sample(questions, len(questions)):
         asked = tokenizer(question, add_special_tokens=False)["input_ids"]
         answered = [
             *tokenizer(answer, add_special_tokens=False)["input_ids"],
@@ -49,10 +64,15 @@ def clip_sequence(processor, clip: demo_task.Clip, rng: random.Random):
     return ids, labels, kinds
 
 
-def make_batch(processor, seeds: list[int], rng: random.Random) -> tuple[dict, list[str]]:
-    """Forward inputs (with ``labels``) for the clips of ``seeds``, rows right-padded."""
+def make_batch(
+    processor, seeds: list[int], rng: random.Random, truncate: float = 0.0
+) -> tuple[dict, list[str]]:
+    """Forward inputs (with ``labels``) for the clips of ``seeds``, rows right-padded; a share
+    ``truncate`` of the clips is cut to its first 2..7 temporal steps (a stream seen so far)."""
     clips = [demo_task.sample(seed) for seed in seeds]
-    rows = [clip_sequence(processor, clip, rng) for clip in clips]
+    full = demo_task.FRAMES // demo_task.FRAMES_PER_STEP
+    steps = [rng.randint(2, full - 1) if rng.random() < truncate else full for _ in clips]
+    rows = [clip_sequence(processor, c, n, rng) for c, n in zip(clips, steps)]
     longest = max(len(ids) for ids, _, _ in rows)
     pad = processor.tokenizer.pad_token_id
     input_ids = torch.full((len(rows), longest), pad)
@@ -62,7 +82,8 @@ def make_batch(processor, seeds: list[int], rng: random.Random) -> tuple[dict, l
         input_ids[index, : len(ids)] = torch.tensor(ids)
         labels[index, : len(ids)] = torch.tensor(row_labels)
         attention_mask[index, : len(ids)] = 1
-    video = processor.video_processor([clip.frames for clip in clips])
+    frames = [c.frames[: n * demo_task.FRAMES_PER_STEP] for c, n in zip(clips, steps)]
+    video = processor.video_processor(frames)
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **video)
     return batch, [kind for _, _, kinds in rows for kind in kinds]
 
@@ -125,7 +146,7 @@ def train(args: argparse.Namespace) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         seeds = demo_task.seeds("train", args.batch, start=step * args.batch)
-        batch, _ = make_batch(processor, seeds, rng)
+        batch, _ = make_batch(processor, seeds, rng, args.truncate)
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
@@ -139,6 +160,7 @@ def train(args: argparse.Namespace) -> dict:
             history.append({"step": step + 1, "minutes": (time.time() - start) / 60, **scores})
             bar.write(f"step {step + 1}: loss {loss.item():.3f} " + json.dumps(scores))
             save_loss_curve(losses, out / "loss.png")
+            model.save_pretrained(out)  # a usable checkpoint if the run is stopped early
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
@@ -156,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truncate", type=float, default=0.2, help="share of clips cut short")
     parser.add_argument("--val-clips", type=int, default=64)
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="a few steps of 2 clips (CI)")
