@@ -37,6 +37,7 @@ def test_video_tokens_expand_to_the_grid(processor):
     assert int((inputs["input_ids"] == video_id).sum()) == grid[0][0] * 9
     assert inputs["pixel_values_videos"].shape == (8 * 36, 3 * 2 * 14 * 14)
     assert inputs["attention_mask"].all()
+    assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == video_id).int() * 2)
 
 
 def test_pixels_match_the_adapters_qwen_layout(processor):

@@ -2,13 +2,20 @@
 
 transformers' ``Qwen2_5_VLProcessor`` needs torchvision for video, which is not always installable
 beside torch, so the package ships this documented equivalent. It produces exactly the inputs
-``Qwen2_5_VLForConditionalGeneration.forward`` takes: ``input_ids`` and ``attention_mask`` with
-each ``<|video_pad|>`` expanded to the video's merged token count, ``pixel_values_videos`` (the
-flattened patches, float32 ``[steps * h * w, 3 * temporal * patch^2]``, the merge^2 patches of a
-token consecutive, CLIP-normalized) and ``video_grid_thw`` (int64 ``[videos, 3]``). Frames are
-resized to ``size`` x ``size``. It has the processor methods the package's demo and
-:class:`~vidllm_ext.StreamingSession` use: ``__call__``, ``apply_chat_template``, ``decode``,
-``tokenizer``, ``video_processor``, ``save_pretrained`` and ``from_pretrained``.
+``Qwen2_5_VLForConditionalGeneration.forward`` takes:
+
+- ``input_ids``, ``attention_mask``: each ``<|video_pad|>`` expanded to the video's merged token
+  count, rows right-padded;
+- ``mm_token_type_ids``: 2 on video tokens, 0 elsewhere (the forward needs them for M-RoPE
+  (t, h, w) positions; without them it falls back to 1-D positions);
+- ``pixel_values_videos``: the flattened patches, float32 ``[steps * h * w, 3 * temporal *
+  patch^2]``, the merge^2 patches of a token consecutive, CLIP-normalized; frames are resized to
+  ``size`` x ``size``;
+- ``video_grid_thw``: int64 ``[videos, 3]``.
+
+It has the processor methods the package's demo and :class:`~vidllm_ext.StreamingSession` use:
+``__call__``, ``apply_chat_template``, ``decode``, ``tokenizer``, ``video_processor``,
+``save_pretrained`` and ``from_pretrained``.
 
 Example:
     >>> processor = DemoProcessor(build_tokenizer(["what colour ?", "red"]))
@@ -140,7 +147,14 @@ class DemoProcessor:
         for index, row in enumerate(rows):
             input_ids[index, : len(row)] = torch.tensor(row)
             attention_mask[index, : len(row)] = 1
-        return dict(input_ids=input_ids, attention_mask=attention_mask, **video_inputs)
+        # text 0, video 2: without them Qwen2.5-VL's forward falls back to 1-D positions
+        mm_token_type_ids = (input_ids == pad_id).int() * 2
+        return dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm_token_type_ids,
+            **video_inputs,
+        )
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vidllm_ext import demo_task
+from vidllm_ext.demo_augment import hide_dropped_tokens
 from vidllm_ext.demo_model import build_model, build_processor
 from vidllm_ext.demo_processor import VIDEO_PAD, VISION_END, VISION_START
 
@@ -84,7 +85,14 @@ def make_batch(
         attention_mask[index, : len(ids)] = 1
     frames = [c.frames[: n * demo_task.FRAMES_PER_STEP] for c, n in zip(clips, steps)]
     video = processor.video_processor(frames)
-    batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **video)
+    video_id = processor.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    batch = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        mm_token_type_ids=(input_ids == video_id).int() * 2,  # M-RoPE positions for video
+        labels=labels,
+        **video,
+    )
     return batch, [kind for _, _, kinds in rows for kind in kinds]
 
 
@@ -130,38 +138,85 @@ def save_loss_curve(losses: list[float], path: Path) -> None:
     plt.close(figure)
 
 
-def train(args: argparse.Namespace) -> dict:
+def fit(
+    model,
+    processor,
+    steps: int,
+    *,
+    lr: float,
+    warmup: int,
+    batch: int,
+    first_clip: int,
+    rng: random.Random,
+    truncate: float = 0.0,
+    drop: float = 0.0,
+    on_step=None,
+    desc: str = "train",
+) -> list:
+    """``steps`` AdamW steps (warm-up, cosine decay, clipping at 1) on fresh train clips from
+    the ``first_clip``-th on, a share ``drop`` of the clips with the tokens DTD would drop
+    hidden (:mod:`vidllm_ext.demo_augment`); trains every parameter that requires a gradient.
+    ``on_step(step,
+    loss, bar)`` runs after each step. Returns the losses."""
     from tqdm import tqdm
 
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, warmup)
+        seeds = demo_task.seeds("train", batch, start=first_clip + step * batch)
+        inputs, _ = make_batch(processor, seeds, rng, truncate)
+        hidden_rows = [row for row in range(batch) if rng.random() < drop]
+        inputs = hide_dropped_tokens(model, inputs, hidden_rows, rng)
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if on_step is not None:
+            on_step(step, losses[-1], bar)
+    return losses
+
+
+def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    processor, model = build_processor(), build_model(args.seed).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    processor, model = build_processor(), build_model(args.seed)
     rng = random.Random(args.seed)
     validation = make_batch(processor, demo_task.seeds("validation", args.val_clips), rng)
     losses, history, start = [], [], time.time()
-    bar = tqdm(range(args.steps), desc="train", unit="step")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        seeds = demo_task.seeds("train", args.batch, start=step * args.batch)
-        batch, _ = make_batch(processor, seeds, rng, args.truncate)
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
-            model.eval()
-            scores = answer_accuracy(model, *validation)
-            model.train()
-            history.append({"step": step + 1, "minutes": (time.time() - start) / 60, **scores})
-            bar.write(f"step {step + 1}: loss {loss.item():.3f} " + json.dumps(scores))
-            save_loss_curve(losses, out / "loss.png")
-            model.save_pretrained(out)  # a usable checkpoint if the run is stopped early
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+    def on_step(step: int, loss: float, bar) -> None:
+        losses.append(loss)
+        if (step + 1) % args.val_every and step + 1 != args.steps:
+            return
+        model.eval()
+        scores = answer_accuracy(model, *validation)
+        model.train()
+        history.append({"step": step + 1, "minutes": (time.time() - start) / 60, **scores})
+        bar.write(f"step {step + 1}: loss {loss:.3f} " + json.dumps(scores))
+        save_loss_curve(losses, out / "loss.png")
+        model.save_pretrained(out)  # a usable checkpoint if the run is stopped early
+
+    fit(
+        model,
+        processor,
+        args.steps,
+        lr=args.lr,
+        warmup=args.warmup,
+        batch=args.batch,
+        first_clip=0,
+        rng=rng,
+        truncate=args.truncate,
+        on_step=on_step,
+    )
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
     metrics = dict(vars(args), minutes=(time.time() - start) / 60, validation=history)
@@ -179,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truncate", type=float, default=0.2, help="share of clips cut short")
+    parser.add_argument("--drop", type=float, default=0.3, help="share with DTD's tokens hidden")
     parser.add_argument("--val-clips", type=int, default=64)
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="a few steps of 2 clips (CI)")
