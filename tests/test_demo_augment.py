@@ -21,6 +21,13 @@ class StaticMode(random.Random):
         return 0.0
 
 
+class FeatureMode(random.Random):
+    """Picks the feature-DTD mode and threshold 0.8 + 0.19 * 0.99."""
+
+    def random(self):
+        return 0.99
+
+
 def test_hiding_static_tokens_matches_the_pixel_dtd_patch():
     model, processor = build_model(seed=3), build_processor()
     for seed in demo_task.seeds("validation", 2):
@@ -37,6 +44,26 @@ def test_hiding_static_tokens_matches_the_pixel_dtd_patch():
             full = model(**inputs).logits[0, -1]
         torch.testing.assert_close(masked, dropped, atol=1e-4, rtol=1e-4)
         assert (masked - full).abs().max() > 1e-3  # hiding changed something
+
+
+def test_feature_mode_matches_the_feature_dtd_patch():
+    model, processor = build_model(seed=4), build_processor()
+    clip = demo_task.sample(demo_task.seeds("validation", 1)[0])
+    inputs = processor(
+        text=[processor.apply_chat_template(messages_for(clip.questions[1][0]))],
+        videos=[clip.frames],
+    )
+    hidden = hide_dropped_tokens(model, inputs, [0], FeatureMode())
+    threshold = FeatureMode().uniform(0.8, 0.99)
+    with torch.no_grad():
+        masked = model(**hidden).logits[0, -1]
+        vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig(threshold))
+        dropped = model(**inputs).logits[0, -1]
+        stats = vidllm_ext.last_stats(model)
+        vidllm_ext.patch(model)
+    hidden_count = int((inputs["attention_mask"] - hidden["attention_mask"]).sum())
+    assert hidden_count == stats.video_tokens_before - stats.video_tokens_after > 0
+    torch.testing.assert_close(masked, dropped, atol=1e-4, rtol=1e-4)
 
 
 def test_relative_mode_hides_most_of_every_later_step_and_never_the_first():

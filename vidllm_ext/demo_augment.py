@@ -4,9 +4,11 @@ tokens that frame-difference token drop would remove are hidden from attention (
 the tokens it keeps. The model so learns to answer from the tokens DTD keeps, the way
 TimeChat-Online's model is trained on token-dropped streams.
 
-A hidden token is chosen from the pixels under it (its change from the same token one step
-earlier): either every unchanged token (pixel DTD), or the least-changed 50-90% of each step
-(relative DTD, which also hides some moving tokens). The first step is always kept.
+A third of the rows hide what feature DTD (``DTDConfig(threshold)``, a threshold drawn from
+0.8-0.99) drops, from the model's own video features at that step; the others pick from the
+pixels under each token (its change from the same token one step earlier): every unchanged
+token (pixel DTD), or the least-changed 50-90% of each step (relative DTD, which also hides some
+moving tokens). The first step is always kept.
 
 Example:
     >>> batch = hide_dropped_tokens(model, batch, rows=[0, 3], rng=random.Random(0))
@@ -18,6 +20,10 @@ import random
 
 import torch
 
+from vidllm_ext.ops import dtd_keep_mask
+
+FEATURE_SHARE = 1 / 3  # rows hidden by feature DTD
+FEATURE_THRESHOLDS = (0.8, 0.99)
 STATIC_BELOW = 1e-3  # mean |difference| of normalized pixels: an unchanged token
 
 
@@ -59,9 +65,20 @@ def hide_dropped_tokens(model, batch: dict, rows: list[int], rng: random.Random)
     patches = grids.prod(-1).tolist()
     starts = [sum(patches[:index]) for index in range(len(patches))]
     merge = config.vision_config.spatial_merge_size
+    features = None
     for row in rows:
-        pixels = batch["pixel_values_videos"][starts[row] : starts[row] + patches[row]]
-        hidden = hidden_tokens(token_changes(pixels, grids[row].tolist(), merge), rng)
+        steps = int(grids[row, 0])
+        if rng.random() >= 1 - FEATURE_SHARE:
+            if features is None:
+                with torch.no_grad():
+                    encoded = model.model.get_video_features(batch["pixel_values_videos"], grids)
+                features = list(getattr(encoded, "pooler_output", encoded))
+            threshold = rng.uniform(*FEATURE_THRESHOLDS)
+            tokens = features[row].reshape(steps, -1, features[row].shape[-1]).float()
+            hidden = ~dtd_keep_mask(tokens, threshold)
+        else:
+            pixels = batch["pixel_values_videos"][starts[row] : starts[row] + patches[row]]
+            hidden = hidden_tokens(token_changes(pixels, grids[row].tolist(), merge), rng)
         video_positions = is_video[row].nonzero().squeeze(1)
         mask[row, video_positions[hidden.flatten()]] = 0
     return dict(batch, attention_mask=mask, position_ids=positions)

@@ -188,7 +188,13 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    processor, model = build_processor(), build_model(args.seed)
+    processor = build_processor()
+    if args.init:  # continue from a checkpoint of this script
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
+    else:
+        model = build_model(args.seed)
     rng = random.Random(args.seed)
     validation = make_batch(processor, demo_task.seeds("validation", args.val_clips), rng)
     losses, history, start = [], [], time.time()
@@ -212,7 +218,7 @@ def train(args: argparse.Namespace) -> dict:
         lr=args.lr,
         warmup=args.warmup,
         batch=args.batch,
-        first_clip=0,
+        first_clip=args.first_clip,
         rng=rng,
         truncate=args.truncate,
         on_step=on_step,
@@ -233,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default=None, help="continue from this checkpoint folder")
+    parser.add_argument("--first-clip", type=int, default=0, help="first train clip index")
     parser.add_argument("--truncate", type=float, default=0.2, help="share of clips cut short")
     parser.add_argument("--drop", type=float, default=0.3, help="share with DTD's tokens hidden")
     parser.add_argument("--val-clips", type=int, default=64)
