@@ -53,7 +53,7 @@ def test_feature_mode_matches_the_feature_dtd_patch():
         text=[processor.apply_chat_template(messages_for(clip.questions[1][0]))],
         videos=[clip.frames],
     )
-    hidden = hide_dropped_tokens(model, inputs, [0], FeatureMode())
+    hidden = hide_dropped_tokens(model, inputs, [0], FeatureMode(), feature_share=1.0)
     threshold = FeatureMode().uniform(0.8, 0.99)
     with torch.no_grad():
         masked = model(**hidden).logits[0, -1]

@@ -4,11 +4,11 @@ tokens that frame-difference token drop would remove are hidden from attention (
 the tokens it keeps. The model so learns to answer from the tokens DTD keeps, the way
 TimeChat-Online's model is trained on token-dropped streams.
 
-A third of the rows hide what feature DTD (``DTDConfig(threshold)``, a threshold drawn from
-0.8-0.99) drops, from the model's own video features at that step; the others pick from the
-pixels under each token (its change from the same token one step earlier): every unchanged
-token (pixel DTD), or the least-changed 50-90% of each step (relative DTD, which also hides some
-moving tokens). The first step is always kept.
+A share ``feature_share`` of the rows (0 by default) hides what feature DTD
+(``DTDConfig(threshold)``, a threshold drawn from 0.8-0.99) drops, from the model's own video
+features at that step; the others pick from the pixels under each token (its change from the
+same token one step earlier): every unchanged token (pixel DTD), or the least-changed 50-90% of
+each step (relative DTD, which also hides some moving tokens). The first step is always kept.
 
 Example:
     >>> batch = hide_dropped_tokens(model, batch, rows=[0, 3], rng=random.Random(0))
@@ -22,7 +22,6 @@ import torch
 
 from vidllm_ext.ops import dtd_keep_mask
 
-FEATURE_SHARE = 1 / 3  # rows hidden by feature DTD
 FEATURE_THRESHOLDS = (0.8, 0.99)
 STATIC_BELOW = 1e-3  # mean |difference| of normalized pixels: an unchanged token
 
@@ -47,7 +46,9 @@ def hidden_tokens(changes: torch.Tensor, rng: random.Random) -> torch.Tensor:
     return torch.cat([torch.zeros_like(later[:1]), later])
 
 
-def hide_dropped_tokens(model, batch: dict, rows: list[int], rng: random.Random) -> dict:
+def hide_dropped_tokens(
+    model, batch: dict, rows: list[int], rng: random.Random, feature_share: float = 0.0
+) -> dict:
     """``batch`` (one video per row, rows in video order) with explicit ``position_ids`` and
     the video tokens of ``rows`` that DTD would drop masked out."""
     if not rows:
@@ -68,7 +69,7 @@ def hide_dropped_tokens(model, batch: dict, rows: list[int], rng: random.Random)
     features = None
     for row in rows:
         steps = int(grids[row, 0])
-        if rng.random() >= 1 - FEATURE_SHARE:
+        if feature_share and rng.random() < feature_share:
             if features is None:
                 with torch.no_grad():
                     encoded = model.model.get_video_features(batch["pixel_values_videos"], grids)

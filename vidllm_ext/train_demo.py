@@ -150,6 +150,7 @@ def fit(
     rng: random.Random,
     truncate: float = 0.0,
     drop: float = 0.0,
+    feature_share: float = 0.0,
     on_step=None,
     desc: str = "train",
 ) -> list:
@@ -171,7 +172,7 @@ def fit(
         seeds = demo_task.seeds("train", batch, start=first_clip + step * batch)
         inputs, _ = make_batch(processor, seeds, rng, truncate)
         hidden_rows = [row for row in range(batch) if rng.random() < drop]
-        inputs = hide_dropped_tokens(model, inputs, hidden_rows, rng)
+        inputs = hide_dropped_tokens(model, inputs, hidden_rows, rng, feature_share)
         loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
@@ -221,6 +222,8 @@ def train(args: argparse.Namespace) -> dict:
         first_clip=args.first_clip,
         rng=rng,
         truncate=args.truncate,
+        drop=args.drop,
+        feature_share=args.feature_share,
         on_step=on_step,
     )
     model.eval().save_pretrained(out)
@@ -239,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--feature-share", type=float, default=0.0, help="of those, hidden by feature DTD"
+    )
     parser.add_argument("--init", default=None, help="continue from this checkpoint folder")
     parser.add_argument("--first-clip", type=int, default=0, help="first train clip index")
     parser.add_argument("--truncate", type=float, default=0.2, help="share of clips cut short")
