@@ -31,7 +31,7 @@ def stream(model, processor, clip, ask_after: int):
 def test_mid_stream_answers_and_scene_changes(shipped):
     model, processor = shipped
     answered = cut_found = cuts = asked = 0
-    for seed in demo_task.seeds("test", 30):
+    for seed in demo_task.seeds("test", 60):
         clip = demo_task.sample(seed)
         # ask once the moving object has been seen for a while, before any cut
         ask_after = CHUNK if clip.cut_step in (2, 3) else 2 * CHUNK
@@ -43,4 +43,4 @@ def test_mid_stream_answers_and_scene_changes(shipped):
             cut_found += any(abs(step - clip.cut_step) <= 1 for step in changes)
     vidllm_ext.patch(model)
     assert answered >= 0.9 * asked, f"{answered}/{asked} mid-stream answers right"
-    assert cuts >= 8 and cut_found >= 0.9 * cuts, f"cut found in {cut_found}/{cuts} clips"
+    assert cuts >= 20 and cut_found >= 0.9 * cuts, f"cut found in {cut_found}/{cuts} clips"
