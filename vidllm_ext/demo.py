@@ -297,7 +297,7 @@ def _print_table(runs: dict, prompts: list, questions: list, video_token_id: int
         ("video tokens", *(video_tokens - (full - run.cache_tokens) for run in runs.values())),
         ("prefill tokens", *(run.cache_tokens for run in runs.values())),
         ("prefill ms", *(f"{run.prefill_s * 1e3:.1f}" for run in runs.values())),
-        ("KV-cache bytes", *(run.cache_bytes for run in runs.values())),
+        ("KV-cache KiB", *(f"{run.cache_bytes / 1024:.1f}" for run in runs.values())),
     ]
     width = max(14, *(len(str(a)) for run in runs.values() for a in run.answers))
     for index, (text, truth) in enumerate(questions):
