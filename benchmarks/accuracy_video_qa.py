@@ -192,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tune-steps", type=int, default=300, help="0: skip routing")
+    parser.add_argument("--tune-steps", type=int, default=200, help="0: skip routing")
     parser.add_argument("--tune-lr", type=float, default=3e-4)
     parser.add_argument("--model", default=None, help="a train_demo folder (default: shipped)")
     parser.add_argument("--out", default=None, help="markdown path (default: results/...)")
