@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import vidllm_ext
-from vidllm_ext.demo import demo_inputs, demo_model, synthetic_clip
+from vidllm_ext.demo import demo_inputs, random_model, synthetic_clip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_families
@@ -104,7 +104,7 @@ def build(family: str, layers: int, device: str, tiny: bool):
     if family == "qwen3_5":
         dtype = torch.float32 if tiny else torch.bfloat16
         return model_families.qwen3_5_model(layers, device, dtype, tiny=tiny)
-    return demo_model(device) if tiny else model_7b(layers, device)
+    return random_model(device) if tiny else model_7b(layers, device)
 
 
 def run(steps_list, layers, threshold, device, tiny, repeats, family="qwen2_5_vl") -> list[dict]:

@@ -50,3 +50,20 @@ def test_demo_video_without_pyav_says_what_to_install():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "pip install 'vidllm-ext[video]'" in result.stderr
+
+
+def test_demo_default_answers_a_task_clip_and_saves_the_strip(tmp_path):
+    strip = tmp_path / "strip.png"
+    result = run_demo("--strip", str(strip))
+    assert result.returncode == 0, result.stderr
+    assert "trained on demo_task" in result.stdout and "scene cut at step" in result.stdout
+    truths = [
+        line.split("(true answer: ")[1].rstrip(")")
+        for line in result.stdout.splitlines()
+        if "(true answer: " in line
+    ]
+    rows = [line.split() for line in result.stdout.splitlines() if " answer " in line[:12]]
+    assert len(truths) == len(rows) == 6
+    unpatched = [row[2] for row in rows]  # "Q1 answer <unpatched> <DTD> ..."
+    assert unpatched == truths
+    assert strip.read_bytes()[:4] == b"\x89PNG"

@@ -16,7 +16,7 @@ def command_info(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    """A small video LLM on a synthetic clip, with and without frame-difference token drop."""
+    """The shipped demo video LLM answering questions about a clip, unpatched and patched."""
     from vidllm_ext.demo import run_demo
 
     try:
@@ -31,6 +31,8 @@ def command_demo(args: argparse.Namespace) -> int:
         model_path=args.model,
         video_path=args.video,
         question=args.question,
+        seed=args.seed,
+        strip_path=args.strip or None,
     )
 
 
@@ -40,13 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="what this installation compiled").set_defaults(
         run=command_info
     )
-    demo = commands.add_parser("demo", help="a video LLM with and without token drop")
+    demo = commands.add_parser("demo", help="a video LLM answering, unpatched and patched")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    demo.add_argument("--threshold", type=float, default=0.9, help="cosine above which to drop")
-    demo.add_argument("--new-tokens", type=int, default=8, help="tokens to generate")
+    demo.add_argument(
+        "--threshold", type=float, default=None, help="cosine above which DTD drops a token"
+    )
+    demo.add_argument("--new-tokens", type=int, default=4, help="tokens to generate")
     demo.add_argument("--model", default=None, help="a local checkpoint folder (with processor)")
     demo.add_argument("--video", default=None, help="a video file (needs the `video` extra)")
-    demo.add_argument("--question", default="What happens in this video?", help="with --model")
+    demo.add_argument("--question", default=None, help="ask this instead of the task's questions")
+    demo.add_argument("--seed", type=int, default=None, help="the demo task clip to show")
+    demo.add_argument(
+        "--strip", default="demo_strip.png", help="PNG of the frames, dropped tokens greyed"
+    )
     demo.set_defaults(run=command_demo)
     # Listed for --help only: main() hands `bench ...` to vidllm_ext.bench.cli before parsing.
     commands.add_parser("bench", help="microbenchmarks (python -m vidllm_ext bench --help)")

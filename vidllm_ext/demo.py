@@ -1,9 +1,10 @@
-"""`vidllm-ext demo`: a video LLM unpatched, with frame-difference token drop, and with token drop
-followed by hierarchical merging, side by side.
+"""`vidllm-ext demo`: a video LLM answering questions about a clip unpatched, with
+frame-difference token drop, with token drop followed by hierarchical merging, and with the
+1.5/1.58-bit packed KV cache, side by side with what each costs (tokens, prefill time, KV bytes).
 
-By default a small Qwen2.5-VL built from the config shipped in vidllm_ext/configs (fixed seed,
-random weights: its answers are noise, its costs are real) watches a procedurally generated clip:
-a textured static background, a moving object, and one scene cut halfway.
+By default the shipped demo model (:mod:`vidllm_ext.demo_model`, a small Qwen2.5-VL trained on
+:mod:`vidllm_ext.demo_task`) watches a clip of that task and answers its questions, next to the
+true answers; a PNG strip of the frames shows the tokens DTD dropped greyed out.
 """
 
 from __future__ import annotations
@@ -16,14 +17,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidllm_ext import demo_model, demo_task
+from vidllm_ext.demo_processor import CONFIG_NAME, DemoProcessor
+from vidllm_ext.demo_strip import save_strip, token_keep_mask
 from vidllm_ext.integration import DTDConfig, MergeConfig, last_stats, patch
-from vidllm_ext.integration.compat import output_cache
+from vidllm_ext.integration.compat import cache_kwargs, output_cache
 from vidllm_ext.integration.registry import adapter_for
 from vidllm_ext.integration.token_drop import scene_changes
+from vidllm_ext.kv_cache import PackedKVCache
+from vidllm_ext.kv_config import KVQuantConfig
 
 CONFIG = Path(__file__).parent / "configs" / "qwen2_5_vl_demo.json"
 # LongVLM's merging at demo scale: segments of 4 temporal steps (8 frames) keep 32 tokens each.
 DEMO_MERGE = MergeConfig(frames_per_segment=4, tokens_per_segment=32)
+# The trained demo model sees 9 tokens per step: segments of 4 steps keep 8 tokens.
+QA_MERGE = MergeConfig(frames_per_segment=4, tokens_per_segment=8)
+QA_THRESHOLD = 0.9  # feature cosine above which DTD drops a token (benchmarks/accuracy_video_qa.py)
+# VidKV's 1.5-bit keys / 1.58-bit values; groups of 16 tokens and no full-precision window, so
+# a short clip's prompt is quantized too.
+DEMO_KV = KVQuantConfig(1.5, 1.58, group_size=16, residual_length=0)
+DEMO_SEED = demo_task.seeds("test", 1, start=5)[0]  # three objects, a cut at step 6
 PROMPT_IDS = list(range(10, 26))  # stand-ins for a system prompt and a question (random weights)
 QUESTION_IDS = list(range(30, 42))
 
@@ -70,9 +83,12 @@ def read_video(path: str, max_frames: int = 32, max_side: int = 448) -> torch.Te
 
 
 def local_model(path: str, device: str):
-    """(model, processor or None) from a local checkpoint folder; nothing is downloaded."""
+    """(model, processor or None) from a local checkpoint folder; nothing is downloaded. A folder
+    written by ``python -m vidllm_ext.train_demo`` loads with the demo model's processor."""
     import transformers
 
+    if (Path(path) / CONFIG_NAME).is_file():
+        return demo_model.load(path, device)
     model = transformers.AutoModelForImageTextToText.from_pretrained(
         path, local_files_only=True, dtype="auto"
     )
@@ -89,11 +105,13 @@ def processor_inputs(processor, clip: torch.Tensor, question: str, device: str) 
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
     ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[text], videos=[clip.numpy()], return_tensors="pt")
+    inputs = processor(text=[text], videos=[np.asarray(clip)], return_tensors="pt")
     return {name: value.to(device) for name, value in inputs.items()}
 
 
-def demo_model(device: str):
+def random_model(device: str):
+    """The Qwen2.5-VL of CONFIG with random weights (fixed seed): real costs, noise answers
+    (benchmarks/e2e_dtd.py's tiny model)."""
     import transformers
 
     settings = json.loads(CONFIG.read_text())
@@ -127,10 +145,12 @@ class RunResult:
     prefill_s: float
     cache_bytes: int
     cache_tokens: int
-    generated: list
+    answers: list
 
 
 def cache_bytes(cache) -> int:
+    if isinstance(cache, PackedKVCache):
+        return cache.nbytes()  # codes, scales and the full-precision window
     total = 0
     for layer in cache.layers:  # a hybrid decoder's linear-attention layers hold no KV
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
@@ -139,23 +159,35 @@ def cache_bytes(cache) -> int:
     return total
 
 
-def run_once(model, inputs: dict, new_tokens: int) -> RunResult:
-    device = inputs["input_ids"].device
+def run_setting(model, techniques: dict, prompts: list, new_tokens: int, processor) -> RunResult:
+    """Patches ``model`` with ``techniques``, times the first prompt's prefill and answers every
+    prompt greedily."""
+    patch(model, **techniques)
+    device = prompts[0]["input_ids"].device
+    kv = techniques.get("kv")
+
+    def prefill():
+        cache = {} if kv is None else cache_kwargs(model, PackedKVCache(kv, packed_attention=True))
+        return model(**prompts[0], use_cache=True, logits_to_keep=1, **cache)
+
     with torch.no_grad():
-        model(**inputs, use_cache=True, logits_to_keep=1)  # warm-up
+        prefill()  # warm-up
         _synchronize(device)
         start = time.perf_counter()
-        output = model(**inputs, use_cache=True, logits_to_keep=1)
+        output = prefill()
         _synchronize(device)
         prefill_s = time.perf_counter() - start
-        generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+        answers = []
+        for inputs in prompts:
+            generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+            new = generated[0, inputs["input_ids"].shape[1] :]
+            answers.append(
+                processor.decode(new, skip_special_tokens=True).strip().lower()
+                if processor is not None
+                else new.tolist()
+            )
     cache = output_cache(output)
-    return RunResult(
-        prefill_s,
-        cache_bytes(cache),
-        int(cache.get_seq_length()),
-        generated[0, inputs["input_ids"].shape[1] :].tolist(),
-    )
+    return RunResult(prefill_s, cache_bytes(cache), int(cache.get_seq_length()), answers)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -163,68 +195,115 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def default_model(device: str):
+    """(model, processor, description): the shipped trained model, or, when its weights are
+    missing (a source checkout before training), the same architecture with random weights."""
+    try:
+        model, processor = demo_model.load(device=device)
+        return model, processor, "vidllm_ext demo model (Qwen2.5-VL trained on demo_task)"
+    except FileNotFoundError:
+        model = demo_model.build_model().to(device)
+        return model, demo_model.build_processor(), "demo model architecture, RANDOM weights"
+
+
 def run_demo(
     device: str | None = None,
-    threshold: float = 0.9,
-    new_tokens: int = 8,
+    threshold: float | None = None,
+    new_tokens: int = 4,
     model_path: str | None = None,
     video_path: str | None = None,
-    question: str = "What happens in this video?",
+    question: str | None = None,
+    seed: int | None = None,
+    strip_path: str | None = "demo_strip.png",
 ) -> int:
-    """Runs a video LLM unpatched, with DTD and with DTD + merging on one clip and prints the
-    comparison.
+    """Answers questions about one clip unpatched, with DTD, with DTD + merging and with the
+    1.5/1.58-bit KV cache, and prints answers and costs side by side.
 
-    Defaults: the shipped demo model on the synthetic clip. ``model_path``: a local checkpoint
-    (its processor prepares the inputs when it has one); ``video_path``: a video file.
+    Defaults: the shipped demo model on the demo task's clip of ``seed`` (default DEMO_SEED, a
+    test clip) and its questions.
+    ``model_path``: a local checkpoint (its processor prepares the inputs when it has one);
+    ``video_path``: a video file; ``question``: ask this instead of the task's questions.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = local_model(model_path, device) if model_path else (demo_model(device), None)
-    clip = read_video(video_path) if video_path else synthetic_clip()
+    seed = DEMO_SEED if seed is None else seed
+    if model_path:
+        model, processor = local_model(model_path, device)
+        source = model_path
+    else:
+        model, processor, source = default_model(device)
+    trained_demo = isinstance(processor, DemoProcessor)
+    task_clip = None if video_path else demo_task.sample(seed)
+    clip = read_video(video_path) if video_path else torch.from_numpy(task_clip.frames)
+    questions = _questions(question, task_clip, trained_demo, processor)
     if processor is not None:
-        inputs = processor_inputs(processor, clip, question, device)
+        prompts = [processor_inputs(processor, clip, text, device) for text, _ in questions]
     elif hasattr(adapter_for(model), "preprocess_frames"):
-        inputs = demo_inputs(model, clip, device)
+        prompts, questions = [demo_inputs(model, clip, device)], [("(token ids)", None)]
     else:
         raise SystemExit(f"--model {model_path}: no processor found next to the checkpoint")
-    dtd = DTDConfig(threshold=threshold)
-    baseline = run_once(patch(model), inputs, new_tokens)
-    dropped = run_once(patch(model, dtd=dtd), inputs, new_tokens)
-    stats = last_stats(model)
-    merge = DEMO_MERGE
+    dtd = DTDConfig(threshold=threshold or (QA_THRESHOLD if trained_demo else 0.9))
+    merge = QA_MERGE if trained_demo else DEMO_MERGE
     if model.config.get_text_config().hidden_size % merge.metric_chunks:
         merge = MergeConfig(merge.frames_per_segment, merge.tokens_per_segment, metric_chunks=1)
-    merged = run_once(patch(model, dtd=dtd, merge=merge), inputs, new_tokens)
-    merge_stats = last_stats(model, "merge")
+    settings = {
+        "unpatched": {},
+        "DTD": {"dtd": dtd},
+        "DTD + merge": {"dtd": dtd, "merge": merge},
+        "KV 1.5/1.58": {"kv": DEMO_KV},
+    }
+    runs, stats = {}, None
+    for name, techniques in settings.items():
+        runs[name] = run_setting(model, techniques, prompts, new_tokens, processor)
+        if name == "DTD":
+            stats = last_stats(model)
     patch(model)
-    ratios = stats.step_drop_ratios[0].tolist()
-    source = model_path or f"Qwen2.5-VL demo config ({CONFIG.name}), random weights"
-    scene = video_path or f"synthetic, scene cut at step {clip.shape[0] // 4}"
+    scene = video_path or (
+        f"demo_task seed {seed}, "
+        + (f"scene cut at step {task_clip.cut_step}" if task_clip.cut_step else "no scene cut")
+    )
     print(f"model: {source}, on {device}")
     print(
         f"clip: {clip.shape[0]} frames {clip.shape[1]}x{clip.shape[2]} ({scene}); "
-        f"DTD: feature cosine > {threshold} dropped; merge: segments of "
-        f"{merge.frames_per_segment} steps down to {merge.tokens_per_segment} tokens\n"
+        f"DTD: feature cosine > {dtd.threshold} dropped; merge: segments of "
+        f"{merge.frames_per_segment} steps down to {merge.tokens_per_segment} tokens; KV: "
+        f"{DEMO_KV.key_bits:g}-bit keys, {DEMO_KV.value_bits:g}-bit values\n"
     )
-    runs = (baseline, dropped, merged)
-    if processor is not None:
-        for run in runs:
-            run.generated = processor.decode(run.generated, skip_special_tokens=True)
-    rows = [
-        (
-            "video tokens",
-            stats.video_tokens_before,
-            stats.video_tokens_after,
-            merge_stats.video_tokens_after,
-        ),
-        ("prefill tokens", *(run.cache_tokens for run in runs)),
-        ("prefill ms", *(f"{run.prefill_s * 1e3:.1f}" for run in runs)),
-        ("KV-cache KiB", *(run.cache_bytes // 1024 for run in runs)),
-        ("generated", *(run.generated for run in runs)),
-    ]
-    print(f"{'':16}{'unpatched':>24}  {'DTD':>24}  {'DTD + merge':>24}")
-    for name, *values in rows:
-        print(f"{name:16}" + "  ".join(f"{value!s:>24}" for value in values))
+    _print_table(runs, prompts, questions, model.config.video_token_id)
+    ratios = stats.step_drop_ratios[0].tolist()
     print("\nper-step drop ratio: " + " ".join(f"{r:.2f}" for r in ratios))
     print(f"scene changes (lowest drop ratio, top 10%): steps {scene_changes(ratios, 0.1)}")
     print(f"video tokens dropped: {stats.drop_ratio:.1%}")
+    if strip_path and "pixel_values_videos" in prompts[0]:
+        keep = token_keep_mask(model, prompts[0], dtd)
+        print(f"frames with dropped tokens greyed: {save_strip(clip.numpy(), keep, strip_path)}")
     return 0
+
+
+def _questions(question, task_clip, trained_demo: bool, processor) -> list[tuple]:
+    """(question, true answer or None) pairs to ask."""
+    if question:
+        return [(question, None)]
+    if task_clip is not None and processor is not None:
+        return list(task_clip.questions)
+    if trained_demo:  # a video file: the task's questions that need no scene cut
+        return [(demo_task.QUESTIONS[kind], None) for kind in ("colour", "direction", "count")]
+    return [("What happens in this video?", None)]
+
+
+def _print_table(runs: dict, prompts: list, questions: list, video_token_id: int) -> None:
+    video_tokens = int((prompts[0]["input_ids"] == video_token_id).sum())
+    full = runs["unpatched"].cache_tokens
+    rows = [
+        ("video tokens", *(video_tokens - (full - run.cache_tokens) for run in runs.values())),
+        ("prefill tokens", *(run.cache_tokens for run in runs.values())),
+        ("prefill ms", *(f"{run.prefill_s * 1e3:.1f}" for run in runs.values())),
+        ("KV-cache KiB", *(f"{run.cache_bytes / 1024:.1f}" for run in runs.values())),
+    ]
+    width = max(14, *(len(str(a)) for run in runs.values() for a in run.answers))
+    for index, (text, truth) in enumerate(questions):
+        print(f"Q{index + 1}: {text}" + (f"  (true answer: {truth})" if truth else ""))
+        answers = [run.answers[index] for run in runs.values()]
+        rows.append((f"Q{index + 1} answer", *answers))
+    print(f"\n{'':16}" + "  ".join(f"{name:>{width}}" for name in runs))
+    for name, *values in rows:
+        print(f"{name:16}" + "  ".join(f"{value!s:>{width}}" for value in values))
