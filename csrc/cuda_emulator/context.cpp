@@ -67,7 +67,14 @@ void context_init(Context& context, void* stack_base, std::size_t stack_size, vo
 }
 
 void context_switch(Context& from, Context& to) {
+#if defined(CUDA_EMULATOR_ASAN)
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, to.stack_base, to.stack_size);
   cuda_emulator_switch(&from.stack_pointer, to.stack_pointer);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  cuda_emulator_switch(&from.stack_pointer, to.stack_pointer);
+#endif
 }
 
 #else
