@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Sanitizer step: builds the C++ kernels, the bindings and the emulated CUDA kernels with
 # AddressSanitizer + UndefinedBehaviorSanitizer (VIDLLM_SANITIZE=1 VIDLLM_CUDA_EMULATION=1) into a
-# venv of its own and runs the emulator's own tests (its test kernels, emulated and sanitized), the
-# op-level tests and the fuzz suite, with every report fatal and visible. The op-level tests' CUDA
-# cases on the sanitized emulator are too slow for CI (a 1-in-32 share ran past 10 minutes, one
-# test alone past 5), so they run only on request: VIDLLM_EMULATOR_ASAN_SAMPLE=N runs a fixed
-# 1-in-N share (share 2, none of the shares .ci/emulator.sh runs).
+# venv of its own and runs the emulator's own tests, the op-level tests (their CUDA cases on the
+# emulator: share 2 of a fixed 1-in-N split, N = VIDLLM_EMULATOR_ASAN_SAMPLE, default 8, so none
+# of the shares .ci/emulator.sh runs; 0 leaves them out) and the fuzz suite, with every report
+# fatal and visible.
 #
 #   bash .ci/sanitize.sh                 # default fuzz budget
 #   VIDLLM_FUZZ_CALLS=50000 bash .ci/sanitize.sh
@@ -59,8 +58,9 @@ OP_TESTS=(
 cd "$ROOT/tests"
 # -s: sanitizer reports go to the terminal, not into pytest's captured output.
 "$PY" -c "import vidllm_ext, sys; sys.exit(not vidllm_ext.build_info()['cuda_emulation'])"
-if [ "${VIDLLM_EMULATOR_ASAN_SAMPLE:-0}" -gt 0 ]; then
-  CUDA_CASES=(--emulator-sample "$VIDLLM_EMULATOR_ASAN_SAMPLE" --emulator-share 2)
+if [ "${VIDLLM_EMULATOR_ASAN_SAMPLE:-8}" -gt 0 ]; then
+  sample=${VIDLLM_EMULATOR_ASAN_SAMPLE:-8}
+  CUDA_CASES=(--emulator-sample "$sample" --emulator-share $((2 % sample)))
 else
   CUDA_CASES=(-m "not cuda")
 fi
