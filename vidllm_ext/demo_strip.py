@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,31 +40,42 @@ def token_keep_mask(model, inputs: dict, dtd: DTDConfig) -> torch.Tensor:
 
 
 def save_strip(frames, keep_mask: torch.Tensor, path, frames_per_step: int = 2) -> Path:
-    """Writes the frames (uint8 ``[f, H, W, 3]``) side by side, each token's square (a
-    ``sqrt(tokens)``-per-side grid over the frame) faded to grey where ``keep_mask`` is False."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Writes the frames (uint8 ``[f, H, W, 3]``) side by side, 2 white pixels apart, each token's
+    square (a ``sqrt(tokens)``-per-side grid over the frame) faded to grey where ``keep_mask`` is
+    False, as an RGB PNG (written here: no plotting library needed)."""
     frames = np.asarray(frames)
     steps, tokens = keep_mask.shape
     side = round(tokens**0.5)
     count, height, width = frames.shape[:3]
-    figure, axes = plt.subplots(1, count, figsize=(1.1 * count, 1.5), squeeze=False)
-    for index, axis in enumerate(axes[0]):
-        image = frames[index].astype(np.float32)
+    gap = 2
+    strip = np.full((height, count * (width + gap) - gap, 3), 255, dtype=np.uint8)
+    rows = np.minimum(np.arange(height) * side // height, side - 1)
+    columns = np.minimum(np.arange(width) * side // width, side - 1)
+    for index in range(count):
         step = min(index // frames_per_step, steps - 1)
         dropped = ~keep_mask[step].reshape(side, side).cpu().numpy()
-        rows = np.minimum(np.arange(height) * side // height, side - 1)
-        columns = np.minimum(np.arange(width) * side // width, side - 1)
         faded = dropped[rows][:, columns][..., None]
+        image = frames[index].astype(np.float32)
         image = image * (1 - GREY_SHARE * faded) + 128 * GREY_SHARE * faded
-        axis.imshow(image.astype(np.uint8))
-        axis.set_title(f"f{index}", fontsize=7)
-        axis.axis("off")
-    figure.suptitle("frames; greyed: video tokens dropped by DTD", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+        left = index * (width + gap)
+        strip[:, left : left + width] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    Path(path).write_bytes(png_bytes(strip))
     return Path(path)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An RGB uint8 ``[H, W, 3]`` image as PNG file bytes (8-bit truecolor, no filtering)."""
+    height, width = image.shape[:2]
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )

@@ -118,7 +118,13 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def save_loss_curve(losses: list[float], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "train_demo plots its loss curve with matplotlib: pip install matplotlib (or the "
+            "package's `train` extra)"
+        ) from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
