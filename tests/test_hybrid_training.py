@@ -4,21 +4,18 @@ video-caption task, as test_mod_training.py runs them on the older ones."""
 import pytest
 from caption_task import routers, tiny_model
 from models import NEW_FAMILIES
-from support.training import LAYERS, ROUTED_LAYERS, ROUTER_NORM, assert_loss_falls, fine_tune
+from support.training import (
+    LAYERS,
+    ROUTED_LAYERS,
+    ROUTER_NORM,
+    assert_loss_falls,
+    fine_tune,
+    one_thread,  # noqa: F401 (an autouse fixture: one torch thread in this module)
+)
 
 import vidllm_ext
 
 pytest.importorskip("transformers")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)

@@ -4,23 +4,20 @@ video-caption task on tiny models; the loss falls and the routers learn."""
 import pytest
 import torch
 from caption_task import caption_batch, routers, tiny_model
-from support.training import LAYERS, ROUTED_LAYERS, ROUTER_NORM, assert_loss_falls, fine_tune
+from support.training import (
+    LAYERS,
+    ROUTED_LAYERS,
+    ROUTER_NORM,
+    assert_loss_falls,
+    fine_tune,
+    one_thread,  # noqa: F401 (an autouse fixture: one torch thread in this module)
+)
 
 import vidllm_ext
 
 pytest.importorskip("transformers")
 
 FAMILIES = ["qwen2_5_vl", "llava_onevision"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models gain nothing from threads, and on a shared host the waiting threads of an
-    OpenMP pool made these steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

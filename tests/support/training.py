@@ -1,5 +1,6 @@
 """Short fine-tuning runs on the synthetic caption task (tests/caption_task.py)."""
 
+import pytest
 import torch
 from caption_task import caption_batch
 
@@ -32,3 +33,13 @@ def assert_loss_falls(losses: list[float]) -> None:
     assert all(torch.isfinite(torch.tensor(losses))), losses
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < LOSS_RATIO * first, f"loss {first:.3f} -> {last:.3f}: {losses}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models gain nothing from threads, and on a shared host the waiting threads of an
+    OpenMP pool made these steps 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
