@@ -107,16 +107,7 @@ def text_model(layers: int, device: torch.device, max_positions: int):
     config = transformers.Qwen2Config(
         **TEXT_7B, num_hidden_layers=layers, max_position_embeddings=max_positions
     )
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = transformers.Qwen2ForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
+    return model_families.random_bfloat16_model(transformers.Qwen2ForCausalLM, config, device)
 
 
 def cache_nbytes(cache) -> int:

@@ -74,13 +74,19 @@ def qwen3_5_text_model(layers: int, device, max_positions: int):
     config = transformers.Qwen3_5TextConfig(
         num_hidden_layers=layers, max_position_embeddings=max_positions
     )
+    return random_bfloat16_model(transformers.Qwen3_5ForCausalLM, config, device)
+
+
+def random_bfloat16_model(model_class, config, device):
+    """``model_class(config)`` with sdpa attention and random weights (seed 0), created directly
+    in bfloat16 on ``device`` (no float32 copy first), in eval mode."""
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            model = transformers.Qwen3_5ForCausalLM(config)
+            model = model_class(config)
     finally:
         torch.set_default_dtype(previous)
     return model.eval()
