@@ -49,11 +49,11 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export VIDLLM_SANITIZED=1
 
 OP_TESTS=(
-  test_dtd_ops.py test_dtd_errors.py
-  test_merge_ops.py test_merge_errors.py test_merge_hierarchical.py
+  test_frame_drop_ops.py test_frame_drop_errors.py
+  test_token_merge_ops.py test_token_merge_errors.py test_token_merge_hierarchical.py
   test_routing_ops.py test_routing_topk.py test_routing_update.py test_routing_errors.py
-  test_kv_pack.py test_kv_groups.py test_kv_errors.py test_kv_scheme.py
-  test_packed_attention.py test_packed_attention_errors.py test_structure_errors.py
+  test_kv_quant_pack.py test_kv_quant_groups.py test_kv_quant_errors.py test_kv_quant_scheme.py
+  test_kv_attention.py test_kv_attention_errors.py test_structure_errors.py
 )
 cd "$ROOT/tests"
 # -s: sanitizer reports go to the terminal, not into pytest's captured output.

@@ -3,7 +3,7 @@ technique: what each keeps of the unpatched accuracy, next to the video tokens i
 bytes it holds (issue 19).
 
 Each setting patches the same model (``vidllm_ext.patch``) and asks every question of each test
-clip with ``vidllm_ext.demo_model.ask`` (one greedy generate per question); an answer is right
+clip with ``vidllm_ext.demo.model.ask`` (one greedy generate per question); an answer is right
 when it equals the truth. Routing is measured after a short fine-tune from the trained model with
 the routers on (``MoDConfig(keep_ratio=0.2)``), beside a dense fine-tune of the same length.
 Writes a markdown table and a JSON file (the CI test reads its first-100-clips figure).
@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 
 import vidllm_ext
-from vidllm_ext import DTDConfig, KVQuantConfig, MoDConfig, demo_model, demo_task
+from vidllm_ext import DTDConfig, KVQuantConfig, MoDConfig
 from vidllm_ext.bench.harness import commit_label
-from vidllm_ext.demo import DEMO_KV, QA_MERGE, cache_bytes
-from vidllm_ext.demo_processor import messages_for
+from vidllm_ext.demo import model as demo_model
+from vidllm_ext.demo import task as demo_task
+from vidllm_ext.demo.processor import messages_for
+from vidllm_ext.demo.run import DEMO_KV, QA_MERGE, cache_bytes
+from vidllm_ext.demo.train import fit
 from vidllm_ext.integration.compat import output_cache
-from vidllm_ext.train_demo import fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIRST_CLIPS = 100  # the CI test's share of the test split

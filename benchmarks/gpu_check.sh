@@ -28,14 +28,14 @@ usage() {
 # defined at (benchmarks/README.md), so the verdicts below the tables are real ones.
 # Benchmarks that take --markdown write their table to OUTDIR/tables/NAME.md.
 BENCHMARKS=(
-  "gpu_dtd|45|benchmarks/gpu_dtd.py|--quick --shapes timechat-online --markdown @TABLE@"
+  "gpu_frame_drop|45|benchmarks/gpu_frame_drop.py|--quick --shapes timechat-online --markdown @TABLE@"
   "gpu_routing|45|benchmarks/gpu_routing.py|--quick --shapes long-video --markdown @TABLE@"
-  "gpu_kv_pack|45|benchmarks/gpu_kv_pack.py|--quick --markdown @TABLE@"
-  "gpu_merge|60|benchmarks/gpu_merge.py|--quick --shapes qwen2.5-vl-7b --markdown @TABLE@"
-  "packed_attention|75|benchmarks/packed_attention_suite.py|--quick --lengths 131072 --batches 1 --markdown @TABLE@"
-  "mod_training|100|benchmarks/mod_training.py|--quick --layers 2 --markdown @TABLE@"
-  "e2e_packed_kv|80|benchmarks/e2e_packed_kv.py|--context 16384 --layers 1 --new-tokens 16 --markdown @TABLE@"
-  "e2e_dtd|100|benchmarks/e2e_dtd.py|--steps 128 --layers 2 --repeats 1"
+  "gpu_kv_quant|45|benchmarks/gpu_kv_quant.py|--quick --markdown @TABLE@"
+  "gpu_token_merge|60|benchmarks/gpu_token_merge.py|--quick --shapes qwen2.5-vl-7b --markdown @TABLE@"
+  "packed_attention|75|benchmarks/kv_attention_suite.py|--quick --lengths 131072 --batches 1 --markdown @TABLE@"
+  "routing_training|100|benchmarks/routing_training.py|--quick --layers 2 --markdown @TABLE@"
+  "e2e_kv_quant|80|benchmarks/e2e_kv_quant.py|--context 16384 --layers 1 --new-tokens 16 --markdown @TABLE@"
+  "e2e_frame_drop|100|benchmarks/e2e_frame_drop.py|--steps 128 --layers 2 --repeats 1"
 )
 BUILD_TIMEOUT_S=240
 TESTS_TIMEOUT_S=200
@@ -54,7 +54,7 @@ print_plan() {
 
 # Every planned script exists and parses, every option the plan gives it is declared in it (or
 # in a module of benchmarks/ or vidllm_ext/bench/ it imports), and every benchmarks/gpu_*.py,
-# e2e_*.py and mod_training.py is in the plan (a new GPU benchmark must be added here).
+# e2e_*.py and routing_training.py is in the plan (a new GPU benchmark must be added here).
 dry_run() {
   print_plan
   local steps=() entry name timeout script args
@@ -103,7 +103,7 @@ for script, args in steps:
         if option not in declared:
             problems.append(f"{script}: option {option} is not declared by the script")
 planned = {script for script, _ in steps}
-for pattern in ("gpu_*.py", "e2e_*.py", "mod_training.py"):
+for pattern in ("gpu_*.py", "e2e_*.py", "routing_training.py"):
     for path in sorted((root / "benchmarks").glob(pattern)):
         if f"benchmarks/{path.name}" not in planned:
             problems.append(f"benchmarks/{path.name}: a GPU benchmark missing from the plan")
@@ -258,6 +258,6 @@ for entry in "${BENCHMARKS[@]}"; do
   run_step "$name" "$timeout" "$ROOT" "$PYTHON" "$ROOT/$script" "${argv[@]}" ||
     failures=$((failures + 1))
 done
-# Benchmarks that always write into benchmarks/results (e2e_dtd): copy what this run wrote.
+# Benchmarks that always write into benchmarks/results (e2e_frame_drop): copy what this run wrote.
 find "$ROOT/benchmarks/results" -type f -newer "$OUT/.start" -exec cp {} "$OUT/results/" \; 2>/dev/null
 exit $((failures > 0))

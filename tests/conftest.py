@@ -108,9 +108,9 @@ def _sample_on_emulator(config, items) -> None:
 
 # Helper modules of tests/ that build transformers models.
 MODEL_HELPERS = (
-    "models",
-    "patch_reference",
-    "caption_task",
+    "support.models",
+    "support.patch_reference",
+    "support.caption_task",
     "support.packed_models",
     "support.routed_models",
     "support.streaming",

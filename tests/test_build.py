@@ -201,7 +201,7 @@ def test_end_to_end_benchmark_script_smoke_run():
     pytest.importorskip("transformers")
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "e2e_dtd.py"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "e2e_frame_drop.py"
     if not script.exists():
         pytest.skip("needs the source tree's benchmarks/")
     result = subprocess.run(

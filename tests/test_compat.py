@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from models import SyntheticVideo, build_model, make_inputs
+from support.models import SyntheticVideo, build_model, make_inputs
 from support.own_warnings import PACKAGE_DIR
 
 import vidllm_ext
@@ -131,7 +131,7 @@ def test_a_packed_kv_patch_makes_its_cache_for_a_plain_forward():
 
 
 def test_our_cache_layers_implement_the_installed_interface():
-    from vidllm_ext.kv_cache import PackedKVLayer
+    from vidllm_ext.integration.kv_quant_cache import PackedKVLayer
 
     assert compat.missing_layer_methods(PackedKVLayer) == []
     assert PackedKVLayer(vidllm_ext.KVQuantConfig(2, 2)).get_max_cache_shape() == -1

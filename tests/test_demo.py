@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from models import build_model
 from support.demo import run_demo
+from support.models import build_model
 
 pytest.importorskip("transformers")
 
@@ -45,7 +45,7 @@ def test_demo_with_a_local_checkpoint(tmp_path):
 def test_demo_video_without_pyav_says_what_to_install():
     code = (
         "import sys; sys.modules['av'] = None\n"
-        "from vidllm_ext.demo import read_video\n"
+        "from vidllm_ext.demo.run import read_video\n"
         "read_video('clip.mp4')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import vidllm_ext
-from vidllm_ext import demo_task
-from vidllm_ext.demo_augment import STATIC_BELOW, hidden_tokens, hide_dropped_tokens
-from vidllm_ext.demo_model import build_model, build_processor
-from vidllm_ext.demo_processor import messages_for
+from vidllm_ext.demo import task as demo_task
+from vidllm_ext.demo.augment import STATIC_BELOW, hidden_tokens, hide_dropped_tokens
+from vidllm_ext.demo.model import build_model, build_processor
+from vidllm_ext.demo.processor import messages_for
 
 pytest.importorskip("transformers")
 

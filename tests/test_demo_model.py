@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 import vidllm_ext
-from vidllm_ext import demo_model, demo_task
-from vidllm_ext.demo import DEMO_KV, QA_MERGE, QA_THRESHOLD
-from vidllm_ext.demo_eval import evaluate
+from vidllm_ext.demo import model as demo_model
+from vidllm_ext.demo import task as demo_task
+from vidllm_ext.demo.eval import evaluate
+from vidllm_ext.demo.run import DEMO_KV, QA_MERGE, QA_THRESHOLD
 
 pytest.importorskip("transformers")
 
@@ -77,5 +78,5 @@ def test_ask_works_on_a_patched_model(shipped, techniques):
 
 
 def test_load_without_weights_says_how_to_train(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_demo"):
+    with pytest.raises(FileNotFoundError, match=r"vidllm_ext\.demo\.train"):
         demo_model.load(tmp_path)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from vidllm_ext import demo_task
-from vidllm_ext.demo_model import build_model, build_processor
-from vidllm_ext.demo_processor import DemoProcessor, DemoVideoProcessor, messages_for
+from vidllm_ext.demo import task as demo_task
+from vidllm_ext.demo.model import build_model, build_processor
+from vidllm_ext.demo.processor import DemoProcessor, DemoVideoProcessor, messages_for
 from vidllm_ext.integration.registry import adapter_for
 
 pytest.importorskip("transformers")

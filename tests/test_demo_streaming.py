@@ -4,7 +4,8 @@ scene_changes() finds the cut."""
 import pytest
 
 import vidllm_ext
-from vidllm_ext import demo_model, demo_task
+from vidllm_ext.demo import model as demo_model
+from vidllm_ext.demo import task as demo_task
 
 pytest.importorskip("transformers")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidllm_ext.demo_strip import GREY_SHARE, png_bytes, save_strip
+from vidllm_ext.demo.strip import GREY_SHARE, png_bytes, save_strip
 
 
 def test_png_bytes_decode_to_the_same_pixels(tmp_path):

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vidllm_ext import demo_task
+from vidllm_ext.demo import task as demo_task
 
 
 def test_same_seed_same_clip_and_other_seeds_differ():

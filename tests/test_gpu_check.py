@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 GPU_BENCHMARKS = sorted(
     path.name
-    for pattern in ("gpu_*.py", "e2e_*.py", "mod_training.py")
+    for pattern in ("gpu_*.py", "e2e_*.py", "routing_training.py")
     for path in (ROOT / "benchmarks").glob(pattern)
 )
 
@@ -40,7 +40,7 @@ def test_dry_run_plans_every_gpu_benchmark():
     assert result.returncode == 0, result.stderr
     assert "scripts ok" in result.stdout
     assert "pytest -m cuda" in result.stdout and "--no-build-isolation" in result.stdout
-    assert {"gpu_dtd.py", "e2e_dtd.py", "mod_training.py"} <= set(GPU_BENCHMARKS)
+    assert {"gpu_frame_drop.py", "e2e_frame_drop.py", "routing_training.py"} <= set(GPU_BENCHMARKS)
     for name in GPU_BENCHMARKS:
         assert f"benchmarks/{name}" in result.stdout
 
@@ -87,7 +87,7 @@ def write_executable(path: Path, text: str) -> None:
 
 
 def stub_repository(tmp_path: Path) -> tuple[Path, dict]:
-    """A repository whose benchmarks are stubs printing a target line (e2e_dtd hangs), and a
+    """A repository whose benchmarks are stubs printing a target line (e2e_frame_drop hangs), and a
     PATH with a fake nvidia-smi and a python that fakes pip and pytest."""
     root = tmp_path / "repo"
     (root / "benchmarks").mkdir(parents=True)
@@ -105,7 +105,7 @@ def stub_repository(tmp_path: Path) -> tuple[Path, dict]:
                 "    open(path, 'w').write('| a |\\n|--|\\n| 1 |\\n')\n"
                 f"print('target GPU {words[0]}: 1.23x PASS')\n"
             )
-            if words[0] == "e2e_dtd":
+            if words[0] == "e2e_frame_drop":
                 body = "import time\ntime.sleep(600)\n"
             (root / words[3]).write_text(body)
     bin_dir = tmp_path / "bin"
@@ -151,8 +151,8 @@ def test_run_on_stubs_writes_the_summary_despite_a_hung_step(tmp_path):
     assert "Stub GPU, 9.0" in summary
     assert "passed 2, failed 1, errors 0, skipped 0" in summary
     assert "FAILED test_x::c" in summary
-    assert "target GPU gpu_dtd: 1.23x PASS" in summary
-    assert "target GPU mod_training: 1.23x PASS" in summary
-    assert "| e2e_dtd | timeout" in summary
+    assert "target GPU gpu_frame_drop: 1.23x PASS" in summary
+    assert "target GPU routing_training: 1.23x PASS" in summary
+    assert "| e2e_frame_drop | timeout" in summary
     assert "tables/gpu_routing.md" in summary
     assert (out / "tables" / "gpu_routing.md").exists()

@@ -1,8 +1,8 @@
 """`vidllm-ext demo --model PATH` on saved tiny checkpoints of the newer families (issue 18)."""
 
 import pytest
-from models import NEW_FAMILIES, build_model
 from support.demo import run_demo
+from support.models import NEW_FAMILIES, build_model
 
 pytest.importorskip("transformers")
 

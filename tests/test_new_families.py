@@ -3,7 +3,7 @@ model-level guarantees run on them through models.FAMILIES."""
 
 import pytest
 import torch
-from models import NEW_FAMILIES, SyntheticVideo, build_model, dtd_for, make_inputs
+from support.models import NEW_FAMILIES, SyntheticVideo, build_model, dtd_for, make_inputs
 
 import vidllm_ext
 from vidllm_ext.integration import registry

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from models import text_only_model
+from support.models import text_only_model
 
 import vidllm_ext
 
@@ -74,7 +74,7 @@ def test_mod_layers_are_sorted():
 
 
 def test_merge_metric_chunks_must_divide_the_hidden_size():
-    from models import build_model
+    from support.models import build_model
 
     model = build_model("qwen2_5_vl")  # hidden size 64
     with pytest.raises(ValueError, match=r"metric_chunks: 48 does not divide .* hidden size 64"):
@@ -83,7 +83,7 @@ def test_merge_metric_chunks_must_divide_the_hidden_size():
 
 
 def test_last_stats_names_the_techniques():
-    from models import build_model
+    from support.models import build_model
 
     model = vidllm_ext.patch(build_model("qwen2_5_vl"), merge=vidllm_ext.MergeConfig())
     assert vidllm_ext.last_stats(model, "merge") is None

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from models import (
+from support.models import (
     FAMILIES,
     FEATURE_THRESHOLD,
     SyntheticVideo,
@@ -11,7 +11,7 @@ from models import (
     make_inputs,
     video_layout,
 )
-from patch_reference import language_model_inputs, reduce_inputs, reference_greedy
+from support.patch_reference import language_model_inputs, reduce_inputs, reference_greedy
 
 import vidllm_ext
 from vidllm_ext import reference
@@ -121,7 +121,7 @@ def test_patching_twice_replaces_and_leaves_other_instances_alone():
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_image_tokens_beside_a_video_are_untouched(family):
-    from models import IMAGE, START
+    from support.models import IMAGE, START
 
     model = build_model(family)
     inputs = make_inputs(family, [SyntheticVideo()], [5])

@@ -4,8 +4,8 @@ autograd, a float64 oracle, and torch.autograd.gradcheck in float64."""
 import pytest
 import torch
 from conftest import DEVICES
-from helpers import assert_close_to_oracle
-from routing_cases import ROW_DTYPES, random_rows, repeating_index, unique_index
+from support.helpers import assert_close_to_oracle
+from support.routing_cases import ROW_DTYPES, random_rows, repeating_index, unique_index
 
 from vidllm_ext import ops, reference
 

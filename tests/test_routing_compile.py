@@ -3,7 +3,7 @@ torch.compile(fullgraph=True), forward and backward."""
 
 import pytest
 import torch
-from routing_cases import offsets_from_counts, random_rows, random_scores, unique_index
+from support.routing_cases import offsets_from_counts, random_rows, random_scores, unique_index
 
 from vidllm_ext import ops
 

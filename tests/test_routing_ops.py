@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 from conftest import DEVICES, gpu_only
-from helpers import assert_close_to_oracle, poison_like
-from routing_cases import ROW_DTYPES, random_rows, repeating_index, unique_index
+from support.helpers import assert_close_to_oracle, poison_like
+from support.routing_cases import ROW_DTYPES, random_rows, repeating_index, unique_index
 
 from vidllm_ext import _C, ops, reference
 from vidllm_ext.ops._backend import dl, stream_of

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from conftest import DEVICES
-from routing_cases import random_rows, repeating_index
+from support.routing_cases import random_rows, repeating_index
 
 from vidllm_ext import _C, ops, reference
 from vidllm_ext.ops._backend import dl, stream_of

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 from conftest import DEVICES, gpu_only
-from helpers import FLOAT_DTYPES, poison_like
-from routing_cases import (
+from support.helpers import FLOAT_DTYPES, poison_like
+from support.routing_cases import (
     SEGMENT_LAYOUTS,
     layout_counts,
     offsets_from_counts,

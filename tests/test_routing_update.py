@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 from conftest import DEVICES
-from helpers import assert_close_to_oracle
-from routing_cases import offsets_from_counts, random_scores
+from support.helpers import assert_close_to_oracle
+from support.routing_cases import offsets_from_counts, random_scores
 
 from vidllm_ext import ops, reference
 

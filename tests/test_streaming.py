@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from models import (
+from support.models import (
     SyntheticVideo,
     build_model,
     dtd_for,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vidllm_ext import KVQuantConfig, PackedKVCache, ops
-from vidllm_ext.reference import kv as reference_kv
+from vidllm_ext.reference import kv_quant as reference_kv
 
 CONFIG = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=0)
 

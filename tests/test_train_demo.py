@@ -7,15 +7,16 @@ import sys
 
 import pytest
 
-from vidllm_ext import demo_model, demo_task
-from vidllm_ext.train_demo import IGNORE, clip_sequence, learning_rate, visible_questions
+from vidllm_ext.demo import model as demo_model
+from vidllm_ext.demo import task as demo_task
+from vidllm_ext.demo.train import IGNORE, clip_sequence, learning_rate, visible_questions
 
 pytest.importorskip("transformers")
 
 
 def test_smoke_run_writes_a_loadable_checkpoint_and_a_loss_curve(tmp_path):
     out = tmp_path / "run"
-    command = ["-m", "vidllm_ext.train_demo", "--smoke", "--threads", "1", "--out", str(out)]
+    command = ["-m", "vidllm_ext.demo.train", "--smoke", "--threads", "1", "--out", str(out)]
     result = subprocess.run(
         [sys.executable, *command],
         capture_output=True,

@@ -9,16 +9,16 @@
 - :func:`build_info`: what this installation compiled.
 """
 
-from vidllm_ext import ops, reference
+from vidllm_ext import _moved, ops
 from vidllm_ext._version import __version__
 from vidllm_ext.build import build_info
-from vidllm_ext.dtd_stream import DTDStream
+from vidllm_ext.contracts.frame_drop import DTDConfig, DTDResult
+from vidllm_ext.contracts.kv_quant import KVQuantConfig, PackedKeys, PackedValues
+from vidllm_ext.contracts.routing import MoDConfig
+from vidllm_ext.contracts.token_merge import MergeConfig
 from vidllm_ext.integration import (
-    DTDConfig,
     DTDStats,
-    MergeConfig,
     MergeStats,
-    MoDConfig,
     RoutingStats,
     TechniqueInactive,
     cache_kwargs,
@@ -26,11 +26,21 @@ from vidllm_ext.integration import (
     patch,
     unpatch,
 )
-from vidllm_ext.kv_cache import PackedKVCache
-from vidllm_ext.kv_config import KVQuantConfig
-from vidllm_ext.kv_types import PackedKeys, PackedValues
-from vidllm_ext.results import DTDResult
-from vidllm_ext.streaming import StreamingSession
+from vidllm_ext.integration.frame_drop_stream import DTDStream
+from vidllm_ext.integration.kv_quant_cache import PackedKVCache
+from vidllm_ext.integration.streaming import StreamingSession
+
+_moved.install()
+
+
+def __getattr__(name: str):
+    # vidllm_ext.reference (the oracles) is imported on first use: nothing in the package needs it.
+    if name == "reference":
+        import vidllm_ext.reference
+
+        return vidllm_ext.reference
+    raise AttributeError(f"module 'vidllm_ext' has no attribute {name!r}")
+
 
 __all__ = [
     "DTDConfig",

@@ -17,7 +17,7 @@ def command_info(args: argparse.Namespace) -> int:
 
 def command_demo(args: argparse.Namespace) -> int:
     """The shipped demo video LLM answering questions about a clip, unpatched and patched."""
-    from vidllm_ext.demo import run_demo
+    from vidllm_ext.demo.run import run_demo
 
     try:
         import transformers  # noqa: F401

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # hostile and specs; tests/support
 
-from hostile import Failure, check_call, combine, describe, mutate
-from specs import SPECS
+from hostile import Failure, check_call, combine, describe, mutate  # noqa: E402
+from specs import SPECS  # noqa: E402
 
 MAX_REPORTED = 5
 

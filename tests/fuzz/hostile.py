@@ -61,6 +61,8 @@ class Case:
     call: Callable[[Any, dict], Any]  # (impl, values) -> comparable result
     op: Any
     ref: Any
+    # (values, result, expected) -> a problem or None; default: compare(result, expected)
+    compare: Callable[[dict, Any, Any], str | None] | None = None
 
 
 class Failure(AssertionError):
@@ -332,7 +334,10 @@ def check_call(case: Case, expect: str, description: str) -> None:
         raise Failure(f"silent accept ({description}): the reference raises {error!r}") from error
     except Exception:
         return  # the reference is an oracle for valid inputs only
-    problem = compare(result, expected)
+    if case.compare is None:
+        problem = compare(result, expected)
+    else:
+        problem = case.compare(ref_values, result, expected)
     if problem:
         raise Failure(f"result differs from the reference ({description}): {problem}")
 

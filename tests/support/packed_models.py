@@ -1,7 +1,6 @@
 """Tiny models with the packed KV cache: a small-group configuration and a padded batch."""
 
-from models import SyntheticVideo, make_inputs
-
+from support.models import SyntheticVideo, make_inputs
 from vidllm_ext import KVQuantConfig
 
 SMALL = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8)

@@ -1,7 +1,8 @@
 """Routed (mod=) tiny models: router weights that break ties, and a left-padded two-video batch."""
 
 import torch
-from models import SyntheticVideo
+
+from support.models import SyntheticVideo
 
 ROUTER = "vidllm_router"
 

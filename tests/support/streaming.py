@@ -1,4 +1,4 @@
-"""Feeding a tests/models.py SyntheticVideo to a StreamingSession in chunks of steps."""
+"""Feeding a tests/support/models.py SyntheticVideo to a StreamingSession in chunks of steps."""
 
 TIMESTAMP = [40, 41]  # the stand-in timestamp text models.make_inputs writes for Qwen3-VL
 

@@ -1,8 +1,9 @@
-"""Short fine-tuning runs on the synthetic caption task (tests/caption_task.py)."""
+"""Short fine-tuning runs on the synthetic caption task (tests/support/caption_task.py)."""
 
 import pytest
 import torch
-from caption_task import caption_batch
+
+from support.caption_task import caption_batch
 
 STEPS = 30
 # Mean loss of the last 5 steps over the first 5. Measured on this task over 4 seeds and the 4

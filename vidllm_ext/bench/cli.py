@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from vidllm_ext.bench import dtd, harness
+from vidllm_ext.bench import frame_drop as dtd
+from vidllm_ext.bench import harness
 from vidllm_ext.bench.shapes import DEFAULT_SHAPES, SHAPES, Shape
 
 SUITES = ("dtd",)

@@ -2,59 +2,106 @@
 
 Hooks on submodules of the patched instance only:
 - on the multimodal model (the module that receives input_ids and pixel inputs), a pre-hook
-  records what the language model cannot see (token ids, video grids, pixels) for this call;
-  its get_video_features is wrapped (an instance attribute) to record the grids and pixels too,
-  because generate encodes videos before the forward and passes only the features;
-- on the language model (the decoder stack fed inputs_embeds), a pre-hook drops redundant video
-  tokens from a prefill and rewrites embeddings, position ids, side inputs and the attention mask to
-  the shortened layout; on later decode steps it maps generate's growing mask onto that layout.
+  records what the language model cannot see (token ids, video grids, pixels) for this call in
+  :class:`ForwardInputs`; its get_video_features is wrapped (an instance attribute) to record the
+  grids and pixels too, because generate encodes videos before the forward and passes only the
+  features;
+- on the language model (the decoder stack fed inputs_embeds), one pre-hook runs the decoder
+  stages of :class:`Patch` in the order :meth:`Patch.decoder_stages` states: the video-token
+  stages (frame drop, then token merging) shorten a prefill and rewrite embeddings, position ids,
+  side inputs and the attention mask to the shortened layout (on later decode steps they map
+  generate's growing mask onto it); then the packed KV cache is required and its salient tokens
+  marked; then routing builds the forward's routing context from the shortened layout.
 Kept tokens keep their original position ids, so every later token's position is unchanged too.
+
+Each technique keeps its own state (:class:`FrameDropState`, :class:`TokenMergeState`,
+:class:`RoutingState`, :class:`KVQuantState`); what one forward hands from stage to stage is its
+:class:`ForwardInputs`. A :class:`~vidllm_ext.StreamingSession` feeds a chunk through
+:meth:`Patch.stream_chunk`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-from vidllm_ext.integration.attention import AttentionImplementation
+from vidllm_ext.contracts.frame_drop import DTDConfig
+from vidllm_ext.contracts.kv_quant import KVQuantConfig
+from vidllm_ext.contracts.routing import MoDConfig
+from vidllm_ext.contracts.token_merge import MergeConfig
 from vidllm_ext.integration.compat import cache_from, warn_if_untested
-from vidllm_ext.integration.config import DTDConfig, MergeConfig, MoDConfig
-from vidllm_ext.integration.kv import (
+from vidllm_ext.integration.frame_drop import DTDStats, drop_video_tokens
+from vidllm_ext.integration.kv_attention import AttentionImplementation
+from vidllm_ext.integration.kv_quant import (
     default_packed_cache,
     mark_salient_tokens,
     require_packed_cache,
 )
 from vidllm_ext.integration.registry import adapter_for
-from vidllm_ext.integration.routed_layers import existing_routers, install_routing
+from vidllm_ext.integration.routing_context import RoutingStats
+from vidllm_ext.integration.routing_layers import existing_routers, install_routing
 from vidllm_ext.integration.sequence import CompactedLayout, require_video_layout
-from vidllm_ext.integration.token_drop import DTDStats, drop_video_tokens
 from vidllm_ext.integration.token_merge import MergeStats, merge_video_tokens
-from vidllm_ext.kv_config import KVQuantConfig
 
 STATE_ATTRIBUTE = "_vidllm_patch"
 TECHNIQUES = ("dtd", "merge", "mod")
 
 
 @dataclass
-class PatchState:
-    adapter: object
-    dtd: DTDConfig | None
-    merge: MergeConfig | None = None
-    mod: MoDConfig | None = None
-    handles: list = field(default_factory=list)
+class ForwardInputs:
+    """What the current multimodal forward hands its decoder stages besides the decoder's own
+    arguments: filled by the multimodal hooks, read by the stages, cleared after the forward."""
+
     captured: dict | None = None  # the multimodal model's inputs during its forward
     encoded_videos: dict | None = None  # get_video_features' inputs, until a prefill uses them
-    layout: CompactedLayout | None = None  # the last dropped prefill, for its decode steps
+    layout: CompactedLayout | None = None  # the layout the video-token stages gave this forward
+
+    def take_videos(self) -> dict | None:
+        """The captured inputs, with the recorded encoder inputs used up."""
+        self.encoded_videos = None
+        return self.captured
+
+
+@dataclass
+class FrameDropState:
+    config: DTDConfig
+    stats: DTDStats | None = None  # the last forward that held video
+
+
+@dataclass
+class TokenMergeState:
+    config: MergeConfig
+    stats: MergeStats | None = None
+
+
+@dataclass
+class RoutingState:
+    config: MoDConfig
+    stats: RoutingStats | None = None  # the last forward through the routed layers
+
+
+@dataclass
+class KVQuantState:
+    config: KVQuantConfig
+
+    @property
+    def salient(self) -> bool:
+        return self.config.salient_ratio > 0
+
+
+@dataclass
+class PrefillLayout:
+    """The layout of the last shortened prefill, for the decode steps that extend its cache."""
+
+    layout: CompactedLayout | None = None
     cache: object = None  # weak reference to the cache that prefill filled
-    stats: DTDStats | None = None
-    merge_stats: MergeStats | None = None
-    mod_stats: object = None  # RoutingStats of the last forward through the routed layers
-    stream: StreamStep | None = None  # set by a StreamingSession around each chunk's forward
-    kv: KVQuantConfig | None = None
-    call_layout: CompactedLayout | None = None  # the layout DTD gave the current forward
+
+    def belongs_to(self, cache) -> bool:
+        return self.layout is not None and self.cache is not None and self.cache() is cache
 
 
 class NothingKept(Exception):
@@ -68,7 +115,71 @@ class StreamStep:
     already holds the stream so far (batch of one, no padding)."""
 
     previous: torch.Tensor | None = None  # [tokens, dim] features of the last step seen
-    last_step: torch.Tensor | None = None  # set by the hook: this chunk's last step
+    last_step: torch.Tensor | None = None  # set by the frame-drop stage: this chunk's last step
+
+
+@dataclass
+class Patch:
+    """One patched model: the family adapter, each technique's state, and the hooks."""
+
+    adapter: object
+    frame_drop: FrameDropState | None = None
+    token_merge: TokenMergeState | None = None
+    routing: RoutingState | None = None
+    kv_quant: KVQuantState | None = None
+    forward: ForwardInputs = field(default_factory=ForwardInputs)
+    prefill: PrefillLayout = field(default_factory=PrefillLayout)
+    stream: StreamStep | None = None  # during a StreamingSession chunk's forward
+    handles: list = field(default_factory=list)
+    routing_stage: object = None  # routing's decoder stage (installed with the routed layers)
+
+    @property
+    def shortens(self) -> bool:
+        """Whether a video-token stage (frame drop or token merging) is on."""
+        return self.frame_drop is not None or self.token_merge is not None
+
+    def config(self, technique: str):
+        """The configuration of ``"dtd"``, ``"merge"``, ``"mod"`` or ``"kv"``, or None."""
+        state = self._state(technique)
+        return state.config if state is not None else None
+
+    def stats(self, technique: str):
+        state = self._state(technique)
+        return state.stats if state is not None else None
+
+    def _state(self, technique: str):
+        return {
+            "dtd": self.frame_drop,
+            "merge": self.token_merge,
+            "mod": self.routing,
+            "kv": self.kv_quant,
+        }[technique]
+
+    def decoder_stages(self) -> list:
+        """The language model's pre-forward stages, in the order they must run: the video-token
+        stages first (frame drop, then merging, in :func:`_shorten`), so that the KV stages see
+        the tokens that were kept and routing routes them."""
+        stages = []
+        if self.shortens:
+            stages.append(functools.partial(_shorten_video_tokens, self))
+        if self.kv_quant is not None:
+            stages.append(functools.partial(require_packed_cache, self.kv_quant.config))
+            if self.kv_quant.salient:
+                stages.append(functools.partial(_mark_salient_tokens, self))
+        if self.routing_stage is not None:
+            stages.append(self.routing_stage)
+        return stages
+
+    @contextlib.contextmanager
+    def stream_chunk(self, previous: torch.Tensor | None):
+        """Context of one StreamingSession chunk's forward: frame drop compares its first step
+        with ``previous``. Yields the :class:`StreamStep` (``last_step`` is set after the forward
+        when frame drop is on), or None when no video-token stage is on."""
+        self.stream = StreamStep(previous=previous) if self.shortens else None
+        try:
+            yield self.stream
+        finally:
+            self.stream = None
 
 
 def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
@@ -117,49 +228,44 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         _check_merge_fits(merge, adapter)
     routers = existing_routers(adapter.language_model)  # trained routers survive re-patching
     unpatch(model)
-    state = PatchState(adapter=adapter, dtd=dtd, merge=merge, mod=mod, kv=kv)
-    shortens = dtd is not None or merge is not None
-    salient = kv is not None and kv.salient_ratio > 0
-    if shortens or salient or mod is not None:
-        state.handles += [
-            adapter.multimodal.register_forward_pre_hook(
-                lambda module, args, kwargs: _capture(state, args, kwargs), with_kwargs=True
-            ),
-            adapter.multimodal.register_forward_hook(
-                lambda module, args, kwargs, output: _release(state),
-                with_kwargs=True,
-                always_call=True,
-            ),
-        ]
-    if shortens or mod is not None:  # they need the video grids of a generate call
-        state.handles.append(_wrap_video_encoder(state, adapter.multimodal))
-    if shortens:
-        state.handles.append(
-            adapter.language_model.register_forward_pre_hook(
-                lambda module, args, kwargs: _before_decoder(state, args, kwargs),
-                with_kwargs=True,
+    state = Patch(
+        adapter=adapter,
+        frame_drop=FrameDropState(dtd) if dtd is not None else None,
+        token_merge=TokenMergeState(merge) if merge is not None else None,
+        routing=RoutingState(mod) if mod is not None else None,
+        kv_quant=KVQuantState(kv) if kv is not None else None,
+    )
+    salient = state.kv_quant is not None and state.kv_quant.salient
+    try:
+        if state.shortens or salient or mod is not None:  # they read the multimodal call
+            state.handles += [
+                adapter.multimodal.register_forward_pre_hook(
+                    lambda module, args, kwargs: _capture(state, args, kwargs), with_kwargs=True
+                ),
+                adapter.multimodal.register_forward_hook(
+                    lambda module, args, kwargs, output: _release(state),
+                    with_kwargs=True,
+                    always_call=True,
+                ),
+            ]
+        if state.shortens or mod is not None:  # they need the video grids of a generate call
+            state.handles.append(_wrap_video_encoder(state, adapter.multimodal))
+        if mod is not None:
+            state.routing_stage, routed_layers = install_routing(
+                adapter, state.forward, state.routing, model, routers, kv=kv
             )
-        )
-    if kv is not None:
-        state.handles.append(
-            adapter.language_model.register_forward_pre_hook(
-                lambda module, args, kwargs: require_packed_cache(state, module, args, kwargs),
-                with_kwargs=True,
+            state.handles += routed_layers
+        stages = state.decoder_stages()
+        if stages:
+            state.handles.append(
+                adapter.language_model.register_forward_pre_hook(
+                    functools.partial(_run_stages, stages), with_kwargs=True
+                )
             )
-        )
-    if salient:  # after DTD's hook: it sees the tokens DTD kept
-        state.handles.append(
-            adapter.language_model.register_forward_pre_hook(
-                lambda module, args, kwargs: mark_salient_tokens(state, kwargs), with_kwargs=True
-            )
-        )
-    if mod is not None:  # after DTD's and merging's hooks: routes the tokens they kept
-        try:
-            state.handles += install_routing(state, model, routers)
-        except Exception:  # a configuration routing rejects: undo the hooks above
-            for handle in state.handles:
-                handle.remove()
-            raise
+    except Exception:  # a configuration routing rejects: undo the hooks above
+        for handle in state.handles:
+            handle.remove()
+        raise
     if kv is not None:
         state.handles += [
             _InstanceAttribute(model, "generate", default_packed_cache(model, kv)),
@@ -167,6 +273,22 @@ def patch(model, *, dtd=None, merge=None, mod=None, kv=None):
         ]
     setattr(model, STATE_ATTRIBUTE, state)
     return model
+
+
+def _run_stages(stages: list, module, args, kwargs):
+    """The language model's one pre-hook: each stage sees what the stages before it returned."""
+    changed = False
+    for stage in stages:
+        result = stage(module, args, kwargs)
+        if result is not None:
+            args, kwargs = result
+            changed = True
+    return (args, kwargs) if changed else None
+
+
+def patch_of(model) -> Patch | None:
+    """The :class:`Patch` of a patched model, or None."""
+    return getattr(model, STATE_ATTRIBUTE, None)
 
 
 def _check_merge_fits(merge: MergeConfig, adapter) -> None:
@@ -205,7 +327,7 @@ def last_stats(model, technique: str = "dtd"):
         raise ValueError("last_stats: the model is not patched (call vidllm_ext.patch first)")
     if technique not in TECHNIQUES:
         raise ValueError(f"technique: expected one of {', '.join(TECHNIQUES)}, got {technique!r}")
-    return {"dtd": state.stats, "merge": state.merge_stats, "mod": state.mod_stats}[technique]
+    return state.stats(technique)
 
 
 class _InstanceAttribute:
@@ -220,32 +342,38 @@ class _InstanceAttribute:
             delattr(self.owner, self.name)
 
 
-def _wrap_video_encoder(state: PatchState, multimodal) -> _InstanceAttribute:
+def _wrap_video_encoder(state: Patch, multimodal) -> _InstanceAttribute:
     original = multimodal.get_video_features
 
     @functools.wraps(original)  # generate reads the signature to choose the arguments
     def get_video_features(*args, **kwargs):
-        state.encoded_videos = state.adapter.video_encoder_inputs(args, kwargs)
+        state.forward.encoded_videos = state.adapter.video_encoder_inputs(args, kwargs)
         return original(*args, **kwargs)
 
     return _InstanceAttribute(multimodal, "get_video_features", get_video_features)
 
 
-def _capture(state: PatchState, args, kwargs) -> None:
-    state.call_layout = None
+def _capture(state: Patch, args, kwargs) -> None:
+    forward = state.forward
+    forward.layout = None
     captured = state.adapter.capture(args, kwargs)
-    for key, value in (state.encoded_videos or {}).items():
+    for key, value in (forward.encoded_videos or {}).items():
         if captured.get(key) is None:
             captured[key] = value
-    state.captured = captured
+    forward.captured = captured
 
 
-def _release(state: PatchState) -> None:
-    state.captured = None
-    state.call_layout = None
+def _release(state: Patch) -> None:
+    state.forward.captured = None
+    state.forward.layout = None
 
 
-def _before_decoder(state: PatchState, args, kwargs):
+def _mark_salient_tokens(state: Patch, module, args, kwargs) -> None:
+    mark_salient_tokens(state.adapter, state.forward, kwargs)
+
+
+def _shorten_video_tokens(state: Patch, module, args, kwargs):
+    """The video-token stages of the decoder pre-hook (frame drop, then merging)."""
     embeds = kwargs.get("inputs_embeds")
     if embeds is None:
         return None
@@ -253,43 +381,46 @@ def _before_decoder(state: PatchState, args, kwargs):
     if state.stream is not None:
         return _shorten_stream_chunk(state, args, kwargs, embeds)
     if cache is None or cache.get_seq_length() == 0:
-        state.layout = None
+        state.prefill = PrefillLayout()
         return _shorten_prefill(state, args, kwargs, embeds, cache)
-    if state.layout is not None and state.cache is not None and state.cache() is cache:
+    if state.prefill.belongs_to(cache):
         mask = kwargs.get("attention_mask")
         if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
             kv_length = cache.get_seq_length() + embeds.shape[1]
-            kwargs["attention_mask"] = state.layout.decode_mask(mask, kv_length).to(embeds.device)
+            layout = state.prefill.layout
+            kwargs["attention_mask"] = layout.decode_mask(mask, kv_length).to(embeds.device)
         return args, kwargs
     return None
 
 
-def _take_segments(state: PatchState) -> list:
+def _take_segments(state: Patch) -> list:
     """The videos of the call being prefilled; the recorded encoder inputs are used up."""
-    captured, state.encoded_videos = state.captured, None
-    method = state.dtd.method if state.dtd is not None else "feature"
+    captured = state.forward.take_videos()
+    method = state.frame_drop.config.method if state.frame_drop is not None else "feature"
     segments = state.adapter.video_segments(captured, method) if captured else []
-    technique = "dtd" if state.dtd is not None else "merge"
+    technique = "dtd" if state.frame_drop is not None else "merge"
     require_video_layout(
         technique, (captured or {}).get("input_ids"), state.adapter.video_token_id, segments
     )
     return segments
 
 
-def _shorten(state: PatchState, embeds: torch.Tensor, segments: list, previous=None):
-    """DTD, then merging: ``(embeds, keep)`` with merged features written at the columns of
-    their representatives and keep False on every video token that does not reach the decoder."""
+def _shorten(state: Patch, embeds: torch.Tensor, segments: list, previous=None):
+    """Frame drop, then merging: ``(embeds, keep)`` with merged features written at the columns
+    of their representatives and keep False on every video token that does not reach the
+    decoder."""
     keep = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
-    if state.dtd is not None:
+    if state.frame_drop is not None:
         if previous is not None:
             segments[0].previous = previous
-        keep, state.stats = drop_video_tokens(embeds, segments, state.dtd)
-    if state.merge is not None:
-        embeds, keep, state.merge_stats = merge_video_tokens(embeds, segments, keep, state.merge)
+        keep, state.frame_drop.stats = drop_video_tokens(embeds, segments, state.frame_drop.config)
+    if state.token_merge is not None:
+        merge = state.token_merge
+        embeds, keep, merge.stats = merge_video_tokens(embeds, segments, keep, merge.config)
     return embeds, keep
 
 
-def _rewrite_to_layout(state: PatchState, kwargs: dict, embeds, keep, position_ids):
+def _rewrite_to_layout(state: Patch, kwargs: dict, embeds, keep, position_ids):
     """Moves the decoder's inputs to the compacted layout of `keep`; returns the layout."""
     layout = CompactedLayout.from_keep(keep)
     if position_ids is None:
@@ -297,11 +428,11 @@ def _rewrite_to_layout(state: PatchState, kwargs: dict, embeds, keep, position_i
     kwargs["inputs_embeds"] = layout.gather(embeds, 1)
     kwargs["position_ids"] = _compact_positions(position_ids, layout)
     state.adapter.compact_side_inputs(kwargs, keep, layout)
-    state.call_layout = layout
+    state.forward.layout = layout
     return layout
 
 
-def _shorten_prefill(state: PatchState, args, kwargs, embeds, cache):
+def _shorten_prefill(state: Patch, args, kwargs, embeds, cache):
     segments = _take_segments(state)
     if not segments:
         return None
@@ -318,19 +449,18 @@ def _shorten_prefill(state: PatchState, args, kwargs, embeds, cache):
     kwargs["attention_mask"] = layout.attention_mask.to(
         device=embeds.device, dtype=mask.dtype if mask is not None else torch.long
     )
-    state.layout = layout
-    state.cache = weakref.ref(cache) if cache is not None else None
+    state.prefill = PrefillLayout(layout, weakref.ref(cache) if cache is not None else None)
     return args, kwargs
 
 
-def _shorten_stream_chunk(state: PatchState, args, kwargs, embeds):
+def _shorten_stream_chunk(state: Patch, args, kwargs, embeds):
     segments = _take_segments(state)
     if not segments:
         return None
     if len(segments) != 1 or embeds.shape[0] != 1:
         raise ValueError("a stream chunk holds exactly one video of one sample")
     embeds, keep = _shorten(state, embeds, segments, state.stream.previous)
-    if state.dtd is not None:
+    if state.frame_drop is not None:
         state.stream.last_step = segments[0].frames[-1].detach().clone()
     if not keep.any():
         raise NothingKept

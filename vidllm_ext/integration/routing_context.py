@@ -82,25 +82,25 @@ class RoutingContext:
         return self.frame_ids.flatten() >= 0
 
 
-def video_frame_ids(state, batch: int, length: int, device) -> torch.Tensor:
+def video_frame_ids(adapter, forward, batch: int, length: int, device) -> torch.Tensor:
     """int64 ``[batch, length]`` frame ids of the language model's current input (see
     :class:`RoutingContext`), from the multimodal call's recorded ids and video grids, mapped
     through the layout DTD / merging gave the call. The recorded encoder inputs are used up."""
-    captured, state.encoded_videos = state.captured, None
+    captured = forward.take_videos()
     frame_ids = torch.full((batch, length), -1, dtype=torch.long, device=device)
     input_ids = (captured or {}).get("input_ids")
-    if input_ids is None or not bool((input_ids == state.adapter.video_token_id).any()):
+    if input_ids is None or not bool((input_ids == adapter.video_token_id).any()):
         return frame_ids
     original = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
     first_id = 0
-    segments = state.adapter.video_segments(captured, "feature")
-    require_video_layout("mod", input_ids, state.adapter.video_token_id, segments)
+    segments = adapter.video_segments(captured, "feature")
+    require_video_layout("mod", input_ids, adapter.video_token_id, segments)
     for segment in segments:
         steps = torch.arange(segment.steps, device=input_ids.device) + first_id
         columns = segment.columns.to(input_ids.device)
         original[segment.sample, columns] = steps.repeat_interleave(segment.tokens)
         first_id += segment.steps
-    layout = state.call_layout
+    layout = forward.layout
     if layout is not None:
         original = layout.gather(original, 1)
         original = original.masked_fill(layout.attention_mask.to(original.device) == 0, -1)
@@ -128,9 +128,9 @@ def new_token_mask(attention_mask, batch: int, length: int, device) -> torch.Ten
 class RoutingRuntime:
     """The routing state of one patch: its configuration and the current forward's context."""
 
-    def __init__(self, state, routed_layers: tuple[int, ...], text_config):
-        self.state = state
-        self.config = state.mod
+    def __init__(self, adapter, forward, state, routed_layers: tuple[int, ...], text_config):
+        self.adapter, self.forward, self.state = adapter, forward, state
+        self.config = state.config
         self.routed_layers = routed_layers
         self.text_config = text_config
         self.context: RoutingContext | None = None
@@ -145,14 +145,14 @@ class RoutingRuntime:
             raise ValueError("routing: the language model got neither inputs_embeds nor input_ids")
         batch, length = tokens.shape[:2]
         real = new_token_mask(kwargs.get("attention_mask"), batch, length, tokens.device)
-        frame_ids = video_frame_ids(self.state, batch, length, tokens.device)
+        frame_ids = video_frame_ids(self.adapter, self.forward, batch, length, tokens.device)
         self.context = RoutingContext.build(frame_ids, real)
         if self.context.video_tokens:
             layers = self.routed_layers
             self.context.stats = RoutingStats(
                 layers, self.context.video_tokens, [0] * len(layers), 0
             )
-            self.state.mod_stats = self.context.stats
+            self.state.stats = self.context.stats
 
     def context_for(self, hidden_states: torch.Tensor) -> RoutingContext:
         """The current context; it must describe ``hidden_states`` ``[B, L, D]``."""

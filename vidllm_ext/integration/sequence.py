@@ -1,4 +1,6 @@
-"""Shortening a batch of token sequences to the columns that survive, left-padded.
+"""Where a batch's video tokens are (:class:`VideoSegment`, which adapters produce and every
+technique reads), and shortening a batch of token sequences to the columns that survive,
+left-padded.
 
 Model-agnostic: adapters decide which columns to keep; this module moves embeddings, position ids,
 per-token side inputs and the attention mask to the compacted layout, and widens later decode
@@ -10,6 +12,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class VideoSegment:
+    """One video of one sample: its token columns in (step, position) order.
+
+    Attributes:
+        sample: batch row.
+        columns: int64 ``[steps * tokens]`` sequence columns of the video's tokens.
+        steps: temporal steps.
+        tokens: tokens per step (fixed spatial positions).
+        pixels: float ``[steps, tokens, patch]``: the pixel patch under each token (pixel method).
+        previous: ``[tokens, dim]`` features of the step before the first (a live stream's last
+            step), or None: then the first step is kept whole.
+        frames: set by :func:`drop_video_tokens`: the ``[steps, tokens, dim]`` features compared.
+    """
+
+    sample: int
+    columns: torch.Tensor
+    steps: int
+    tokens: int
+    pixels: torch.Tensor | None = None
+    previous: torch.Tensor | None = None
+    frames: torch.Tensor | None = None
 
 
 @dataclass

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from vidllm_ext import ops
-from vidllm_ext.integration.config import MergeConfig
-from vidllm_ext.integration.token_drop import VideoSegment
-from vidllm_ext.merge_schedule import merge_schedule
-from vidllm_ext.reference.merge import chunk_mean_metric
+from vidllm_ext.contracts.token_merge import MergeConfig, merge_schedule
+from vidllm_ext.integration.sequence import VideoSegment
+from vidllm_ext.ops.token_merge import chunk_mean_metric
 
 
 @dataclass

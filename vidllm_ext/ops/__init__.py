@@ -1,22 +1,20 @@
 """The kernels as torch ops (``torch.ops.vidllm.*`` underneath), CPU and CUDA."""
 
-from vidllm_ext.ops.dtd import (
+from vidllm_ext.ops.frame_drop import (
     compact_tokens,
     compact_tokens_into,
     drop_redundant_tokens,
     dtd_keep_mask,
     dtd_scores,
 )
-from vidllm_ext.ops.kv import dequantize_keys, dequantize_values, quantize_keys, quantize_values
-from vidllm_ext.ops.kv_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
-from vidllm_ext.ops.merge import (
-    bipartite_soft_matching,
-    hierarchical_merge,
-    merge_wavg,
-    proportional_attention_bias,
-    unmerge,
+from vidllm_ext.ops.kv_attention import packed_attention
+from vidllm_ext.ops.kv_quant import (
+    dequantize_keys,
+    dequantize_values,
+    quantize_keys,
+    quantize_values,
 )
-from vidllm_ext.ops.packed_attention import packed_attention
+from vidllm_ext.ops.kv_quant_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
 from vidllm_ext.ops.routing import (
     gather_rows,
     routed_update,
@@ -24,6 +22,13 @@ from vidllm_ext.ops.routing import (
     select_routed_tokens,
     topk_per_segment,
     topk_per_segment_into,
+)
+from vidllm_ext.ops.token_merge import (
+    bipartite_soft_matching,
+    hierarchical_merge,
+    merge_wavg,
+    proportional_attention_bias,
+    unmerge,
 )
 
 __all__ = [

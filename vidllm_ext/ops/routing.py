@@ -19,16 +19,15 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from vidllm_ext import _routing_checks as check
+from vidllm_ext.contracts import routing as check
 from vidllm_ext.ops._backend import rows_contiguous
-from vidllm_ext.ops._routing_ops import (
+from vidllm_ext.ops._routing_kernels import (
     accumulate_dtype,
     gather_op,
     scatter_op,
     topk_into_op,
     topk_op,
 )
-from vidllm_ext.reference import routing as scheme
 
 
 def topk_per_segment(scores: Tensor, segment_offsets: Tensor, keep_ratio: float) -> Tensor:
@@ -172,9 +171,16 @@ def select_routed_tokens(
     Example:
         >>> selected_index = vidllm_ext.ops.select_routed_tokens(s, is_video, offsets, 0.2)
     """
-    return scheme.select_routed_tokens_with(
-        topk_per_segment, scores, is_video, segment_offsets, keep_ratio
+    scores, is_video, segment_offsets = check.check_selection_inputs(
+        scores, is_video, segment_offsets
     )
+    keep_ratio = check.check_keep_ratio(keep_ratio)
+    video_index = is_video.nonzero().flatten()
+    video_scores = scores.detach()[video_index].float()
+    kept_video = video_index[topk_per_segment(video_scores, segment_offsets, keep_ratio)]
+    selected = ~is_video
+    selected[kept_video] = True
+    return selected.nonzero().flatten()
 
 
 def routed_update(
@@ -200,7 +206,28 @@ def routed_update(
         >>> out = vidllm_ext.ops.routed_update(h, router(h).squeeze(-1), is_video, offsets, 0.2,
         ...                                    layer)
     """
-    primitives = (topk_per_segment, gather_rows, scatter_add_rows)
-    return scheme.routed_update_with(
-        primitives, hidden, scores, is_video, segment_offsets, keep_ratio, layer_fn, gate
+    hidden, scores, is_video, segment_offsets = check.check_routed_inputs(
+        hidden, scores, is_video, segment_offsets
     )
+    keep_ratio = check.check_keep_ratio(keep_ratio)
+    gate = check.check_gate(gate)
+    selected_index = select_routed_tokens(scores, is_video, segment_offsets, keep_ratio)
+    if selected_index.numel() == 0:
+        return hidden.clone()
+    selected = gather_rows(hidden, selected_index)
+    delta = layer_fn(selected, selected_index) - selected
+    weight = None  # gate "none": every selected token takes the layer's update as is
+    if gate != "none":
+        gates = gate_weights(scores[selected_index], gate)
+        weight = torch.where(is_video[selected_index], gates, torch.ones_like(gates))
+    return scatter_add_rows(hidden, selected_index, delta, weight)
+
+
+def gate_weights(scores: Tensor, gate: str) -> Tensor:
+    """The gate g(s) of a routed video token: ``"sigmoid2"`` 2 sigmoid(s) (a zero score gives
+    the layer's exact update), ``"raw"`` s (the MoD paper), ``"none"`` 1."""
+    if gate == "sigmoid2":
+        return 2 * torch.sigmoid(scores)
+    if gate == "raw":
+        return scores
+    return torch.ones_like(scores)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from vidllm_ext import _routing_checks as check
+from vidllm_ext.contracts import routing as check
 
 
 def keep_counts(tokens_per_segment: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -134,6 +134,16 @@ def gate_weights(scores: torch.Tensor, gate: str) -> torch.Tensor:
     return torch.ones_like(scores)
 
 
+def _segment_top(scores: list[float], keep: int) -> list[int]:
+    """Positions of the ``keep`` highest-ranked scores of one segment: higher first, ties to the
+    lower position, NaN below everything."""
+    ranked = sorted(
+        range(len(scores)),
+        key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0, i),
+    )
+    return ranked[:keep]
+
+
 def select_routed_tokens(
     scores: torch.Tensor,
     is_video: torch.Tensor,
@@ -142,10 +152,24 @@ def select_routed_tokens(
 ) -> torch.Tensor:
     """int64 [K], ascending: every token that is not video, plus in each segment of the video
     tokens (offsets count video tokens only, in sequence order) the top
-    ``ceil(keep_ratio * n_s)`` by float32 score."""
-    return select_routed_tokens_with(
-        topk_per_segment, scores, is_video, segment_offsets, keep_ratio
+    ``min(n_s, ceil(keep_ratio * n_s))`` by float32 score.
+
+    Written token by token from the definition (one segment at a time, in Python), independent of
+    :func:`topk_per_segment` and of the ops' composition.
+    """
+    scores, is_video, segment_offsets = check.check_selection_inputs(
+        scores, is_video, segment_offsets
     )
+    keep_ratio = check.check_keep_ratio(keep_ratio)
+    video_positions = is_video.nonzero().flatten().tolist()
+    check_offset_values(segment_offsets, len(video_positions))
+    video_scores = scores.detach().float().cpu()[video_positions].tolist()
+    offsets = segment_offsets.tolist()
+    chosen = [position for position, video in enumerate(is_video.tolist()) if not video]
+    for start, end in zip(offsets[:-1], offsets[1:]):
+        keep = min(end - start, math.ceil(keep_ratio * (end - start)))
+        chosen += [video_positions[start + i] for i in _segment_top(video_scores[start:end], keep)]
+    return torch.tensor(sorted(chosen), dtype=torch.int64, device=scores.device)
 
 
 def routed_update(
@@ -174,47 +198,25 @@ def routed_update(
     Returns:
         [tokens, dim]: ``h + g(s) * delta`` for selected video tokens, ``h + delta`` for the
         other selected tokens, ``h`` for the rest, with ``delta = layer_fn(h_sel) - h_sel``.
+        The update ``g * delta`` is formed in float32 (float64 for float64 h) and rounded before
+        it is added to ``h``; the sum is rounded to h's dtype. Given float64 inputs this is the
+        float64 oracle of the routed layer. It is written from the definition with plain
+        indexing, independent of the routing kernels' primitives and of the ops' composition.
     """
-    primitives = (topk_per_segment, gather_rows, scatter_add_rows)
-    return routed_update_with(
-        primitives, hidden, scores, is_video, segment_offsets, keep_ratio, layer_fn, gate
-    )
-
-
-# ---- the routed layer's composition, written once over its primitives -----------------------
-# ``vidllm_ext.ops`` runs the same code on the kernels (topk_per_segment, gather_rows,
-# scatter_add_rows), so ops and reference differ only where the kernels do.
-
-
-def select_routed_tokens_with(topk, scores, is_video, segment_offsets, keep_ratio: float):
-    scores, is_video, segment_offsets = check.check_selection_inputs(
-        scores, is_video, segment_offsets
-    )
-    keep_ratio = check.check_keep_ratio(keep_ratio)
-    video_index = is_video.nonzero().flatten()
-    video_scores = scores.detach()[video_index].float()
-    kept_video = video_index[topk(video_scores, segment_offsets, keep_ratio)]
-    selected = ~is_video
-    selected[kept_video] = True
-    return selected.nonzero().flatten()
-
-
-def routed_update_with(
-    primitives, hidden, scores, is_video, segment_offsets, keep_ratio, layer_fn, gate
-):
-    topk, gather, scatter_add = primitives
     hidden, scores, is_video, segment_offsets = check.check_routed_inputs(
         hidden, scores, is_video, segment_offsets
     )
     keep_ratio = check.check_keep_ratio(keep_ratio)
     gate = check.check_gate(gate)
-    selected_index = select_routed_tokens_with(topk, scores, is_video, segment_offsets, keep_ratio)
+    selected_index = select_routed_tokens(scores, is_video, segment_offsets, keep_ratio)
     if selected_index.numel() == 0:
         return hidden.clone()
-    selected = gather(hidden, selected_index)
+    selected = hidden[selected_index]
     delta = layer_fn(selected, selected_index) - selected
-    weight = None  # gate "none": every selected token takes the layer's update as is
-    if gate != "none":
-        gates = gate_weights(scores[selected_index], gate)
-        weight = torch.where(is_video[selected_index], gates, torch.ones_like(gates))
-    return scatter_add(hidden, selected_index, delta, weight)
+    gates = gate_weights(scores[selected_index], gate)
+    gates = torch.where(is_video[selected_index], gates, torch.ones_like(gates))
+    accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    update = gates.to(accumulate)[:, None] * delta.to(accumulate)
+    rows = hidden.to(accumulate)
+    routed = rows.index_put((selected_index,), rows[selected_index] + update)
+    return routed.to(hidden.dtype)

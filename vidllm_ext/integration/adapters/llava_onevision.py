@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vidllm_ext.integration.adapters.common import find_multimodal_model, input_ids_of
-from vidllm_ext.integration.sequence import CompactedLayout
-from vidllm_ext.integration.token_drop import VideoSegment
+from vidllm_ext.integration.sequence import CompactedLayout, VideoSegment
 
 # Pixel method: the frame area under each token, area-resampled to this many pixels per side.
 PIXELS_PER_TOKEN_SIDE = 8

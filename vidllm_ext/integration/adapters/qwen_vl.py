@@ -19,8 +19,7 @@ from vidllm_ext.integration.adapters.common import (
     input_ids_of,
     split_columns,
 )
-from vidllm_ext.integration.sequence import CompactedLayout
-from vidllm_ext.integration.token_drop import VideoSegment
+from vidllm_ext.integration.sequence import CompactedLayout, VideoSegment
 
 # The Qwen2-VL processor's defaults (OpenAI CLIP normalization), for frames given as uint8.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)

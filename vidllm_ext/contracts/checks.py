@@ -1,0 +1,54 @@
+"""Argument checks shared by the ops and the reference, so both raise the same exceptions.
+
+They read only shapes, dtypes and Python values, so they also run on fake tensors while
+``torch.compile`` traces. The C++ bindings repeat the checks for callers of ``vidllm_ext._C``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# The kernels take int64 scalars: a larger Python int cannot reach them.
+INT64_MAX = 2**63 - 1
+
+
+def check_tensor(value: object, name: str) -> torch.Tensor:
+    """A torch.Tensor with data (CPU or CUDA; a meta tensor has none for the kernels to read)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name}: expected a CPU or CUDA tensor, got a meta tensor")
+    return value
+
+
+def check_float_dtype(tensor: torch.Tensor, name: str) -> None:
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32, float16 or bfloat16, got {tensor.dtype}")
+
+
+def check_choice(value: object, choices: tuple, name: str) -> str:
+    if value not in choices:
+        expected = " or ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+def check_int(value: object, name: str, minimum: int = 0, maximum: int = INT64_MAX) -> int:
+    """A Python int (not bool) in [minimum, maximum]; the kernels take int64 scalars."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if maximum != INT64_MAX and not minimum <= value <= maximum:
+        raise ValueError(f"{name}: expected an integer in [{minimum}, {maximum}], got {value}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name}: expected an int <= 2^63 - 1, got {value}")
+    return value
+
+
+def ceil_div(n: int, k: int) -> int:
+    """ceil(n / k) for ints, k >= 1: bytes holding n codes, groups covering n items."""
+    return -(-n // k)

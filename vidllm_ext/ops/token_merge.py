@@ -1,0 +1,370 @@
+"""Token merging (ToMe bipartite soft matching, LongVLM segments) as torch ops backed by the
+C++/CUDA kernels.
+
+Every op is a ``torch.library.custom_op`` in the ``vidllm`` namespace with a fake implementation,
+so ``torch.compile(fullgraph=True)`` traces through it. Semantics are those of
+:mod:`vidllm_ext.reference.token_merge`. Matching never writes the similarity matrix: the kernel
+keeps a
+running best per A token. Merges are deterministic (no float atomics): each destination adds its
+sources in ascending token order, so CPU and CUDA results are bitwise equal.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from vidllm_ext.contracts import token_merge as check
+from vidllm_ext.contracts.token_merge import (
+    MergePlan,
+    MergeResult,
+    merged_token_count,
+    set_sizes,
+    video_segments,
+)
+from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
+
+# ---- custom ops (inputs validated by the public functions below) ----------------------------
+
+
+def _plan_shapes(batch: int, tokens: int, protected: int, r: int) -> list[tuple[int, int]]:
+    a_size = set_sizes(tokens, protected)[0]
+    outputs = tokens - r
+    # slot, kept_index, source_offsets, source_index, partner, score
+    return [
+        (batch, tokens),
+        (batch, outputs),
+        (batch, outputs + 1),
+        (batch, r),
+        (batch, a_size),
+        (batch, a_size),
+    ]
+
+
+@torch.library.custom_op("vidllm::bipartite_soft_matching", mutates_args=())
+def _matching_op(
+    metric: Tensor, r: int, protected: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    batch, tokens, _ = metric.shape
+    shapes = _plan_shapes(batch, tokens, protected, r)
+    slot, kept_index, offsets, source_index, partner = (
+        torch.empty(shape, dtype=torch.int64, device=metric.device) for shape in shapes[:5]
+    )
+    score = torch.empty(shapes[5], dtype=torch.float32, device=metric.device)
+    cursor = torch.empty_like(kept_index)
+    stream = stream_of(metric)
+    C.merge_match(dl(metric), dl(partner), dl(score), tokens, protected, stream)
+    C.merge_plan(
+        dl(score),
+        dl(partner),
+        dl(slot),
+        dl(kept_index),
+        dl(offsets),
+        dl(source_index),
+        dl(cursor),
+        tokens,
+        protected,
+        r,
+        r,
+        stream,
+    )
+    return slot, kept_index, offsets, source_index, partner, score
+
+
+@_matching_op.register_fake
+def _(metric, r, protected):
+    shapes = _plan_shapes(metric.shape[0], metric.shape[1], protected, r)
+    plan = [metric.new_empty(shape, dtype=torch.int64) for shape in shapes[:5]]
+    return (*plan, metric.new_empty(shapes[5], dtype=torch.float32))
+
+
+@torch.library.custom_op("vidllm::merge_wavg", mutates_args=())
+def _merge_wavg_op(
+    x: Tensor,
+    size: Optional[Tensor],
+    slot: Tensor,
+    kept_index: Tensor,
+    source_offsets: Tensor,
+    source_index: Tensor,
+) -> tuple[Tensor, Tensor]:
+    batch, tokens, dim = x.shape
+    outputs = kept_index.shape[1]
+    out = x.new_empty((batch, outputs, dim))
+    size_out = torch.empty((batch, outputs), dtype=torch.float32, device=x.device)
+    C.merge_wavg(
+        dl(x),
+        dl(size),
+        None,
+        dl(kept_index),
+        dl(source_offsets),
+        dl(source_index),
+        dl(out),
+        dl(size_out),
+        None,
+        tokens,
+        tokens,
+        tokens - outputs,
+        stream_of(x),
+    )
+    return out, size_out
+
+
+@_merge_wavg_op.register_fake
+def _(x, size, slot, kept_index, source_offsets, source_index):
+    batch, _, dim = x.shape
+    outputs = kept_index.shape[1]
+    return x.new_empty((batch, outputs, dim)), x.new_empty((batch, outputs), dtype=torch.float32)
+
+
+def _merge_wavg_setup_context(ctx, inputs, output) -> None:
+    _, size, slot, _, source_offsets, _ = inputs
+    ctx.save_for_backward(size, slot, source_offsets, output[1])
+    ctx.mark_non_differentiable(output[1])  # merged sizes depend on the sizes alone
+
+
+def _merge_wavg_backward(ctx, grad_x, grad_size):
+    # out[s] = sum over the tokens t of slot s of (size_t / size_out[s]) x_t for a slot that
+    # received sources; a slot that received none copies its token (weight 1).
+    size, slot, source_offsets, size_out = ctx.saved_tensors
+    received = (source_offsets.diff(dim=1) > 0).gather(1, slot)
+    weights = torch.ones_like(slot, dtype=torch.float32) if size is None else size.float()
+    weights = torch.where(received, weights / size_out.gather(1, slot), 1.0)
+    grad_input = _unmerge_op(grad_x.contiguous(), slot).float() * weights[..., None]
+    return grad_input.to(grad_x.dtype), None, None, None, None, None
+
+
+_merge_wavg_op.register_autograd(_merge_wavg_backward, setup_context=_merge_wavg_setup_context)
+
+
+@torch.library.custom_op("vidllm::unmerge", mutates_args=())
+def _unmerge_op(x_merged: Tensor, slot: Tensor) -> Tensor:
+    batch, tokens = slot.shape
+    out = x_merged.new_empty((batch, tokens, x_merged.shape[2]))
+    C.merge_unmerge(dl(x_merged), dl(slot), dl(out), stream_of(x_merged))
+    return out
+
+
+@_unmerge_op.register_fake
+def _(x_merged, slot):
+    return x_merged.new_empty((*slot.shape, x_merged.shape[2]))
+
+
+def _unmerge_setup_context(ctx, inputs, output) -> None:
+    x_merged, slot = inputs
+    ctx.save_for_backward(slot)
+    ctx.merged_tokens = x_merged.shape[1]
+
+
+def _unmerge_backward(ctx, grad):
+    (slot,) = ctx.saved_tensors
+    batch, _, dim = grad.shape
+    grad_merged = grad.new_zeros((batch, ctx.merged_tokens, dim), dtype=torch.float32)
+    grad_merged.scatter_add_(1, slot[..., None].expand(-1, -1, dim), grad.float())
+    return grad_merged.to(grad.dtype), None
+
+
+_unmerge_op.register_autograd(_unmerge_backward, setup_context=_unmerge_setup_context)
+
+
+@torch.library.custom_op("vidllm::hierarchical_merge", mutates_args=())
+def _hierarchical_op(
+    tokens: Tensor, frames_per_segment: int, tokens_per_segment: int, metric_chunks: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    frames, per_frame, dim = tokens.shape
+    segments = video_segments(frames, per_frame, frames_per_segment)
+    flat = rows_contiguous(tokens.reshape(frames * per_frame, dim))
+    device = tokens.device
+    total = merged_token_count(segments, tokens_per_segment)
+    out = flat.new_empty((total, dim))
+    sizes = torch.empty(total, dtype=torch.float32, device=device)
+    source_index = torch.empty(total, dtype=torch.int64, device=device)
+    geometry = (*segments, metric_chunks, tokens_per_segment)
+    workspace_bytes = C.merge_hierarchical_workspace(dl(flat), *geometry)
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
+    C.merge_hierarchical(
+        dl(flat), dl(workspace), dl(out), dl(sizes), dl(source_index), *geometry, stream_of(flat)
+    )
+    kept_per_segment = max(min(segments.tokens, tokens_per_segment), 1)
+    segment = torch.div(torch.arange(total, device=device), kept_per_segment, rounding_mode="floor")
+    return out, sizes, source_index, segment
+
+
+@_hierarchical_op.register_fake
+def _(tokens, frames_per_segment, tokens_per_segment, metric_chunks):
+    frames, per_frame, dim = tokens.shape
+    total = merged_token_count(
+        video_segments(frames, per_frame, frames_per_segment), tokens_per_segment
+    )
+    return (
+        tokens.new_empty((total, dim)),
+        tokens.new_empty((total,), dtype=torch.float32),
+        tokens.new_empty((total,), dtype=torch.int64),
+        tokens.new_empty((total,), dtype=torch.int64),
+    )
+
+
+# ---- public API ----------------------------------------------------------------------------
+
+
+def bipartite_soft_matching(metric: Tensor, r: int, *, protected: int = 0) -> MergePlan:
+    """Plans ToMe's bipartite soft matching: which ``r`` tokens of every row merge, and where.
+
+    After the first ``protected`` tokens (never merged, never a destination), set A holds the
+    tokens at even offsets and set B those at odd offsets. Each A token's partner is its most
+    similar B token by cosine similarity from float32 sums, ``dot(a, b) / sqrt(max(|a|^2, 1e-16)
+    * max(|b|^2, 1e-16))`` (equal tokens score exactly 1; NaN when a squared norm is not finite;
+    ties to the lower B index); the ``r`` A tokens with the highest scores merge into their
+    partners (ties to the lower index, NaN scores last). ``r`` is capped at
+    ``floor((T - protected) / 2)``.
+
+    Args:
+        metric: ``[B, T, C]`` float32/float16/bfloat16, CPU or CUDA (e.g. attention keys, or
+            features). Any strides; a last dimension with stride != 1 is copied first.
+        r: tokens to merge per row, >= 0.
+        protected: leading tokens per row that take no part (e.g. a class token), 0 <= p <= T.
+
+    Returns:
+        :class:`~vidllm_ext.contracts.token_merge.MergePlan` of device tensors, for
+        :func:`merge_wavg` and
+        :func:`unmerge`. No host synchronization.
+
+    Example:
+        >>> metric = torch.randn(2, 197, 64)
+        >>> plan = vidllm_ext.ops.bipartite_soft_matching(metric, 16, protected=1)
+        >>> x_merged, size = vidllm_ext.ops.merge_wavg(plan, torch.randn(2, 197, 768))
+        >>> x_merged.shape, size.shape
+        (torch.Size([2, 181, 768]), torch.Size([2, 181]))
+    """
+    metric, r, protected = check.check_matching_args(metric, r, protected)
+    r = min(r, set_sizes(metric.shape[1], protected)[1])
+    tensors = _matching_op(rows_contiguous(metric), r, protected)
+    return MergePlan(*tensors, r=r, protected=protected)
+
+
+def merge_wavg(plan: MergePlan, x: Tensor, size: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Merges ``x`` under ``plan`` with a size-weighted average.
+
+    A destination becomes ``(s_b x_b + sum s_a x_a) / (s_b + sum s_a)`` over its sources, added
+    in float32 (destination first, then sources by ascending token index) and rounded to x's
+    dtype once; its size becomes ``s_b + sum s_a``. A token that received nothing is copied
+    unchanged. Differentiable in ``x`` (not in ``size``).
+
+    Args:
+        plan: from :func:`bipartite_soft_matching` on ``[B, T, ·]``.
+        x: ``[B, T, D]`` float32/float16/bfloat16 on the plan's device; any strides.
+        size: optional float ``[B, T]`` of positive token sizes (all 1 when None).
+
+    Returns:
+        ``(x_merged [B, T - r, D]`` of x's dtype, ``size float32 [B, T - r])``.
+
+    Example:
+        >>> x_merged, size = vidllm_ext.ops.merge_wavg(plan, x)
+        >>> x_merged, size = vidllm_ext.ops.merge_wavg(next_plan, x_merged, size)
+    """
+    plan, x, size = check.check_merge_input(plan, x, size)
+    size = None if size is None else size.float().contiguous()
+    plan_tensors = (plan.slot, plan.kept_index, plan.source_offsets, plan.source_index)
+    return _merge_wavg_op(rows_contiguous(x), size, *(t.contiguous() for t in plan_tensors))
+
+
+def unmerge(plan: MergePlan, x_merged: Tensor) -> Tensor:
+    """Maps merged tokens back to every input token: ``out[b, t] = x_merged[b, plan.slot[b, t]]``.
+
+    Args:
+        plan: the plan that produced ``x_merged``.
+        x_merged: ``[B, T - r, D]`` float on the plan's device.
+
+    Returns:
+        ``[B, T, D]`` of x_merged's dtype. Differentiable.
+
+    Example:
+        >>> restored = vidllm_ext.ops.unmerge(plan, x_merged)  # [B, T, D]
+    """
+    plan, x_merged = check.check_unmerge_input(plan, x_merged)
+    return _unmerge_op(rows_contiguous(x_merged), plan.slot.contiguous())
+
+
+def hierarchical_merge(
+    tokens: Tensor,
+    *,
+    frames_per_segment: int = 10,
+    tokens_per_segment: int = 30,
+    metric_chunks: int = 16,
+) -> MergeResult:
+    """LongVLM's hierarchical merge of one video's tokens, segment by segment.
+
+    Frames are cut into segments of ``frames_per_segment`` consecutive frames (the last may be
+    shorter); a segment's tokens, flattened in (frame, position) order, are merged jointly across
+    space and time by rounds of bipartite soft matching with ``r_i = min(T_i - M, T_i // 2)``
+    until it holds ``M = tokens_per_segment`` tokens (a segment holding fewer keeps them all).
+    Each round's metric is the features' mean over ``metric_chunks`` equal channel chunks (LongVLM
+    uses 16); sizes carry across rounds. All segments of a round run in one launch per stage (one
+    call into the kernels for the whole merge), and the schedule is computed on the host from the
+    shapes: no host synchronization.
+
+    Args:
+        tokens: ``[F, N, D]`` float32/float16/bfloat16, CPU or CUDA: F frames of N tokens.
+        frames_per_segment, tokens_per_segment: positive ints.
+        metric_chunks: positive divisor of D.
+
+    Returns:
+        :class:`~vidllm_ext.contracts.token_merge.MergeResult` ``(tokens [K, D], sizes float32 [K],
+        source_index int64 [K], segment int64 [K])`` with ``K = S * M`` when every segment holds
+        at least M tokens; ``source_index`` is the flat index ``f * N + n`` of each merged
+        token's representative, so the caller can take its position ids.
+
+    Example:
+        >>> video = torch.randn(100, 256, 1024)
+        >>> result = vidllm_ext.ops.hierarchical_merge(video)  # 10 segments of 30 tokens
+        >>> result.tokens.shape, int(result.sizes.sum())
+        (torch.Size([300, 1024]), 25600)
+    """
+    tokens, frames_per_segment, tokens_per_segment, metric_chunks = check.check_hierarchical_args(
+        tokens, frames_per_segment, tokens_per_segment, metric_chunks
+    )
+    return MergeResult(
+        *_hierarchical_op(tokens, frames_per_segment, tokens_per_segment, metric_chunks)
+    )
+
+
+def proportional_attention_bias(size: Tensor, *, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """ToMe's proportional attention: ``log(size)`` as an additive bias on the attention keys, so
+    a merged token of size s weighs like the s tokens it stands for.
+
+    Args:
+        size: float32/float16/bfloat16 ``[..., T]`` (at least 1-D) token sizes (from
+            :func:`merge_wavg` or :func:`hierarchical_merge`), finite and positive: checked on
+            the CPU (ValueError), see :mod:`vidllm_ext.contracts.structure`.
+        dtype: the bias dtype (default float32). SDPA wants the query's dtype for a float mask.
+
+    Returns:
+        ``[..., 1, 1, T]``: for sizes ``[B, T]``, ``[B, 1, 1, T]`` broadcasts over the heads and
+        queries of attention scores ``[B, heads, queries, T]``.
+
+    Example:
+        >>> x_merged, size = vidllm_ext.ops.merge_wavg(plan, x)             # size [B, T']
+        >>> bias = vidllm_ext.ops.proportional_attention_bias(size, dtype=q.dtype)
+        >>> out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # q, k, v [B, H, T', d]
+    """
+    size = check.check_sizes(size)
+    dtype = check.check_bias_dtype(dtype)
+    bias = size.float().log()
+    if dtype is not None:
+        bias = bias.to(dtype)
+    return bias.unsqueeze(-2).unsqueeze(-2)
+
+
+__all__ = [
+    "bipartite_soft_matching",
+    "hierarchical_merge",
+    "merge_wavg",
+    "proportional_attention_bias",
+    "unmerge",
+]
+
+
+def chunk_mean_metric(x: torch.Tensor, chunks: int) -> torch.Tensor:
+    """float32 ``[..., D / chunks]``: the mean of the ``chunks`` equal channel chunks of x."""
+    return x.float().unflatten(-1, (chunks, x.shape[-1] // chunks)).mean(-2)
