@@ -71,13 +71,14 @@ inline Status emulated_status(const emulated_launchers::Result& result) {
        ? VIDLLM_CUDA_LAUNCHER(family, name, params, stream)                   \
        : VIDLLM_EMULATED_LAUNCHER(family, name, params))
 
-// Runs the launcher for `backend` without the GIL and raises on a failed Status naming `label`.
-#define VIDLLM_RUN_KERNEL(family, name, label, params, backend, stream) \
+// The one way a binding runs a kernel: family::<name>_cpu, <name>_cuda or its emulated twin for
+// `backend`, without the GIL, raising on a failed Status that names the kernel <family>_<name>.
+#define VIDLLM_RUN_KERNEL(family, name, params, backend, stream)        \
   do {                                                                  \
     ::vidllm::Status status_;                                           \
     {                                                                   \
       ::pybind11::gil_scoped_release no_gil_;                           \
       status_ = VIDLLM_LAUNCHER(family, name, params, backend, stream); \
     }                                                                   \
-    ::vidllm::binding::throw_if_failed(status_, label);                 \
+    ::vidllm::binding::throw_if_failed(status_, #family "_" #name);     \
   } while (0)

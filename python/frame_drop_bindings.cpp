@@ -16,10 +16,6 @@ namespace {
 using frame_drop::Method;
 using frame_drop::Mode;
 
-void run_decide(const frame_drop::DecideParams& params, Backend backend, uintptr_t stream) {
-  VIDLLM_RUN_KERNEL(frame_drop, decide, "dtd_decide", params, backend, stream);
-}
-
 void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj,
                const std::string& method_name, uintptr_t stream) {
   const TensorArg frames(frames_obj, "frames");
@@ -63,7 +59,7 @@ void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj
   params.method = method;
   params.device = frames.device_id();
 
-  VIDLLM_RUN_KERNEL(frame_drop, score, "dtd_score", params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, score, params, backend, stream);
 }
 
 void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle counts_obj,
@@ -93,7 +89,7 @@ void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle coun
   params.drop_per_step =
       static_cast<int64_t>(std::floor(static_cast<double>(params.tokens) * threshold));
   params.device = scores.device_id();
-  run_decide(params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, params, backend, stream);
 }
 
 void dtd_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t stream) {
@@ -109,7 +105,7 @@ void dtd_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t stream
   params.steps = keep_mask.size(0);
   params.tokens = keep_mask.size(1);
   params.device = keep_mask.device_id();
-  run_decide(params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, params, backend, stream);
 }
 
 void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle counts_obj,
@@ -153,7 +149,7 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
   count_params.steps = steps;
   count_params.tokens = tokens;
   count_params.device = frames.device_id();
-  run_decide(count_params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, count_params, backend, stream);
 
   frame_drop::CompactParams params;
   params.frames = frames.data();
@@ -171,7 +167,7 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
   params.dim = frames.size(2);
   params.dtype = dtype;
   params.device = frames.device_id();
-  VIDLLM_RUN_KERNEL(frame_drop, compact, "dtd_compact", params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, compact, params, backend, stream);
 }
 
 }  // namespace

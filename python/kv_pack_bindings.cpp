@@ -59,7 +59,7 @@ void kv_pack(py::handle codes_obj, py::handle packed_obj, py::handle invalid_obj
   params.n = codes.size(1);
   params.packing = packing;
   params.device = codes.device_id();
-  VIDLLM_KV_RUN(pack, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, pack, params, backend, stream);
 }
 
 void kv_unpack(py::handle packed_obj, py::handle codes_obj, py::handle invalid_obj,
@@ -90,7 +90,7 @@ void kv_unpack(py::handle packed_obj, py::handle codes_obj, py::handle invalid_o
   params.n = codes.size(1);
   params.packing = packing;
   params.device = packed.device_id();
-  VIDLLM_KV_RUN(unpack, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, unpack, params, backend, stream);
 }
 
 }  // namespace

@@ -70,7 +70,7 @@ void kv_quantize_channel_groups(py::handle x_obj, py::handle channels_obj, py::h
   params.group_size = group_size;
   params.mode = mode;
   params.device = x.device_id();
-  VIDLLM_KV_RUN(quantize_channel_groups, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, quantize_channel_groups, params, backend, stream);
 }
 
 void kv_dequantize_channel_groups(py::handle codes_obj, py::handle scale_obj, py::handle zero_obj,
@@ -118,7 +118,7 @@ void kv_dequantize_channel_groups(py::handle codes_obj, py::handle scale_obj, py
   params.group_size = group_size;
   params.mode = mode;
   params.device = out.device_id();
-  VIDLLM_KV_RUN(dequantize_channel_groups, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, dequantize_channel_groups, params, backend, stream);
 }
 
 void kv_quantize_token_groups(py::handle x_obj, py::handle codes_obj, py::handle scale_obj,
@@ -152,7 +152,7 @@ void kv_quantize_token_groups(py::handle x_obj, py::handle codes_obj, py::handle
   params.channels = channels;
   params.group_size = group_size;
   params.device = x.device_id();
-  VIDLLM_KV_RUN(quantize_token_groups, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, quantize_token_groups, params, backend, stream);
 }
 
 void kv_dequantize_token_groups(py::handle codes_obj, py::handle scale_obj, py::handle zero_obj,
@@ -186,7 +186,7 @@ void kv_dequantize_token_groups(py::handle codes_obj, py::handle scale_obj, py::
   params.channels = channels;
   params.group_size = group_size;
   params.device = out.device_id();
-  VIDLLM_KV_RUN(dequantize_token_groups, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, dequantize_token_groups, params, backend, stream);
 }
 
 }  // namespace

@@ -10,7 +10,6 @@
 #include "tensor_arg.h"
 #include "token_merge/token_merge.h"
 #include "token_merge_checks.h"
-#include "token_merge_launch.h"
 
 namespace vidllm::binding {
 namespace {
@@ -52,8 +51,7 @@ void merge_metric(py::handle x_obj, py::handle metric_obj, int64_t rows, int64_t
   params.dtype = dtype;
   params.rows = geometry;
   params.device = x.device_id();
-  run_merge_stage("merge_metric",
-                  [&] { return TOKEN_MERGE_LAUNCH(metric, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, metric, params, backend, stream);
 }
 
 void merge_match(py::handle metric_obj, py::handle partner_obj, py::handle score_obj,
@@ -86,8 +84,7 @@ void merge_match(py::handle metric_obj, py::handle partner_obj, py::handle score
   params.score = static_cast<float*>(score.data());
   params.rows = Rows{rows, tokens, last_tokens, protected_tokens};
   params.device = metric.device_id();
-  run_merge_stage("merge_match",
-                  [&] { return TOKEN_MERGE_LAUNCH(match, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, match, params, backend, stream);
 }
 
 // Checks merges and last_merges against the caps and the output capacity.
@@ -146,7 +143,7 @@ void merge_plan(py::handle score_obj, py::handle partner_obj, py::handle slot_ob
   params.cursor = static_cast<int64_t*>(cursor.data());
   params.rows = geometry;
   params.device = slot.device_id();
-  run_merge_stage("merge_plan", [&] { return TOKEN_MERGE_LAUNCH(plan, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, plan, params, backend, stream);
 }
 
 }  // namespace

@@ -7,7 +7,6 @@
 #include "tensor_arg.h"
 #include "token_merge/token_merge.h"
 #include "token_merge_checks.h"
-#include "token_merge_launch.h"
 
 namespace vidllm::binding {
 namespace {
@@ -91,8 +90,7 @@ void merge_hierarchical(py::handle tokens_obj, py::handle workspace_obj, py::han
   params.source_index = static_cast<int64_t*>(source_index.data());
   params.workspace = workspace.data();
   params.workspace_bytes = workspace.size(0);
-  run_merge_stage("merge_hierarchical",
-                  [&] { return TOKEN_MERGE_LAUNCH(hierarchical, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, hierarchical, params, backend, stream);
 }
 
 }  // namespace

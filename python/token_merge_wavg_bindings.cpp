@@ -8,7 +8,6 @@
 #include "tensor_arg.h"
 #include "token_merge/token_merge.h"
 #include "token_merge_checks.h"
-#include "token_merge_launch.h"
 
 namespace vidllm::binding {
 namespace {
@@ -80,7 +79,7 @@ void merge_wavg(py::handle x_obj, py::handle size_obj, py::handle index_obj,
   params.dtype = dtype;
   params.rows = geometry;
   params.device = x.device_id();
-  run_merge_stage("merge_wavg", [&] { return TOKEN_MERGE_LAUNCH(merge, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, wavg, params, backend, stream);
 }
 
 void merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle out_obj,
@@ -121,8 +120,7 @@ void merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle out_ob
   params.dtype = dtype;
   params.rows = geometry;
   params.device = merged.device_id();
-  run_merge_stage("merge_unmerge",
-                  [&] { return TOKEN_MERGE_LAUNCH(unmerge, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, unmerge, params, backend, stream);
 }
 
 }  // namespace

@@ -345,7 +345,7 @@ Status plan_cuda(const PlanParams& params, void* stream) {
   return cuda::launch_status();
 }
 
-Status merge_cuda(const MergeParams& params, void* stream) {
+Status wavg_cuda(const MergeParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0 || params.rows.tokens - params.rows.merges == 0) return Status::ok();
   Status status;

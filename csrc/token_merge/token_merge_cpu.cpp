@@ -173,7 +173,7 @@ Status plan_cpu(const PlanParams& p) {
   return Status::ok();
 }
 
-Status merge_cpu(const MergeParams& p) {
+Status wavg_cpu(const MergeParams& p) {
   const Rows& rows = p.rows;
   const int64_t out_capacity = rows.tokens - rows.merges;
   VIDLLM_DISPATCH_FLOAT_TYPES(

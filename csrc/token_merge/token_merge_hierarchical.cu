@@ -12,7 +12,7 @@ struct CudaStages {
   Status metric(const MetricParams& params) const { return metric_cuda(params, stream); }
   Status match(const MatchParams& params) const { return match_cuda(params, stream); }
   Status plan(const PlanParams& params) const { return plan_cuda(params, stream); }
-  Status merge(const MergeParams& params) const { return merge_cuda(params, stream); }
+  Status wavg(const MergeParams& params) const { return wavg_cuda(params, stream); }
 };
 
 }  // namespace
