@@ -27,10 +27,10 @@ DType check_x(const TensorArg& x) {
   return dtype;
 }
 
-void kv_quantize_channel_groups(py::handle x_obj, py::handle channels_obj, py::handle codes_obj,
-                                py::handle scale_obj, py::handle zero_obj,
-                                const std::string& mode_name, int64_t group_size,
-                                uintptr_t stream) {
+void kv_quant_quantize_channel_groups(py::handle x_obj, py::handle channels_obj,
+                                      py::handle codes_obj, py::handle scale_obj,
+                                      py::handle zero_obj, const std::string& mode_name,
+                                      int64_t group_size, uintptr_t stream) {
   const TensorArg x(x_obj, "x");
   const std::optional<TensorArg> channels = optional_tensor(channels_obj, "channels");
   const TensorArg codes(codes_obj, "codes");
@@ -73,10 +73,10 @@ void kv_quantize_channel_groups(py::handle x_obj, py::handle channels_obj, py::h
   VIDLLM_RUN_KERNEL(kv_quant, quantize_channel_groups, params, backend, stream);
 }
 
-void kv_dequantize_channel_groups(py::handle codes_obj, py::handle scale_obj, py::handle zero_obj,
-                                  py::handle channels_obj, py::handle out_obj,
-                                  const std::string& mode_name, int64_t group_size,
-                                  uintptr_t stream) {
+void kv_quant_dequantize_channel_groups(py::handle codes_obj, py::handle scale_obj,
+                                        py::handle zero_obj, py::handle channels_obj,
+                                        py::handle out_obj, const std::string& mode_name,
+                                        int64_t group_size, uintptr_t stream) {
   const TensorArg codes(codes_obj, "codes");
   const TensorArg scale(scale_obj, "scale");
   const std::optional<TensorArg> zero = optional_tensor(zero_obj, "zero");
@@ -121,8 +121,8 @@ void kv_dequantize_channel_groups(py::handle codes_obj, py::handle scale_obj, py
   VIDLLM_RUN_KERNEL(kv_quant, dequantize_channel_groups, params, backend, stream);
 }
 
-void kv_quantize_token_groups(py::handle x_obj, py::handle codes_obj, py::handle scale_obj,
-                              py::handle zero_obj, int64_t group_size, uintptr_t stream) {
+void kv_quant_quantize_token_groups(py::handle x_obj, py::handle codes_obj, py::handle scale_obj,
+                                    py::handle zero_obj, int64_t group_size, uintptr_t stream) {
   const TensorArg x(x_obj, "x");
   const TensorArg codes(codes_obj, "codes");
   const TensorArg scale(scale_obj, "scale");
@@ -155,8 +155,9 @@ void kv_quantize_token_groups(py::handle x_obj, py::handle codes_obj, py::handle
   VIDLLM_RUN_KERNEL(kv_quant, quantize_token_groups, params, backend, stream);
 }
 
-void kv_dequantize_token_groups(py::handle codes_obj, py::handle scale_obj, py::handle zero_obj,
-                                py::handle out_obj, int64_t group_size, uintptr_t stream) {
+void kv_quant_dequantize_token_groups(py::handle codes_obj, py::handle scale_obj,
+                                      py::handle zero_obj, py::handle out_obj, int64_t group_size,
+                                      uintptr_t stream) {
   const TensorArg codes(codes_obj, "codes");
   const TensorArg scale(scale_obj, "scale");
   const TensorArg zero(zero_obj, "zero");
@@ -195,20 +196,21 @@ void register_kv_pack(py::module_& m);  // kv_pack_bindings.cpp
 
 void register_kv_quant(py::module_& m) {
   register_kv_pack(m);
-  m.def("kv_quantize_channel_groups", &kv_quantize_channel_groups, py::arg("x"),
+  m.def("kv_quant_quantize_channel_groups", &kv_quant_quantize_channel_groups, py::arg("x"),
         py::arg("channels"), py::arg("codes"), py::arg("scale"), py::arg("zero"), py::arg("mode"),
         py::arg("group_size"), py::arg("stream") = 0,
         "Quantizes x [R, T, Cx] per channel in groups of group_size tokens into codes, scale and "
         "(minmax2) zero.");
-  m.def("kv_dequantize_channel_groups", &kv_dequantize_channel_groups, py::arg("codes"),
+  m.def("kv_quant_dequantize_channel_groups", &kv_quant_dequantize_channel_groups, py::arg("codes"),
         py::arg("scale"), py::arg("zero"), py::arg("channels"), py::arg("out"), py::arg("mode"),
         py::arg("group_size"), py::arg("stream") = 0,
         "Writes the dequantized channels of every row into out [R, T, Cx]; other channels are "
         "left untouched.");
-  m.def("kv_quantize_token_groups", &kv_quantize_token_groups, py::arg("x"), py::arg("codes"),
-        py::arg("scale"), py::arg("zero"), py::arg("group_size"), py::arg("stream") = 0,
+  m.def("kv_quant_quantize_token_groups", &kv_quant_quantize_token_groups, py::arg("x"),
+        py::arg("codes"), py::arg("scale"), py::arg("zero"), py::arg("group_size"),
+        py::arg("stream") = 0,
         "2-bit min/max quantization of x [R, T, C] in groups of group_size channels per token.");
-  m.def("kv_dequantize_token_groups", &kv_dequantize_token_groups, py::arg("codes"),
+  m.def("kv_quant_dequantize_token_groups", &kv_quant_dequantize_token_groups, py::arg("codes"),
         py::arg("scale"), py::arg("zero"), py::arg("out"), py::arg("group_size"),
         py::arg("stream") = 0, "Writes the dequantized token groups into out [R, T, C].");
 }
