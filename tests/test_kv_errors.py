@@ -190,7 +190,9 @@ def test_group_bindings_check_arguments_themselves():
     with pytest.raises(TypeError, match="out: expected dtype float32, float16 or bfloat16"):
         _C.kv_quant_dequantize_token_groups(codes, scale, zero, X.double(), 4)
     with pytest.raises(ValueError, match="out: expected a contiguous tensor"):
-        _C.kv_quant_dequantize_token_groups(codes, scale[..., :2], zero[..., :2], X.transpose(0, 1), 4)
+        _C.kv_quant_dequantize_token_groups(
+            codes, scale[..., :2], zero[..., :2], X.transpose(0, 1), 4
+        )
 
 
 def test_bindings_accept_numpy_arrays():

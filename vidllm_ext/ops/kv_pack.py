@@ -257,7 +257,9 @@ def _(codes, scale, zero, quant_mode, group_size, channels, out) -> None:
 def _quantize_token_groups_op(
     x: Tensor, group_size: int, codes: Tensor, scale: Tensor, zero: Tensor
 ) -> None:
-    C.kv_quant_quantize_token_groups(dl(x), dl(codes), dl(scale), dl(zero), group_size, stream_of(x))
+    C.kv_quant_quantize_token_groups(
+        dl(x), dl(codes), dl(scale), dl(zero), group_size, stream_of(x)
+    )
 
 
 @_quantize_token_groups_op.register_fake
