@@ -9,7 +9,7 @@
 #include <string>
 
 #include "dispatch.h"
-#include "kv_attention/packed_attention.h"
+#include "kv_attention/kv_attention.h"
 #include "tensor_arg.h"
 
 namespace py = pybind11;

@@ -1,6 +1,6 @@
 // Bindings of the sub-2-bit KV cache group quantizers (csrc/kv_quant); pack and unpack are in
-// kv_pack_bindings.cpp. Every entry point walks the same phases: import, devices, dtypes, layout
-// and shapes, then params, then dispatch.
+// kv_quant_pack_bindings.cpp. Every entry point walks the same phases: import, devices, dtypes,
+// layout and shapes, then params, then dispatch.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -192,10 +192,10 @@ void kv_quant_dequantize_token_groups(py::handle codes_obj, py::handle scale_obj
 
 }  // namespace
 
-void register_kv_pack(py::module_& m);  // kv_pack_bindings.cpp
+void register_kv_quant_pack(py::module_& m);  // kv_quant_pack_bindings.cpp
 
 void register_kv_quant(py::module_& m) {
-  register_kv_pack(m);
+  register_kv_quant_pack(m);
   m.def("kv_quant_quantize_channel_groups", &kv_quant_quantize_channel_groups, py::arg("x"),
         py::arg("channels"), py::arg("codes"), py::arg("scale"), py::arg("zero"), py::arg("mode"),
         py::arg("group_size"), py::arg("stream") = 0,

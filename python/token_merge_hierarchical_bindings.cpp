@@ -1,5 +1,5 @@
-// Bindings of the hierarchical merge driver (csrc/token_merge/hierarchical.h): one call runs
-// every round; the caller allocates the outputs and a workspace of the size it is told.
+// Bindings of the hierarchical merge driver (csrc/token_merge/token_merge_hierarchical.h): one call
+// runs every round; the caller allocates the outputs and a workspace of the size it is told.
 #include <cstdint>
 #include <string>
 

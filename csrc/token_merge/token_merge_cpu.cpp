@@ -15,8 +15,8 @@
 #include "common/dtype.h"
 #include "common/parallel.h"
 #include "common/rank_key.h"
-#include "token_merge/round_to.h"
 #include "token_merge/token_merge.h"
+#include "token_merge/token_merge_round_to.h"
 
 namespace vidllm::token_merge {
 namespace {

@@ -1,8 +1,9 @@
-// CUDA entry point of the hierarchical merge: the shared host driver (hierarchical.h) launching
-// the CUDA stages on one stream, four launches per round for all segments, no synchronization.
+// CUDA entry point of the hierarchical merge: the shared host driver (token_merge_hierarchical.h)
+// launching the CUDA stages on one stream, four launches per round for all segments, no
+// synchronization.
 #include "common/status.h"
-#include "token_merge/hierarchical.h"
 #include "token_merge/token_merge.h"
+#include "token_merge/token_merge_hierarchical.h"
 
 namespace vidllm::token_merge {
 namespace {

@@ -95,7 +95,7 @@ void kv_quant_unpack(py::handle packed_obj, py::handle codes_obj, py::handle inv
 
 }  // namespace
 
-void register_kv_pack(py::module_& m) {
+void register_kv_quant_pack(py::module_& m) {
   m.def("kv_quant_pack", &kv_quant_pack, py::arg("codes"), py::arg("packed"), py::arg("invalid"),
         py::arg("packing"), py::arg("stream") = 0,
         "Packs codes [rows, n] (uint8; int8 trits for 'trits') into packed [rows, bytes] and "

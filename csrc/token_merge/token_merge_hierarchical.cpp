@@ -1,5 +1,5 @@
 // The hierarchical merge's schedule and workspace layout, and its CPU entry point.
-#include "token_merge/hierarchical.h"
+#include "token_merge/token_merge_hierarchical.h"
 
 #include <algorithm>
 #include <vector>
