@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "dispatch.h"
@@ -27,6 +28,45 @@ DType check_x(const TensorArg& x) {
   return dtype;
 }
 
+// The channel map and the codes, scale and zero of a channel-group call whose float tensor
+// `primary` (x or out) is [rows, tokens, channels]; returns the map.
+ChannelMap check_channel_groups(const TensorArg& primary, const std::optional<TensorArg>& channels,
+                                const char* limit_name, bool require_distinct,
+                                const TensorArg& codes, const TensorArg& scale,
+                                const std::optional<TensorArg>& zero, Mode mode,
+                                int64_t group_size) {
+  const int64_t rows = primary.size(0);
+  const ChannelMap map =
+      check_channel_map(channels, primary, rows, primary.size(2), limit_name, require_distinct);
+  const int64_t groups = kv_quant::ceil_groups(primary.size(1), group_size);
+  const int64_t bytes = kv_quant::packed_bytes(map.count, kv_quant::mode_packing(mode));
+  check_buffer(codes, kDLUInt, 8, "uint8", primary, rows, primary.size(1), bytes,
+               "[rows, tokens, code bytes]");
+  check_buffer(scale, kDLFloat, 32, "float32", primary, rows, groups, map.count,
+               "[rows, groups, C]");
+  if ((mode == Mode::kMinMax2) != zero.has_value())
+    throw py::value_error("zero: expected a tensor for mode 'minmax2' and None otherwise");
+  if (zero)
+    check_buffer(*zero, kDLFloat, 32, "float32", primary, rows, groups, map.count,
+                 "[rows, groups, C]");
+  return map;
+}
+
+// The codes, scale and zero of a token-group call whose float tensor `primary` (x or out) is
+// [rows, tokens, channels].
+void check_token_groups(const TensorArg& primary, const TensorArg& codes, const TensorArg& scale,
+                        const TensorArg& zero, int64_t group_size) {
+  const int64_t rows = primary.size(0);
+  const int64_t tokens = primary.size(1);
+  const int64_t groups = kv_quant::ceil_groups(primary.size(2), group_size);
+  const int64_t bytes = kv_quant::packed_bytes(primary.size(2), Packing::kBits2);
+  check_buffer(codes, kDLUInt, 8, "uint8", primary, rows, tokens, bytes,
+               "[rows, tokens, code bytes]");
+  for (const TensorArg* buffer : {&scale, &zero})
+    check_buffer(*buffer, kDLFloat, 32, "float32", primary, rows, tokens, groups,
+                 "[rows, tokens, groups]");
+}
+
 void kv_quant_quantize_channel_groups(py::handle x_obj, py::handle channels_obj,
                                       py::handle codes_obj, py::handle scale_obj,
                                       py::handle zero_obj, const std::string& mode_name,
@@ -42,16 +82,9 @@ void kv_quant_quantize_channel_groups(py::handle x_obj, py::handle channels_obj,
   const DType dtype = check_x(x);
   const int64_t rows = x.size(0);
   const int64_t tokens = x.size(1);
-  const ChannelMap map = check_channel_map(channels, x, rows, x.size(2), "the channels of x",
-                                           /*require_distinct=*/false);
-  const int64_t groups = kv_quant::ceil_groups(tokens, group_size);
-  const int64_t bytes = kv_quant::packed_bytes(map.count, kv_quant::mode_packing(mode));
-  check_buffer(codes, kDLUInt, 8, "uint8", x, rows, tokens, bytes, "[rows, tokens, code bytes]");
-  check_buffer(scale, kDLFloat, 32, "float32", x, rows, groups, map.count, "[rows, groups, C]");
-  if ((mode == Mode::kMinMax2) != zero.has_value())
-    throw py::value_error("zero: expected a tensor for mode 'minmax2' and None otherwise");
-  if (zero)
-    check_buffer(*zero, kDLFloat, 32, "float32", x, rows, groups, map.count, "[rows, groups, C]");
+  const ChannelMap map =
+      check_channel_groups(x, channels, "the channels of x",
+                           /*require_distinct=*/false, codes, scale, zero, mode, group_size);
 
   kv_quant::ChannelGroupQuantParams params;
   params.x = x.data();
@@ -89,16 +122,9 @@ void kv_quant_dequantize_channel_groups(py::handle codes_obj, py::handle scale_o
   const DType out_dtype = out.expect_float();
   const int64_t rows = out.size(0);
   const int64_t tokens = out.size(1);
-  const ChannelMap map = check_channel_map(channels, out, rows, out.size(2), "the channels of out",
-                                           /*require_distinct=*/true);
-  const int64_t groups = kv_quant::ceil_groups(tokens, group_size);
-  const int64_t bytes = kv_quant::packed_bytes(map.count, kv_quant::mode_packing(mode));
-  check_buffer(codes, kDLUInt, 8, "uint8", out, rows, tokens, bytes, "[rows, tokens, code bytes]");
-  check_buffer(scale, kDLFloat, 32, "float32", out, rows, groups, map.count, "[rows, groups, C]");
-  if ((mode == Mode::kMinMax2) != zero.has_value())
-    throw py::value_error("zero: expected a tensor for mode 'minmax2' and None otherwise");
-  if (zero)
-    check_buffer(*zero, kDLFloat, 32, "float32", out, rows, groups, map.count, "[rows, groups, C]");
+  const ChannelMap map =
+      check_channel_groups(out, channels, "the channels of out",
+                           /*require_distinct=*/true, codes, scale, zero, mode, group_size);
 
   kv_quant::ChannelGroupDequantParams params;
   params.codes = static_cast<const uint8_t*>(codes.data());
@@ -133,11 +159,7 @@ void kv_quant_quantize_token_groups(py::handle x_obj, py::handle codes_obj, py::
   const int64_t rows = x.size(0);
   const int64_t tokens = x.size(1);
   const int64_t channels = x.size(2);
-  const int64_t groups = kv_quant::ceil_groups(channels, group_size);
-  const int64_t bytes = kv_quant::packed_bytes(channels, Packing::kBits2);
-  check_buffer(codes, kDLUInt, 8, "uint8", x, rows, tokens, bytes, "[rows, tokens, code bytes]");
-  check_buffer(scale, kDLFloat, 32, "float32", x, rows, tokens, groups, "[rows, tokens, groups]");
-  check_buffer(zero, kDLFloat, 32, "float32", x, rows, tokens, groups, "[rows, tokens, groups]");
+  check_token_groups(x, codes, scale, zero, group_size);
 
   kv_quant::TokenGroupQuantParams params;
   params.x = x.data();
@@ -170,11 +192,7 @@ void kv_quant_dequantize_token_groups(py::handle codes_obj, py::handle scale_obj
   const int64_t rows = out.size(0);
   const int64_t tokens = out.size(1);
   const int64_t channels = out.size(2);
-  const int64_t groups = kv_quant::ceil_groups(channels, group_size);
-  const int64_t bytes = kv_quant::packed_bytes(channels, Packing::kBits2);
-  check_buffer(codes, kDLUInt, 8, "uint8", out, rows, tokens, bytes, "[rows, tokens, code bytes]");
-  check_buffer(scale, kDLFloat, 32, "float32", out, rows, tokens, groups, "[rows, tokens, groups]");
-  check_buffer(zero, kDLFloat, 32, "float32", out, rows, tokens, groups, "[rows, tokens, groups]");
+  check_token_groups(out, codes, scale, zero, group_size);
 
   kv_quant::TokenGroupDequantParams params;
   params.codes = static_cast<const uint8_t*>(codes.data());
