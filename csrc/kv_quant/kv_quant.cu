@@ -25,13 +25,12 @@
 namespace vidllm::kv_quant {
 namespace {
 
+using cuda::aligned16;
 using cuda::ceil_div;
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kBlocksPerSm = 16;  // cap of grid-stride launches: enough to fill every SM
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Blocks of kThreads for a grid-stride loop over `items`.
 unsigned int grid_stride_blocks(int64_t items, int device) {

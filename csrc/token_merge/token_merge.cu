@@ -23,13 +23,12 @@
 namespace vidllm::token_merge {
 namespace {
 
+using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
 constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();
 constexpr int kBlocksPerSm = 8;
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Enough blocks to fill the device `kBlocksPerSm` deep, fewer when there is less work.
 int64_t grid_for(int64_t work_blocks, int device) {
