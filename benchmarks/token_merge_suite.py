@@ -158,18 +158,18 @@ def first_round_cases(shape: MergeShape, tokens: torch.Tensor) -> list[Case]:
     plan_buffers = [score, partner, slot, kept, offsets, sources, cursor]
 
     def op_metric():
-        C.merge_metric(dl(x), dl(metric), rows, length, length, chunks, stream)
+        C.token_merge_metric(dl(x), dl(metric), rows, length, length, chunks, stream)
 
     def op_match():
-        C.merge_match(dl(metric), dl(partner), dl(score), length, 0, stream)
+        C.token_merge_match(dl(metric), dl(partner), dl(score), length, 0, stream)
 
     def op_plan():
-        C.merge_plan(*map(dl, plan_buffers), length, 0, r, r, stream)
+        C.token_merge_plan(*map(dl, plan_buffers), length, 0, r, r, stream)
 
     def op_merge():
         merge_plan = [dl(kept), dl(offsets), dl(sources)]
         outputs = [dl(out), dl(size_out), None]
-        C.merge_wavg(dl(x), None, None, *merge_plan, *outputs, length, length, r, stream)
+        C.token_merge_wavg(dl(x), None, None, *merge_plan, *outputs, length, length, r, stream)
 
     for fill in (op_metric, op_match, op_plan):  # each stage's inputs are the previous outputs
         fill()

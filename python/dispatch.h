@@ -30,6 +30,18 @@ inline bool host_memory(Backend backend) { return backend != Backend::kCuda; }
 // Raises ValueError (invalid argument) or RuntimeError (launch or runtime failure) unless ok.
 void throw_if_failed(const Status& status, const char* kernel);
 
+// The one way a binding runs a kernel: `launch` (returning a Status) without the GIL, then a
+// raise for a failed Status naming `kernel`.
+template <typename Launch>
+void run_kernel(const char* kernel, const Launch& launch) {
+  Status status;
+  {
+    py::gil_scoped_release no_gil;
+    status = launch();
+  }
+  throw_if_failed(status, kernel);
+}
+
 // The compiled CUDA architectures as CMake spelled them ("80-real,90"), or "" without CUDA.
 std::string compiled_cuda_archs();
 
@@ -71,13 +83,8 @@ inline Status emulated_status(const emulated_launchers::Result& result) {
        ? VIDLLM_CUDA_LAUNCHER(family, name, params, stream)                   \
        : VIDLLM_EMULATED_LAUNCHER(family, name, params))
 
-// Runs the launcher for `backend` without the GIL and raises on a failed Status naming `label`.
-#define VIDLLM_RUN_KERNEL(family, name, label, params, backend, stream) \
-  do {                                                                  \
-    ::vidllm::Status status_;                                           \
-    {                                                                   \
-      ::pybind11::gil_scoped_release no_gil_;                           \
-      status_ = VIDLLM_LAUNCHER(family, name, params, backend, stream); \
-    }                                                                   \
-    ::vidllm::binding::throw_if_failed(status_, label);                 \
-  } while (0)
+// run_kernel for family::<name>_cpu, <name>_cuda or its emulated twin, as `backend` says; the
+// kernel is named <family>_<name>.
+#define VIDLLM_RUN_KERNEL(family, name, params, backend, stream) \
+  ::vidllm::binding::run_kernel(                                 \
+      #family "_" #name, [&] { return VIDLLM_LAUNCHER(family, name, params, backend, stream); })

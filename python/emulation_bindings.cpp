@@ -19,12 +19,8 @@ namespace {
 // Runs the emulator test kernel `name` and returns what it recorded; a fault raises RuntimeError.
 std::vector<int64_t> emulator_test_kernel(const std::string& name) {
   std::vector<int64_t> out;
-  emulated_launchers::Result result{};
-  {
-    py::gil_scoped_release no_gil;
-    result = emulated_launchers::run_test_kernel(name, out);
-  }
-  throw_if_failed(emulated_status(result), ("emulator test kernel " + name).c_str());
+  run_kernel(("emulator test kernel " + name).c_str(),
+             [&] { return emulated_status(emulated_launchers::run_test_kernel(name, out)); });
   return out;
 }
 #endif

@@ -16,12 +16,8 @@ namespace {
 using frame_drop::Method;
 using frame_drop::Mode;
 
-void run_decide(const frame_drop::DecideParams& params, Backend backend, uintptr_t stream) {
-  VIDLLM_RUN_KERNEL(frame_drop, decide, "dtd_decide", params, backend, stream);
-}
-
-void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj,
-               const std::string& method_name, uintptr_t stream) {
+void frame_drop_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj,
+                      const std::string& method_name, uintptr_t stream) {
   const TensorArg frames(frames_obj, "frames");
   const std::optional<TensorArg> prev = optional_tensor(prev_obj, "prev");
   const TensorArg scores(scores_obj, "scores");
@@ -63,12 +59,12 @@ void dtd_score(py::handle frames_obj, py::handle prev_obj, py::handle scores_obj
   params.method = method;
   params.device = frames.device_id();
 
-  VIDLLM_RUN_KERNEL(frame_drop, score, "dtd_score", params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, score, params, backend, stream);
 }
 
-void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle counts_obj,
-                const std::string& method_name, const std::string& mode_name, double threshold,
-                uintptr_t stream) {
+void frame_drop_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle counts_obj,
+                       const std::string& method_name, const std::string& mode_name,
+                       double threshold, uintptr_t stream) {
   const TensorArg scores(scores_obj, "scores");
   const TensorArg keep_mask(keep_mask_obj, "keep_mask");
   const TensorArg counts(counts_obj, "counts");
@@ -93,10 +89,10 @@ void dtd_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle coun
   params.drop_per_step =
       static_cast<int64_t>(std::floor(static_cast<double>(params.tokens) * threshold));
   params.device = scores.device_id();
-  run_decide(params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, params, backend, stream);
 }
 
-void dtd_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t stream) {
+void frame_drop_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t stream) {
   const TensorArg keep_mask(keep_mask_obj, "keep_mask");
   const TensorArg counts(counts_obj, "counts");
   const Backend backend = select_backend(keep_mask);
@@ -109,12 +105,12 @@ void dtd_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t stream
   params.steps = keep_mask.size(0);
   params.tokens = keep_mask.size(1);
   params.device = keep_mask.device_id();
-  run_decide(params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, params, backend, stream);
 }
 
-void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle counts_obj,
-                 py::handle offsets_obj, py::handle kept_obj, py::handle kept_index_obj,
-                 py::handle total_obj, uintptr_t stream) {
+void frame_drop_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle counts_obj,
+                        py::handle offsets_obj, py::handle kept_obj, py::handle kept_index_obj,
+                        py::handle total_obj, uintptr_t stream) {
   const TensorArg frames(frames_obj, "frames");
   const TensorArg keep_mask(keep_mask_obj, "keep_mask");
   const TensorArg counts(counts_obj, "counts");
@@ -153,7 +149,7 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
   count_params.steps = steps;
   count_params.tokens = tokens;
   count_params.device = frames.device_id();
-  run_decide(count_params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, count_params, backend, stream);
 
   frame_drop::CompactParams params;
   params.frames = frames.data();
@@ -171,23 +167,25 @@ void dtd_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle cou
   params.dim = frames.size(2);
   params.dtype = dtype;
   params.device = frames.device_id();
-  VIDLLM_RUN_KERNEL(frame_drop, compact, "dtd_compact", params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, compact, params, backend, stream);
 }
 
 }  // namespace
 
 void register_frame_drop(py::module_& m) {
-  m.def("dtd_score", &dtd_score, py::arg("frames"), py::arg("prev"), py::arg("scores"),
-        py::arg("method"), py::arg("stream") = 0,
+  m.def("frame_drop_score", &frame_drop_score, py::arg("frames"), py::arg("prev"),
+        py::arg("scores"), py::arg("method"), py::arg("stream") = 0,
         "Writes the float32 [steps, tokens] redundancy scores of frames into scores.");
-  m.def("dtd_decide", &dtd_decide, py::arg("scores"), py::arg("keep_mask"), py::arg("counts"),
-        py::arg("method"), py::arg("mode"), py::arg("threshold"), py::arg("stream") = 0,
-        "Writes keep_mask (bool [steps, tokens]) and counts (int32 [steps]) from scores.");
-  m.def("dtd_count", &dtd_count, py::arg("keep_mask"), py::arg("counts"), py::arg("stream") = 0,
-        "Writes the kept tokens of every step of keep_mask into counts (int32 [steps]).");
-  m.def("dtd_compact", &dtd_compact, py::arg("frames"), py::arg("keep_mask"), py::arg("counts"),
-        py::arg("offsets"), py::arg("kept"), py::arg("kept_index"), py::arg("total"),
+  m.def("frame_drop_decide", &frame_drop_decide, py::arg("scores"), py::arg("keep_mask"),
+        py::arg("counts"), py::arg("method"), py::arg("mode"), py::arg("threshold"),
         py::arg("stream") = 0,
+        "Writes keep_mask (bool [steps, tokens]) and counts (int32 [steps]) from scores.");
+  m.def("frame_drop_count", &frame_drop_count, py::arg("keep_mask"), py::arg("counts"),
+        py::arg("stream") = 0,
+        "Writes the kept tokens of every step of keep_mask into counts (int32 [steps]).");
+  m.def("frame_drop_compact", &frame_drop_compact, py::arg("frames"), py::arg("keep_mask"),
+        py::arg("counts"), py::arg("offsets"), py::arg("kept"), py::arg("kept_index"),
+        py::arg("total"), py::arg("stream") = 0,
         "Counts keep_mask into counts, then writes at most capacity kept rows into kept and "
         "kept_index, and the full kept count into total.");
 }

@@ -11,15 +11,13 @@ using frame_drop::Method;
 using frame_drop::Mode;
 
 Method parse_method(const std::string& method) {
-  if (method == "feature") return Method::kFeature;
-  if (method == "pixel") return Method::kPixel;
-  throw py::value_error("method: expected 'feature' or 'pixel', got '" + method + "'");
+  return parse_choice<Method>("method", method,
+                              {{"feature", Method::kFeature}, {"pixel", Method::kPixel}});
 }
 
 Mode parse_mode(const std::string& mode) {
-  if (mode == "absolute") return Mode::kAbsolute;
-  if (mode == "relative") return Mode::kRelative;
-  throw py::value_error("mode: expected 'absolute' or 'relative', got '" + mode + "'");
+  return parse_choice<Mode>("mode", mode,
+                            {{"absolute", Mode::kAbsolute}, {"relative", Mode::kRelative}});
 }
 
 void check_threshold(double threshold, Method method, Mode mode) {

@@ -9,14 +9,10 @@
 #include <string>
 
 #include "dispatch.h"
-#include "kv_attention/packed_attention.h"
+#include "kv_attention/kv_attention.h"
 #include "tensor_arg.h"
 
 namespace py = pybind11;
-
-// Runs kv_attention::<name>_cpu or <name>_cuda without the GIL and raises on a failed Status.
-#define VIDLLM_KV_ATTENTION_RUN(name, params, backend, stream) \
-  VIDLLM_RUN_KERNEL(kv_attention, name, "kv_attention_" #name, params, backend, stream)
 
 namespace vidllm::binding {
 namespace {
@@ -324,7 +320,7 @@ void kv_attention_segment(py::handle q_full_obj, py::handle q_packed_obj, int64_
   p.partials.splits = splits;
   p.device = part_max.device_id();
   if (rows == 0 || s.batch == 0) return;
-  VIDLLM_KV_ATTENTION_RUN(segment_partials, p, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_attention, segment_partials, p, backend, stream);
 }
 
 void kv_attention_combine(py::handle part_max_obj, py::handle part_sum_obj, py::handle part_acc_obj,
@@ -356,7 +352,7 @@ void kv_attention_combine(py::handle part_max_obj, py::handle part_sum_obj, py::
   p.out_dtype = out_dtype;
   p.device = out.device_id();
   if (p.rows == 0 || d == 0) return;
-  VIDLLM_KV_ATTENTION_RUN(combine_partials, p, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_attention, combine_partials, p, backend, stream);
 }
 
 }  // namespace

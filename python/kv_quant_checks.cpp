@@ -11,17 +11,14 @@ using kv_quant::Mode;
 using kv_quant::Packing;
 
 Packing parse_packing(const std::string& packing) {
-  if (packing == "bits1") return Packing::kBits1;
-  if (packing == "bits2") return Packing::kBits2;
-  if (packing == "trits") return Packing::kTrits;
-  throw py::value_error("packing: expected 'bits1' or 'bits2' or 'trits', got '" + packing + "'");
+  return parse_choice<Packing>(
+      "packing", packing,
+      {{"bits1", Packing::kBits1}, {"bits2", Packing::kBits2}, {"trits", Packing::kTrits}});
 }
 
 Mode parse_kv_mode(const std::string& mode) {
-  if (mode == "minmax2") return Mode::kMinMax2;
-  if (mode == "sign1") return Mode::kSign1;
-  if (mode == "trit") return Mode::kTrit;
-  throw py::value_error("mode: expected 'minmax2' or 'sign1' or 'trit', got '" + mode + "'");
+  return parse_choice<Mode>(
+      "mode", mode, {{"minmax2", Mode::kMinMax2}, {"sign1", Mode::kSign1}, {"trit", Mode::kTrit}});
 }
 
 void check_group_size(int64_t group_size) {

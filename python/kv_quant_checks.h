@@ -36,7 +36,3 @@ ChannelMap check_channel_map(const std::optional<TensorArg>& channels, const Ten
                              bool require_distinct);
 
 }  // namespace vidllm::binding
-
-// Runs kv_quant::<name>_cpu or <name>_cuda without the GIL and raises on a failed Status.
-#define VIDLLM_KV_RUN(name, params, backend, stream) \
-  VIDLLM_RUN_KERNEL(kv_quant, name, "kv_" #name, params, backend, stream)

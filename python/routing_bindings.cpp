@@ -16,20 +16,6 @@ namespace {
 
 using routing::RowType;
 
-#define VIDLLM_ROUTING_LAUNCH(stage, params, backend, stream) \
-  VIDLLM_LAUNCHER(routing, stage, params, backend, stream)
-
-// Runs `launch` (returning a Status) without the GIL, then raises for a failed Status.
-template <typename Launch>
-void run(const char* kernel, const Launch& launch) {
-  Status status;
-  {
-    py::gil_scoped_release no_gil;
-    status = launch();
-  }
-  throw_if_failed(status, kernel);
-}
-
 void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_ratio,
                   py::handle slot_start_obj, py::handle total_obj, py::handle index_obj,
                   uintptr_t stream) {
@@ -86,11 +72,9 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
   params.index = index ? static_cast<int64_t*>(index->data()) : nullptr;
   params.capacity = index ? index->size(0) : 0;
   params.device = scores.device_id();
-  run("routing_topk_plan",
-      [&] { return VIDLLM_ROUTING_LAUNCH(topk_plan, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(routing, topk_plan, params, backend, stream);
   if (index) {
-    run("routing_topk_select",
-        [&] { return VIDLLM_ROUTING_LAUNCH(topk_select, params, backend, stream); });
+    VIDLLM_RUN_KERNEL(routing, topk_select, params, backend, stream);
   }
 }
 
@@ -151,7 +135,7 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   params.dim = dim;
   params.dtype = dtype;
   params.device = source.device_id();
-  run("routing_gather", [&] { return VIDLLM_ROUTING_LAUNCH(gather, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(routing, gather, params, backend, stream);
 }
 
 void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_obj,
@@ -211,7 +195,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   params.dim = dim;
   params.dtype = dtype;
   params.device = y.device_id();
-  run("routing_scatter", [&] { return VIDLLM_ROUTING_LAUNCH(scatter, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(routing, scatter, params, backend, stream);
 }
 
 }  // namespace

@@ -5,8 +5,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "common/dtype.h"
 #include "dlpack.h"
@@ -57,6 +59,19 @@ class TensorArg {
 
 // None -> empty optional; anything else is imported as a tensor.
 std::optional<TensorArg> optional_tensor(py::handle object, const char* name);
+
+// The value that `choices` pairs with `name`, for a string argument; otherwise raises ValueError
+// "<argument>: expected 'a' or 'b' or ..., got '<name>'".
+template <typename Enum>
+Enum parse_choice(const char* argument, const std::string& name,
+                  std::initializer_list<std::pair<const char*, Enum>> choices) {
+  std::string expected;
+  for (const auto& [choice, value] : choices) {
+    if (name == choice) return value;
+    expected += (expected.empty() ? "'" : " or '") + std::string(choice) + "'";
+  }
+  throw py::value_error(std::string(argument) + ": expected " + expected + ", got '" + name + "'");
+}
 
 // The CUDA stream handed in by the Python layer (an int from torch.cuda.current_stream()).
 inline void* stream_from_int(uintptr_t stream) { return reinterpret_cast<void*>(stream); }

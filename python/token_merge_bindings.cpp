@@ -10,7 +10,6 @@
 #include "tensor_arg.h"
 #include "token_merge/token_merge.h"
 #include "token_merge_checks.h"
-#include "token_merge_launch.h"
 
 namespace vidllm::binding {
 namespace {
@@ -19,8 +18,8 @@ using token_merge::Rows;
 using token_merge::set_a_size;
 using token_merge::set_b_size;
 
-void merge_metric(py::handle x_obj, py::handle metric_obj, int64_t rows, int64_t tokens,
-                  int64_t last_tokens, int64_t chunks, uintptr_t stream) {
+void token_merge_metric(py::handle x_obj, py::handle metric_obj, int64_t rows, int64_t tokens,
+                        int64_t last_tokens, int64_t chunks, uintptr_t stream) {
   const TensorArg x(x_obj, "x");
   const TensorArg metric(metric_obj, "metric");
   const Backend backend = select_backend(x);
@@ -52,12 +51,11 @@ void merge_metric(py::handle x_obj, py::handle metric_obj, int64_t rows, int64_t
   params.dtype = dtype;
   params.rows = geometry;
   params.device = x.device_id();
-  run_merge_stage("merge_metric",
-                  [&] { return TOKEN_MERGE_LAUNCH(metric, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, metric, params, backend, stream);
 }
 
-void merge_match(py::handle metric_obj, py::handle partner_obj, py::handle score_obj,
-                 int64_t last_tokens, int64_t protected_tokens, uintptr_t stream) {
+void token_merge_match(py::handle metric_obj, py::handle partner_obj, py::handle score_obj,
+                       int64_t last_tokens, int64_t protected_tokens, uintptr_t stream) {
   const TensorArg metric(metric_obj, "metric");
   const TensorArg partner(partner_obj, "partner");
   const TensorArg score(score_obj, "score");
@@ -86,8 +84,7 @@ void merge_match(py::handle metric_obj, py::handle partner_obj, py::handle score
   params.score = static_cast<float*>(score.data());
   params.rows = Rows{rows, tokens, last_tokens, protected_tokens};
   params.device = metric.device_id();
-  run_merge_stage("merge_match",
-                  [&] { return TOKEN_MERGE_LAUNCH(match, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, match, params, backend, stream);
 }
 
 // Checks merges and last_merges against the caps and the output capacity.
@@ -106,10 +103,11 @@ Rows plan_geometry(int64_t rows, int64_t tokens, int64_t last_tokens, int64_t pr
   return Rows{rows, tokens, last_tokens, protected_tokens, merges, last_merges};
 }
 
-void merge_plan(py::handle score_obj, py::handle partner_obj, py::handle slot_obj,
-                py::handle kept_index_obj, py::handle source_offsets_obj,
-                py::handle source_index_obj, py::handle cursor_obj, int64_t last_tokens,
-                int64_t protected_tokens, int64_t merges, int64_t last_merges, uintptr_t stream) {
+void token_merge_plan(py::handle score_obj, py::handle partner_obj, py::handle slot_obj,
+                      py::handle kept_index_obj, py::handle source_offsets_obj,
+                      py::handle source_index_obj, py::handle cursor_obj, int64_t last_tokens,
+                      int64_t protected_tokens, int64_t merges, int64_t last_merges,
+                      uintptr_t stream) {
   const TensorArg score(score_obj, "score");
   const TensorArg partner(partner_obj, "partner");
   const TensorArg slot(slot_obj, "slot");
@@ -146,7 +144,7 @@ void merge_plan(py::handle score_obj, py::handle partner_obj, py::handle slot_ob
   params.cursor = static_cast<int64_t*>(cursor.data());
   params.rows = geometry;
   params.device = slot.device_id();
-  run_merge_stage("merge_plan", [&] { return TOKEN_MERGE_LAUNCH(plan, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, plan, params, backend, stream);
 }
 
 }  // namespace
@@ -155,14 +153,14 @@ void register_token_merge_wavg(py::module_& m);
 void register_token_merge_hierarchical(py::module_& m);
 
 void register_token_merge(py::module_& m) {
-  m.def("merge_metric", &merge_metric, py::arg("x"), py::arg("metric"), py::arg("rows"),
+  m.def("token_merge_metric", &token_merge_metric, py::arg("x"), py::arg("metric"), py::arg("rows"),
         py::arg("tokens"), py::arg("last_tokens"), py::arg("chunks"), py::arg("stream") = 0,
         "Writes the float32 chunk-mean metric [rows, tokens, dim / chunks] of x.");
-  m.def("merge_match", &merge_match, py::arg("metric"), py::arg("partner"), py::arg("score"),
-        py::arg("last_tokens"), py::arg("protected"), py::arg("stream") = 0,
+  m.def("token_merge_match", &token_merge_match, py::arg("metric"), py::arg("partner"),
+        py::arg("score"), py::arg("last_tokens"), py::arg("protected"), py::arg("stream") = 0,
         "Writes each A token's most similar B token (int64) and that cosine (float32).");
-  m.def("merge_plan", &merge_plan, py::arg("score"), py::arg("partner"), py::arg("slot"),
-        py::arg("kept_index"), py::arg("source_offsets"), py::arg("source_index"),
+  m.def("token_merge_plan", &token_merge_plan, py::arg("score"), py::arg("partner"),
+        py::arg("slot"), py::arg("kept_index"), py::arg("source_offsets"), py::arg("source_index"),
         py::arg("cursor"), py::arg("last_tokens"), py::arg("protected"), py::arg("r"),
         py::arg("last_r"), py::arg("stream") = 0,
         "Selects the r best A tokens of every row and writes the merge plan.");

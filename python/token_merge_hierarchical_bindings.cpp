@@ -1,5 +1,5 @@
-// Bindings of the hierarchical merge driver (csrc/token_merge/hierarchical.h): one call runs
-// every round; the caller allocates the outputs and a workspace of the size it is told.
+// Bindings of the hierarchical merge driver (csrc/token_merge/token_merge_hierarchical.h): one call
+// runs every round; the caller allocates the outputs and a workspace of the size it is told.
 #include <cstdint>
 #include <string>
 
@@ -7,7 +7,6 @@
 #include "tensor_arg.h"
 #include "token_merge/token_merge.h"
 #include "token_merge_checks.h"
-#include "token_merge_launch.h"
 
 namespace vidllm::binding {
 namespace {
@@ -46,18 +45,18 @@ token_merge::HierarchicalParams geometry(const TensorArg& tokens, int64_t segmen
   return params;
 }
 
-int64_t merge_hierarchical_workspace(py::handle tokens_obj, int64_t segments,
-                                     int64_t segment_tokens, int64_t last_tokens, int64_t chunks,
-                                     int64_t target) {
+int64_t token_merge_hierarchical_workspace(py::handle tokens_obj, int64_t segments,
+                                           int64_t segment_tokens, int64_t last_tokens,
+                                           int64_t chunks, int64_t target) {
   const TensorArg tokens(tokens_obj, "tokens");
   return token_merge::hierarchical_workspace_bytes(
       geometry(tokens, segments, segment_tokens, last_tokens, chunks, target));
 }
 
-void merge_hierarchical(py::handle tokens_obj, py::handle workspace_obj, py::handle out_obj,
-                        py::handle sizes_obj, py::handle source_index_obj, int64_t segments,
-                        int64_t segment_tokens, int64_t last_tokens, int64_t chunks, int64_t target,
-                        uintptr_t stream) {
+void token_merge_hierarchical(py::handle tokens_obj, py::handle workspace_obj, py::handle out_obj,
+                              py::handle sizes_obj, py::handle source_index_obj, int64_t segments,
+                              int64_t segment_tokens, int64_t last_tokens, int64_t chunks,
+                              int64_t target, uintptr_t stream) {
   const TensorArg tokens(tokens_obj, "tokens");
   const TensorArg workspace(workspace_obj, "workspace");
   const TensorArg out(out_obj, "out");
@@ -80,7 +79,7 @@ void merge_hierarchical(py::handle tokens_obj, py::handle workspace_obj, py::han
   const int64_t required = token_merge::hierarchical_workspace_bytes(params);
   if (workspace.size(0) < required) {
     throw py::value_error("workspace: expected at least " + std::to_string(required) +
-                          " bytes (merge_hierarchical_workspace), got " +
+                          " bytes (token_merge_hierarchical_workspace), got " +
                           std::to_string(workspace.size(0)));
   }
   if (required > 0 && reinterpret_cast<uintptr_t>(workspace.data()) % kWorkspaceAlignment != 0)
@@ -91,21 +90,20 @@ void merge_hierarchical(py::handle tokens_obj, py::handle workspace_obj, py::han
   params.source_index = static_cast<int64_t*>(source_index.data());
   params.workspace = workspace.data();
   params.workspace_bytes = workspace.size(0);
-  run_merge_stage("merge_hierarchical",
-                  [&] { return TOKEN_MERGE_LAUNCH(hierarchical, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, hierarchical, params, backend, stream);
 }
 
 }  // namespace
 
 void register_token_merge_hierarchical(py::module_& m) {
-  m.def("merge_hierarchical_workspace", &merge_hierarchical_workspace, py::arg("tokens"),
-        py::arg("segments"), py::arg("segment_tokens"), py::arg("last_tokens"),
+  m.def("token_merge_hierarchical_workspace", &token_merge_hierarchical_workspace,
+        py::arg("tokens"), py::arg("segments"), py::arg("segment_tokens"), py::arg("last_tokens"),
         py::arg("metric_chunks"), py::arg("tokens_per_segment"),
-        "Workspace bytes merge_hierarchical needs for these tokens and segments.");
-  m.def("merge_hierarchical", &merge_hierarchical, py::arg("tokens"), py::arg("workspace"),
-        py::arg("out"), py::arg("sizes"), py::arg("source_index"), py::arg("segments"),
-        py::arg("segment_tokens"), py::arg("last_tokens"), py::arg("metric_chunks"),
-        py::arg("tokens_per_segment"), py::arg("stream") = 0,
+        "Workspace bytes token_merge_hierarchical needs for these tokens and segments.");
+  m.def("token_merge_hierarchical", &token_merge_hierarchical, py::arg("tokens"),
+        py::arg("workspace"), py::arg("out"), py::arg("sizes"), py::arg("source_index"),
+        py::arg("segments"), py::arg("segment_tokens"), py::arg("last_tokens"),
+        py::arg("metric_chunks"), py::arg("tokens_per_segment"), py::arg("stream") = 0,
         "Merges every segment of tokens [total, dim] down to tokens_per_segment tokens, writing "
         "out [merged, dim], sizes and source_index.");
 }

@@ -8,18 +8,17 @@
 #include "tensor_arg.h"
 #include "token_merge/token_merge.h"
 #include "token_merge_checks.h"
-#include "token_merge_launch.h"
 
 namespace vidllm::binding {
 namespace {
 
 using token_merge::Rows;
 
-void merge_wavg(py::handle x_obj, py::handle size_obj, py::handle index_obj,
-                py::handle kept_index_obj, py::handle source_offsets_obj,
-                py::handle source_index_obj, py::handle out_obj, py::handle size_out_obj,
-                py::handle index_out_obj, int64_t tokens, int64_t last_tokens, int64_t last_merges,
-                uintptr_t stream) {
+void token_merge_wavg(py::handle x_obj, py::handle size_obj, py::handle index_obj,
+                      py::handle kept_index_obj, py::handle source_offsets_obj,
+                      py::handle source_index_obj, py::handle out_obj, py::handle size_out_obj,
+                      py::handle index_out_obj, int64_t tokens, int64_t last_tokens,
+                      int64_t last_merges, uintptr_t stream) {
   const TensorArg x(x_obj, "x");
   const std::optional<TensorArg> size = optional_tensor(size_obj, "size");
   const std::optional<TensorArg> index = optional_tensor(index_obj, "index");
@@ -80,11 +79,11 @@ void merge_wavg(py::handle x_obj, py::handle size_obj, py::handle index_obj,
   params.dtype = dtype;
   params.rows = geometry;
   params.device = x.device_id();
-  run_merge_stage("merge_wavg", [&] { return TOKEN_MERGE_LAUNCH(merge, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, wavg, params, backend, stream);
 }
 
-void merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle out_obj,
-                   uintptr_t stream) {
+void token_merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle out_obj,
+                         uintptr_t stream) {
   const TensorArg merged(merged_obj, "x_merged");
   const TensorArg slot(slot_obj, "slot");
   const TensorArg out(out_obj, "out");
@@ -121,20 +120,19 @@ void merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle out_ob
   params.dtype = dtype;
   params.rows = geometry;
   params.device = merged.device_id();
-  run_merge_stage("merge_unmerge",
-                  [&] { return TOKEN_MERGE_LAUNCH(unmerge, params, backend, stream); });
+  VIDLLM_RUN_KERNEL(token_merge, unmerge, params, backend, stream);
 }
 
 }  // namespace
 
 void register_token_merge_wavg(py::module_& m) {
-  m.def("merge_wavg", &merge_wavg, py::arg("x"), py::arg("size"), py::arg("index"),
+  m.def("token_merge_wavg", &token_merge_wavg, py::arg("x"), py::arg("size"), py::arg("index"),
         py::arg("kept_index"), py::arg("source_offsets"), py::arg("source_index"), py::arg("out"),
         py::arg("size_out"), py::arg("index_out"), py::arg("tokens"), py::arg("last_tokens"),
         py::arg("last_r"), py::arg("stream") = 0,
         "Writes the size-weighted merge of x under a plan, the sizes and the carried index.");
-  m.def("merge_unmerge", &merge_unmerge, py::arg("x_merged"), py::arg("slot"), py::arg("out"),
-        py::arg("stream") = 0, "Writes out[b, t] = x_merged[b, slot[b, t]].");
+  m.def("token_merge_unmerge", &token_merge_unmerge, py::arg("x_merged"), py::arg("slot"),
+        py::arg("out"), py::arg("stream") = 0, "Writes out[b, t] = x_merged[b, slot[b, t]].");
 }
 
 }  // namespace vidllm::binding

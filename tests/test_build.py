@@ -84,7 +84,7 @@ def test_cuda_tensor_without_usable_kernels_names_the_compiled_archs():
     frames = fake_cuda_capsule(keepalive, (2, 3, 4))
     scores = fake_cuda_capsule(keepalive, (2, 3))
     with pytest.raises(RuntimeError, match="compiled CUDA archs"):
-        _C.dtd_score(frames, None, scores, "feature")
+        _C.frame_drop_score(frames, None, scores, "feature")
 
 
 def run_cli(*args):

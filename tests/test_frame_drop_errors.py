@@ -61,21 +61,21 @@ def test_bad_keep_mask(impl, keep_mask, error, message):
 def test_binding_checks_arguments_itself():
     scores = torch.empty(4, 6)
     with pytest.raises(ValueError, match="frames: expected a 3-D tensor"):
-        _C.dtd_score(torch.randn(6, 8), None, scores, "feature")
+        _C.frame_drop_score(torch.randn(6, 8), None, scores, "feature")
     with pytest.raises(ValueError, match=r"scores: expected size 6 in dimension 1"):
-        _C.dtd_score(FRAMES, None, torch.empty(4, 5), "feature")
+        _C.frame_drop_score(FRAMES, None, torch.empty(4, 5), "feature")
     with pytest.raises(TypeError, match="scores: expected dtype float32, got float64"):
-        _C.dtd_score(FRAMES, None, torch.empty(4, 6, dtype=torch.float64), "feature")
+        _C.frame_drop_score(FRAMES, None, torch.empty(4, 6, dtype=torch.float64), "feature")
     with pytest.raises(ValueError, match="scores: expected a contiguous tensor"):
-        _C.dtd_score(FRAMES, None, torch.empty(6, 4).t(), "feature")
+        _C.frame_drop_score(FRAMES, None, torch.empty(6, 4).t(), "feature")
     with pytest.raises(ValueError, match="frames: expected the last dimension to be contiguous"):
-        _C.dtd_score(torch.randn(4, 6, 16)[..., ::2], None, scores, "feature")
+        _C.frame_drop_score(torch.randn(4, 6, 16)[..., ::2], None, scores, "feature")
     with pytest.raises(TypeError, match="prev: expected dtype float32 like frames, got float16"):
-        _C.dtd_score(FRAMES, torch.randn(6, 8).half(), scores, "feature")
+        _C.frame_drop_score(FRAMES, torch.randn(6, 8).half(), scores, "feature")
     with pytest.raises(TypeError, match="frames: expected a tensor"):
-        _C.dtd_score("frames", None, scores, "feature")
+        _C.frame_drop_score("frames", None, scores, "feature")
     with pytest.raises(ValueError, match="threshold: expected"):
-        _C.dtd_decide(
+        _C.frame_drop_decide(
             scores,
             torch.empty(4, 6, dtype=torch.bool),
             torch.empty(4, dtype=torch.int32),
@@ -84,7 +84,7 @@ def test_binding_checks_arguments_itself():
             2.0,
         )
     with pytest.raises(ValueError, match=r"kept_index: expected size 3 in dimension 0"):
-        _C.dtd_compact(
+        _C.frame_drop_compact(
             FRAMES,
             torch.ones(4, 6, dtype=torch.bool),
             torch.empty(4, dtype=torch.int32),
@@ -94,7 +94,7 @@ def test_binding_checks_arguments_itself():
             torch.empty(1, dtype=torch.int64),
         )
     with pytest.raises(TypeError, match="kept: expected dtype float32 like frames, got bfloat16"):
-        _C.dtd_compact(
+        _C.frame_drop_compact(
             FRAMES,
             torch.ones(4, 6, dtype=torch.bool),
             torch.empty(4, dtype=torch.int32),
@@ -108,7 +108,7 @@ def test_binding_checks_arguments_itself():
 def test_binding_accepts_numpy_arrays():
     frames = np.random.default_rng(0).standard_normal((3, 5, 7)).astype(np.float32)
     scores = np.full((3, 5), np.nan, dtype=np.float32)
-    _C.dtd_score(frames, None, scores, "pixel")
+    _C.frame_drop_score(frames, None, scores, "pixel")
     expected = reference.dtd_scores(torch.from_numpy(frames), method="pixel")
     assert torch.allclose(torch.from_numpy(scores)[1:], expected[1:])
     assert np.isnan(scores[0]).all()
@@ -116,9 +116,9 @@ def test_binding_accepts_numpy_arrays():
 
 def test_consumed_capsule_is_rejected():
     capsule = torch.utils.dlpack.to_dlpack(FRAMES)
-    _C.dtd_score(capsule, None, torch.empty(4, 6), "feature")
+    _C.frame_drop_score(capsule, None, torch.empty(4, 6), "feature")
     with pytest.raises(TypeError, match="unused DLPack capsule"):
-        _C.dtd_score(capsule, None, torch.empty(4, 6), "feature")
+        _C.frame_drop_score(capsule, None, torch.empty(4, 6), "feature")
 
 
 def test_more_than_2_31_minus_1_tokens_per_step_are_refused():
@@ -128,10 +128,10 @@ def test_more_than_2_31_minus_1_tokens_per_step_are_refused():
     message = r"frames: at most 2\^31 - 1 tokens per step are supported, got shape \[2, 2147483648"
     scores = torch.zeros(1).expand(2, 2**31)
     with pytest.raises(ValueError, match=message):
-        _C.dtd_score(frames, None, scores, "feature", 0)
+        _C.frame_drop_score(frames, None, scores, "feature", 0)
     keep_mask = torch.zeros(1, dtype=torch.bool).expand(2, 2**31)
     counts, offsets = torch.zeros(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int64)
     kept, kept_index = torch.zeros(1, 4), torch.zeros(1, dtype=torch.int64)
     total = torch.zeros(1, dtype=torch.int64)
     with pytest.raises(ValueError, match=message):
-        _C.dtd_compact(frames, keep_mask, counts, offsets, kept, kept_index, total, 0)
+        _C.frame_drop_compact(frames, keep_mask, counts, offsets, kept, kept_index, total, 0)

@@ -229,12 +229,12 @@ def test_kernels_write_every_output_element(device, method, mode):
     frames = video_frames(17, 45, 33, torch.float16, device, seed=12)
     prev = previous_step(frames)
     scores = poison_like(torch.empty(17, 45, device=device))
-    _C.dtd_score(dl(frames), dl(prev), dl(scores), method, stream_of(frames))
+    _C.frame_drop_score(dl(frames), dl(prev), dl(scores), method, stream_of(frames))
     assert not scores.isnan().any()
     keep_bytes = torch.full((17, 45), 7, dtype=torch.uint8, device=device)
     counts = poison_like(torch.empty(17, dtype=torch.int32, device=device))
     threshold = THRESHOLDS[(method, mode)]
-    _C.dtd_decide(
+    _C.frame_drop_decide(
         dl(scores), dl(keep_bytes), dl(counts), method, mode, threshold, stream_of(frames)
     )
     assert ((keep_bytes == 0) | (keep_bytes == 1)).all()

@@ -144,41 +144,41 @@ def dlpack(tensor):
 def test_pack_bindings_check_arguments_themselves():
     invalid = torch.empty(1, dtype=torch.int64)
     with pytest.raises(TypeError, match="codes: expected dtype int8, got uint8"):
-        _C.kv_pack(CODES, torch.empty(3, 2, dtype=torch.uint8), invalid, "trits")
+        _C.kv_quant_pack(CODES, torch.empty(3, 2, dtype=torch.uint8), invalid, "trits")
     with pytest.raises(ValueError, match=r"packed: expected size 3 in dimension 1"):
-        _C.kv_pack(CODES, torch.empty(3, 2, dtype=torch.uint8), invalid, "bits2")
+        _C.kv_quant_pack(CODES, torch.empty(3, 2, dtype=torch.uint8), invalid, "bits2")
     with pytest.raises(ValueError, match="packing: expected 'bits1' or 'bits2' or 'trits'"):
-        _C.kv_pack(CODES, torch.empty(3, 2, dtype=torch.uint8), invalid, "bits3")
+        _C.kv_quant_pack(CODES, torch.empty(3, 2, dtype=torch.uint8), invalid, "bits3")
     with pytest.raises(TypeError, match="invalid: expected dtype int64, got int32"):
-        _C.kv_pack(CODES, torch.empty(3, 3, dtype=torch.uint8), invalid.int(), "bits2")
+        _C.kv_quant_pack(CODES, torch.empty(3, 3, dtype=torch.uint8), invalid.int(), "bits2")
     with pytest.raises(ValueError, match="packed: expected a contiguous tensor"):
-        _C.kv_pack(CODES, torch.empty(3, 6, dtype=torch.uint8)[:, ::2], invalid, "bits2")
+        _C.kv_quant_pack(CODES, torch.empty(3, 6, dtype=torch.uint8)[:, ::2], invalid, "bits2")
     with pytest.raises(ValueError, match="packed: expected the last dimension to be contiguous"):
-        _C.kv_unpack(torch.empty(3, 6, dtype=torch.uint8)[:, ::2], CODES, invalid, "bits2")
+        _C.kv_quant_unpack(torch.empty(3, 6, dtype=torch.uint8)[:, ::2], CODES, invalid, "bits2")
     with pytest.raises(TypeError, match="codes: expected a tensor"):
-        _C.kv_pack("codes", CODES, invalid, "bits2")
+        _C.kv_quant_pack("codes", CODES, invalid, "bits2")
 
 
 def test_group_bindings_check_arguments_themselves():
     codes, scale, zero = (t.clone() for t in QUANTIZED)
     with pytest.raises(ValueError, match="zero: expected a tensor for mode 'minmax2' and None"):
-        _C.kv_quantize_channel_groups(X, None, codes, scale, None, "minmax2", 4)
+        _C.kv_quant_quantize_channel_groups(X, None, codes, scale, None, "minmax2", 4)
     with pytest.raises(ValueError, match="mode: expected 'minmax2' or 'sign1' or 'trit'"):
-        _C.kv_quantize_channel_groups(X, None, codes, scale, zero, "int4", 4)
+        _C.kv_quant_quantize_channel_groups(X, None, codes, scale, zero, "int4", 4)
     with pytest.raises(ValueError, match=r"group_size: expected an integer in \[1, 2147483647\]"):
-        _C.kv_quantize_channel_groups(X, None, codes, scale, zero, "minmax2", 0)
+        _C.kv_quant_quantize_channel_groups(X, None, codes, scale, zero, "minmax2", 0)
     with pytest.raises(ValueError, match=r"scale: expected size 2 in dimension 1"):
-        _C.kv_quantize_channel_groups(X, None, codes, scale, zero, "minmax2", 5)
+        _C.kv_quant_quantize_channel_groups(X, None, codes, scale, zero, "minmax2", 5)
     with pytest.raises(ValueError, match=r"channels: expected indices in \[0, 8\)"):
-        _C.kv_quantize_channel_groups(
+        _C.kv_quant_quantize_channel_groups(
             X, channels([0, 9]), codes[..., :1], scale[..., :2], zero[..., :2], "minmax2", 4
         )
     with pytest.raises(ValueError, match="channels: expected distinct channels"):
-        _C.kv_dequantize_channel_groups(
+        _C.kv_quant_dequantize_channel_groups(
             codes[..., :1], scale[..., :2], zero[..., :2], channels([3, 3]), X.clone(), "minmax2", 4
         )
     with pytest.raises(ValueError, match="divides the 6 rows"):
-        _C.kv_dequantize_channel_groups(
+        _C.kv_quant_dequantize_channel_groups(
             codes[..., :1],
             scale[..., :2],
             zero[..., :2],
@@ -188,16 +188,18 @@ def test_group_bindings_check_arguments_themselves():
             4,
         )
     with pytest.raises(TypeError, match="out: expected dtype float32, float16 or bfloat16"):
-        _C.kv_dequantize_token_groups(codes, scale, zero, X.double(), 4)
+        _C.kv_quant_dequantize_token_groups(codes, scale, zero, X.double(), 4)
     with pytest.raises(ValueError, match="out: expected a contiguous tensor"):
-        _C.kv_dequantize_token_groups(codes, scale[..., :2], zero[..., :2], X.transpose(0, 1), 4)
+        _C.kv_quant_dequantize_token_groups(
+            codes, scale[..., :2], zero[..., :2], X.transpose(0, 1), 4
+        )
 
 
 def test_bindings_accept_numpy_arrays():
     codes = np.random.default_rng(0).integers(0, 4, size=(3, 11), dtype=np.uint8)
     packed = np.zeros((3, 3), dtype=np.uint8)
     invalid = np.full(1, -1, dtype=np.int64)
-    _C.kv_pack(codes, packed, invalid, "bits2")
+    _C.kv_quant_pack(codes, packed, invalid, "bits2")
     assert invalid[0] == 0
     assert np.array_equal(packed, reference.pack_bits(torch.from_numpy(codes), 2).numpy())
 

@@ -311,7 +311,7 @@ def test_kernels_write_every_output(device, mode):
     got = [torch.full_like(t, 0xAB if t.dtype == torch.uint8 else math.nan) for t in (codes, scale)]
     got_zero = torch.full_like(zero, math.nan).to(device) if mode == "minmax2" else None
     got = [t.to(device) for t in got]
-    _C.kv_quantize_channel_groups(
+    _C.kv_quant_quantize_channel_groups(
         dl(x), None, dl(got[0]), dl(got[1]), dl(got_zero), mode, 8, stream_of(x)
     )
     assert not got[1].isnan().any() and (mode != "minmax2" or not got_zero.isnan().any())
@@ -323,7 +323,7 @@ def test_kernels_write_every_output(device, mode):
     )
     token = [torch.full((3, 41, 6), 0xAB, dtype=torch.uint8, device=device)]
     token += [torch.full((3, 41, 3), math.nan, device=device) for _ in range(2)]
-    _C.kv_quantize_token_groups(dl(x), *(dl(t) for t in token), 8, stream_of(x))
+    _C.kv_quant_quantize_token_groups(dl(x), *(dl(t) for t in token), 8, stream_of(x))
     expected = ref.quantize_token_groups(x.cpu(), 8)
     assert all(torch.equal(a.cpu(), e) for a, e in zip(token, expected))
 

@@ -228,11 +228,11 @@ def test_kernels_overwrite_poisoned_outputs_and_counter(device, layout):
         expected = reference.pack_bits(codes.cpu(), int(layout[-1]))
     packed = torch.full(expected.shape, 0xAB, dtype=torch.uint8, device=device)
     invalid = torch.full((1,), -7, dtype=torch.int64, device=device)
-    _C.kv_pack(dl(codes), dl(packed), dl(invalid), layout, stream_of(codes))
+    _C.kv_quant_pack(dl(codes), dl(packed), dl(invalid), layout, stream_of(codes))
     assert torch.equal(packed.cpu(), expected) and invalid.item() == 0
     unpacked = torch.full_like(codes, 0x55)
     invalid.fill_(-7)
-    _C.kv_unpack(dl(packed), dl(unpacked), dl(invalid), layout, stream_of(codes))
+    _C.kv_quant_unpack(dl(packed), dl(unpacked), dl(invalid), layout, stream_of(codes))
     assert torch.equal(unpacked, codes) and invalid.item() == 0
 
 

@@ -119,43 +119,43 @@ def plan_buffers(batch, tokens, r, a_size):
 def test_binding_checks_arguments_itself():
     b = plan_buffers(2, 9, 3, 5)
     with pytest.raises(ValueError, match="metric: expected a 3-D tensor"):
-        _C.merge_match(torch.randn(9, 8), b["partner"], b["score"], 9, 0)
+        _C.token_merge_match(torch.randn(9, 8), b["partner"], b["score"], 9, 0)
     with pytest.raises(ValueError, match=r"partner: expected size 5 in dimension 1"):
-        _C.merge_match(METRIC, b["partner"][:, :4].contiguous(), b["score"], 9, 0)
+        _C.token_merge_match(METRIC, b["partner"][:, :4].contiguous(), b["score"], 9, 0)
     with pytest.raises(TypeError, match="score: expected dtype float32, got float64"):
-        _C.merge_match(METRIC, b["partner"], b["score"].double(), 9, 0)
+        _C.token_merge_match(METRIC, b["partner"], b["score"].double(), 9, 0)
     with pytest.raises(ValueError, match=r"last_tokens: expected the last row's token count"):
-        _C.merge_match(METRIC, b["partner"], b["score"], 10, 0)
+        _C.token_merge_match(METRIC, b["partner"], b["score"], 10, 0)
     with pytest.raises(ValueError, match=r"r: expected a merge count per row in \[0, 4\], got 5"):
-        _C.merge_plan(*plan_buffers(2, 9, 5, 5).values(), 9, 0, 5, 5)
+        _C.token_merge_plan(*plan_buffers(2, 9, 5, 5).values(), 9, 0, 5, 5)
     with pytest.raises(TypeError, match="slot: expected dtype int64, got int32"):
         buffers = dict(b, slot=b["slot"].int())
-        _C.merge_plan(*buffers.values(), 9, 0, 3, 3)
+        _C.token_merge_plan(*buffers.values(), 9, 0, 3, 3)
     with pytest.raises(ValueError, match="chunks: expected a divisor of the feature dimension"):
-        _C.merge_metric(X, torch.empty(2, 9, 5), 2, 9, 9, 3)
+        _C.token_merge_metric(X, torch.empty(2, 9, 5), 2, 9, 9, 3)
     with pytest.raises(TypeError, match="x: expected a tensor"):
-        _C.merge_metric("x", torch.empty(2, 9, 4), 2, 9, 9, 4)
+        _C.token_merge_metric("x", torch.empty(2, 9, 4), 2, 9, 9, 4)
     plan = ops.bipartite_soft_matching(METRIC, 3)
     merge_args = [plan.kept_index, plan.source_offsets, plan.source_index]
     with pytest.raises(TypeError, match="out: expected dtype float32 like x, got float16"):
-        _C.merge_wavg(
+        _C.token_merge_wavg(
             X, None, None, *merge_args, torch.empty(2, 6, 16).half(), torch.empty(2, 6), None,
             9, 9, 3,
         )  # fmt: skip
     with pytest.raises(ValueError, match="index_out: expected a tensor when index is given"):
-        _C.merge_wavg(
+        _C.token_merge_wavg(
             X, None, torch.zeros(2, 9, dtype=torch.int64), *merge_args, torch.empty(2, 6, 16),
             torch.empty(2, 6), None, 9, 9, 3,
         )  # fmt: skip
     with pytest.raises(ValueError, match="x_merged: expected at least one token per row"):
-        _C.merge_unmerge(torch.empty(2, 0, 16), plan.slot, torch.empty(2, 9, 16))
+        _C.token_merge_unmerge(torch.empty(2, 0, 16), plan.slot, torch.empty(2, 9, 16))
 
 
 def test_binding_accepts_numpy_arrays():
     metric = np.random.default_rng(0).standard_normal((2, 9, 8)).astype(np.float32)
     partner = np.full((2, 5), -7, dtype=np.int64)
     score = np.full((2, 5), np.nan, dtype=np.float32)
-    _C.merge_match(metric, partner, score, 9, 0)
+    _C.token_merge_match(metric, partner, score, 9, 0)
     expected = reference.bipartite_soft_matching(torch.from_numpy(metric), 3)
     assert torch.equal(torch.from_numpy(partner), expected.partner)
 
@@ -167,10 +167,10 @@ def test_kernels_write_every_output_element(device):
     x = torch.randn(3, 37, 20, device=device)
     stream = stream_of(x)
     b = {k: poison_like(v.to(device)) for k, v in plan_buffers(3, 37, 11, 18).items()}
-    _C.merge_match(dl(metric), dl(b["partner"]), dl(b["score"]), 37, 1, stream)
+    _C.token_merge_match(dl(metric), dl(b["partner"]), dl(b["score"]), 37, 1, stream)
     assert not b["score"].isnan().any() and (b["partner"] >= 0).all()
     names = ["score", "partner", "slot", "kept_index", "source_offsets", "source_index", "cursor"]
-    _C.merge_plan(*(dl(b[name]) for name in names), 37, 1, 11, 11, stream)
+    _C.token_merge_plan(*(dl(b[name]) for name in names), 37, 1, 11, 11, stream)
     for name in names[2:6]:
         assert (b[name] >= 0).all(), name
     out, size_out = poison_like(torch.empty(3, 26, 20, device=device)), torch.empty(3, 26)
@@ -178,16 +178,16 @@ def test_kernels_write_every_output_element(device):
     index = torch.arange(3 * 37, device=device).view(3, 37)
     index_out = poison_like(torch.empty(3, 26, dtype=torch.int64, device=device))
     merge = [b["kept_index"], b["source_offsets"], b["source_index"]]
-    _C.merge_wavg(
+    _C.token_merge_wavg(
         dl(x), None, dl(index), *map(dl, merge), dl(out), dl(size_out), dl(index_out),
         37, 37, 11, stream,
     )  # fmt: skip
     assert not out.isnan().any() and not size_out.isnan().any() and (index_out >= 0).all()
     restored = poison_like(torch.empty(3, 37, 20, device=device))
-    _C.merge_unmerge(dl(out), dl(b["slot"]), dl(restored), stream)
+    _C.token_merge_unmerge(dl(out), dl(b["slot"]), dl(restored), stream)
     assert not restored.isnan().any()
     metric_out = poison_like(torch.empty(3, 37, 5, device=device))
-    _C.merge_metric(dl(x), dl(metric_out), 3, 37, 37, 4, stream)
+    _C.token_merge_metric(dl(x), dl(metric_out), 3, 37, 37, 4, stream)
     assert not metric_out.isnan().any()
 
 
@@ -214,29 +214,29 @@ def test_malformed_plan_cannot_reach_outside_its_rows(device, monkeypatch):
 def test_hierarchical_binding_checks_arguments_itself():
     tokens = torch.randn(50, 8)  # segments of 20, 20 and 10 tokens
     geometry = (3, 20, 10, 2, 6)
-    bytes_needed = _C.merge_hierarchical_workspace(tokens, *geometry)
+    bytes_needed = _C.token_merge_hierarchical_workspace(tokens, *geometry)
     outputs = [torch.empty(18, 8), torch.empty(18), torch.empty(18, dtype=torch.int64)]
     workspace = torch.empty(bytes_needed, dtype=torch.uint8)
-    _C.merge_hierarchical(tokens, workspace, *outputs, *geometry)
+    _C.token_merge_hierarchical(tokens, workspace, *outputs, *geometry)
     assert torch.equal(outputs[1], reference.hierarchical_merge(
         tokens.view(10, 5, 8), frames_per_segment=4, tokens_per_segment=6, metric_chunks=2
     ).sizes)  # fmt: skip
     with pytest.raises(ValueError, match=f"workspace: expected at least {bytes_needed} bytes"):
-        _C.merge_hierarchical(tokens, workspace[:-1], *outputs, *geometry)
+        _C.token_merge_hierarchical(tokens, workspace[:-1], *outputs, *geometry)
     with pytest.raises(ValueError, match=r"out: expected 18 tokens"):
-        _C.merge_hierarchical(tokens, workspace, torch.empty(17, 8), *outputs[1:], *geometry)
+        _C.token_merge_hierarchical(tokens, workspace, torch.empty(17, 8), *outputs[1:], *geometry)
     with pytest.raises(ValueError, match=r"tokens: expected 51 tokens \(3 rows of 20 tokens"):
-        _C.merge_hierarchical_workspace(tokens, 3, 20, 11, 2, 6)
+        _C.token_merge_hierarchical_workspace(tokens, 3, 20, 11, 2, 6)
     with pytest.raises(ValueError, match="metric_chunks: expected a divisor"):
-        _C.merge_hierarchical_workspace(tokens, 3, 20, 10, 3, 6)
+        _C.token_merge_hierarchical_workspace(tokens, 3, 20, 10, 3, 6)
     with pytest.raises(ValueError, match="tokens_per_segment: expected an int >= 1"):
-        _C.merge_hierarchical_workspace(tokens, 3, 20, 10, 2, 0)
+        _C.token_merge_hierarchical_workspace(tokens, 3, 20, 10, 2, 0)
 
 
 def test_merge_binding_carries_flat_positions_without_an_index():
     plan = ops.bipartite_soft_matching(METRIC, 3)
     index_out = torch.full((2, 6), -7)
-    _C.merge_wavg(
+    _C.token_merge_wavg(
         X, None, None, plan.kept_index, plan.source_offsets, plan.source_index,
         torch.empty(2, 6, 16), torch.empty(2, 6), index_out, 9, 9, 3,
     )  # fmt: skip

@@ -24,24 +24,25 @@ Status error_status(StatusCode code, cudaError_t err) {
   return {code, cudaGetErrorString(err)};
 }
 
+// The int a runtime query writes through its pointer argument, or 0 when the query fails.
+template <typename Query>
+int int_or_zero(const Query& query) {
+  int value = 0;
+  if (query(&value) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return value;
+}
+
 }  // namespace
 
 int runtime_version() {
-  int version = 0;
-  if (cudaRuntimeGetVersion(&version) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return version;
+  return int_or_zero([](int* version) { return cudaRuntimeGetVersion(version); });
 }
 
 int device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return count;
+  return int_or_zero([](int* count) { return cudaGetDeviceCount(count); });
 }
 
 Status set_device(int device) {

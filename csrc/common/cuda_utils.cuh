@@ -48,6 +48,11 @@ VIDLLM_HOST_DEVICE constexpr T ceil_div(T a, T b) {
 // Widest access a thread issues: one 128-bit load or store.
 constexpr int kVectorBytes = 16;
 
+// Whether `ptr` allows one 16-byte access.
+inline bool aligned16(const void* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % kVectorBytes == 0;
+}
+
 // Elements of T in one 16-byte vector: 4 for float, 8 for Half and BFloat16.
 template <typename T>
 constexpr int kVectorWidth = kVectorBytes / static_cast<int>(sizeof(T));
@@ -95,6 +100,21 @@ __device__ __forceinline__ void load_as_float(const T* ptr, float (&out)[VEC]) {
   const Vec<T, VEC> v = Vec<T, VEC>::load(ptr);
 #pragma unroll
   for (int i = 0; i < VEC; ++i) out[i] = to_float(v.elem[i]);
+}
+
+// A warp copies `units` Units from src to dst, `lane` taking every 32nd; each lane loads kUnroll
+// Units before storing any (the memory-level parallelism of one lane).
+template <int kUnroll, typename Unit>
+__device__ __forceinline__ void warp_copy(const Unit* src, Unit* dst, int64_t units, int lane) {
+  for (int64_t base = lane; base < units; base += 32 * kUnroll) {
+    Unit buffer[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (base + u * 32 < units) buffer[u] = src[base + u * 32];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (base + u * 32 < units) dst[base + u * 32] = buffer[u];
+  }
 }
 
 // ---- block reduction ---------------------------------------------------------------------

@@ -269,6 +269,12 @@ inline T from_bits(std::uint64_t bits) {
   return value;
 }
 
+// The __shfl_*_sync forms: `value` sent through warp_collective as bits and read back as T.
+template <typename T>
+inline T shuffle(WarpOp op, unsigned int mask, T value, int argument, int width) {
+  return from_bits<T>(warp_collective(op, mask, to_bits(value), argument, width));
+}
+
 }  // namespace cuda_emulator
 
 #define __syncthreads()                                                                    \
@@ -288,25 +294,21 @@ inline void __syncwarp(unsigned int mask = 0xffffffffu) {
 }
 template <typename T>
 inline T __shfl_sync(unsigned int mask, T value, int source_lane, int width = 32) {
-  using namespace cuda_emulator;
-  return from_bits<T>(warp_collective(WarpOp::kShfl, mask, to_bits(value), source_lane, width));
+  return ::cuda_emulator::shuffle(::cuda_emulator::WarpOp::kShfl, mask, value, source_lane, width);
 }
 template <typename T>
 inline T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
-  using namespace cuda_emulator;
-  return from_bits<T>(warp_collective(WarpOp::kShflXor, mask, to_bits(value), lane_mask, width));
+  return ::cuda_emulator::shuffle(::cuda_emulator::WarpOp::kShflXor, mask, value, lane_mask, width);
 }
 template <typename T>
 inline T __shfl_down_sync(unsigned int mask, T value, unsigned int delta, int width = 32) {
-  using namespace cuda_emulator;
-  return from_bits<T>(
-      warp_collective(WarpOp::kShflDown, mask, to_bits(value), static_cast<int>(delta), width));
+  return ::cuda_emulator::shuffle(::cuda_emulator::WarpOp::kShflDown, mask, value,
+                                  static_cast<int>(delta), width);
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned int mask, T value, unsigned int delta, int width = 32) {
-  using namespace cuda_emulator;
-  return from_bits<T>(
-      warp_collective(WarpOp::kShflUp, mask, to_bits(value), static_cast<int>(delta), width));
+  return ::cuda_emulator::shuffle(::cuda_emulator::WarpOp::kShflUp, mask, value,
+                                  static_cast<int>(delta), width);
 }
 inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
   using namespace cuda_emulator;
@@ -347,26 +349,18 @@ inline T atomicAdd(T* address, U operand) {
     return old;
   }
 }
-template <typename T, typename U>
-inline T atomicSub(T* address, U operand) {
-  return __atomic_fetch_sub(address, static_cast<T>(operand), __ATOMIC_RELAXED);
-}
-template <typename T, typename U>
-inline T atomicOr(T* address, U operand) {
-  return __atomic_fetch_or(address, static_cast<T>(operand), __ATOMIC_RELAXED);
-}
-template <typename T, typename U>
-inline T atomicAnd(T* address, U operand) {
-  return __atomic_fetch_and(address, static_cast<T>(operand), __ATOMIC_RELAXED);
-}
-template <typename T, typename U>
-inline T atomicXor(T* address, U operand) {
-  return __atomic_fetch_xor(address, static_cast<T>(operand), __ATOMIC_RELAXED);
-}
-template <typename T, typename U>
-inline T atomicExch(T* address, U operand) {
-  return __atomic_exchange_n(address, static_cast<T>(operand), __ATOMIC_RELAXED);
-}
+// The integer read-modify-write forms, one GCC builtin each.
+#define VIDLLM_EMULATED_ATOMIC(name, builtin)                           \
+  template <typename T, typename U>                                     \
+  inline T name(T* address, U operand) {                                \
+    return builtin(address, static_cast<T>(operand), __ATOMIC_RELAXED); \
+  }
+VIDLLM_EMULATED_ATOMIC(atomicSub, __atomic_fetch_sub)
+VIDLLM_EMULATED_ATOMIC(atomicOr, __atomic_fetch_or)
+VIDLLM_EMULATED_ATOMIC(atomicAnd, __atomic_fetch_and)
+VIDLLM_EMULATED_ATOMIC(atomicXor, __atomic_fetch_xor)
+VIDLLM_EMULATED_ATOMIC(atomicExch, __atomic_exchange_n)
+#undef VIDLLM_EMULATED_ATOMIC
 template <typename T, typename U, typename V>
 inline T atomicCAS(T* address, U compare, V operand) {
   T expected = static_cast<T>(compare);

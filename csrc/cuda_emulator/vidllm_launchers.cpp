@@ -3,7 +3,7 @@
 #include "cuda_emulator/vidllm_launchers.h"
 
 #include "frame_drop/frame_drop.h"
-#include "kv_attention/packed_attention.h"
+#include "kv_attention/kv_attention.h"
 #include "kv_quant/kv_quant.h"
 #include "routing/routing.h"
 #include "token_merge/token_merge.h"

@@ -42,7 +42,7 @@ struct Result {
   X(token_merge, metric, MetricParams)                              \
   X(token_merge, match, MatchParams)                                \
   X(token_merge, plan, PlanParams)                                  \
-  X(token_merge, merge, MergeParams)                                \
+  X(token_merge, wavg, MergeParams)                                 \
   X(token_merge, unmerge, UnmergeParams)                            \
   X(token_merge, hierarchical, HierarchicalParams)
 

@@ -22,13 +22,12 @@
 namespace vidllm::frame_drop {
 namespace {
 
+using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // =============================== score ===============================
 
@@ -349,15 +348,7 @@ __global__ void __launch_bounds__(kGatherThreads)
     const Unit* src =
         reinterpret_cast<const Unit*>(frames + step * step_bytes + token * token_bytes);
     Unit* dst = kept + row * units;
-    for (int64_t base = lane; base < units; base += 32 * kGatherUnroll) {
-      Unit buffer[kGatherUnroll];
-#pragma unroll
-      for (int u = 0; u < kGatherUnroll; ++u)
-        if (base + u * 32 < units) buffer[u] = src[base + u * 32];
-#pragma unroll
-      for (int u = 0; u < kGatherUnroll; ++u)
-        if (base + u * 32 < units) dst[base + u * 32] = buffer[u];
-    }
+    cuda::warp_copy<kGatherUnroll>(src, dst, units, lane);
   }
 }
 

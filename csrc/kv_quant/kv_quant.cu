@@ -25,13 +25,12 @@
 namespace vidllm::kv_quant {
 namespace {
 
+using cuda::aligned16;
 using cuda::ceil_div;
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kBlocksPerSm = 16;  // cap of grid-stride launches: enough to fill every SM
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Blocks of kThreads for a grid-stride loop over `items`.
 unsigned int grid_stride_blocks(int64_t items, int device) {
@@ -475,15 +474,10 @@ Status pack_cuda(const PackParams& p, void* stream) {
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(p.invalid, 0, sizeof(int64_t), cuda_stream));
   const int64_t bytes_per_row = packed_bytes(p.n, p.packing);
   if (p.rows == 0 || bytes_per_row == 0) return Status::ok();
-  switch (p.packing) {
-    case Packing::kBits1:
-      return launch_pack<Packing::kBits1>(p, bytes_per_row, cuda_stream);
-    case Packing::kBits2:
-      return launch_pack<Packing::kBits2>(p, bytes_per_row, cuda_stream);
-    case Packing::kTrits:
-      return launch_pack<Packing::kTrits>(p, bytes_per_row, cuda_stream);
-  }
-  return Status::invalid("unknown packing");
+  Status status;
+  VIDLLM_KV_DISPATCH_PACKING(p.packing,
+                             status = launch_pack<kPacking>(p, bytes_per_row, cuda_stream));
+  return status;
 }
 
 Status unpack_cuda(const UnpackParams& p, void* stream) {
@@ -492,15 +486,10 @@ Status unpack_cuda(const UnpackParams& p, void* stream) {
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(p.invalid, 0, sizeof(int64_t), cuda_stream));
   const int64_t bytes_per_row = packed_bytes(p.n, p.packing);
   if (p.rows == 0 || bytes_per_row == 0) return Status::ok();
-  switch (p.packing) {
-    case Packing::kBits1:
-      return launch_unpack<Packing::kBits1>(p, bytes_per_row, cuda_stream);
-    case Packing::kBits2:
-      return launch_unpack<Packing::kBits2>(p, bytes_per_row, cuda_stream);
-    case Packing::kTrits:
-      return launch_unpack<Packing::kTrits>(p, bytes_per_row, cuda_stream);
-  }
-  return Status::invalid("unknown packing");
+  Status status;
+  VIDLLM_KV_DISPATCH_PACKING(p.packing,
+                             status = launch_unpack<kPacking>(p, bytes_per_row, cuda_stream));
+  return status;
 }
 
 Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& p, void* stream) {

@@ -142,25 +142,32 @@ Status dequantize_token_groups_cuda(const TokenGroupDequantParams& params, void*
 
 }  // namespace vidllm::kv_quant
 
+// One case of the switches below: the statement with `name` bound to Enum::value as a
+// compile-time constant.
+#define VIDLLM_KV_CASE(Enum, value, name, ...)                                 \
+  case ::vidllm::kv_quant::Enum::value: {                                      \
+    constexpr ::vidllm::kv_quant::Enum name = ::vidllm::kv_quant::Enum::value; \
+    __VA_ARGS__;                                                               \
+    break;                                                                     \
+  }
+
 // Runs the statement with `kMode` bound to `mode` as a compile-time constant; returns an invalid
 // Status from the enclosing function for a mode it does not know.
-#define VIDLLM_KV_DISPATCH_MODE(mode, ...)                                           \
-  switch (mode) {                                                                    \
-    case ::vidllm::kv_quant::Mode::kMinMax2: {                                       \
-      constexpr ::vidllm::kv_quant::Mode kMode = ::vidllm::kv_quant::Mode::kMinMax2; \
-      __VA_ARGS__;                                                                   \
-      break;                                                                         \
-    }                                                                                \
-    case ::vidllm::kv_quant::Mode::kSign1: {                                         \
-      constexpr ::vidllm::kv_quant::Mode kMode = ::vidllm::kv_quant::Mode::kSign1;   \
-      __VA_ARGS__;                                                                   \
-      break;                                                                         \
-    }                                                                                \
-    case ::vidllm::kv_quant::Mode::kTrit: {                                          \
-      constexpr ::vidllm::kv_quant::Mode kMode = ::vidllm::kv_quant::Mode::kTrit;    \
-      __VA_ARGS__;                                                                   \
-      break;                                                                         \
-    }                                                                                \
-    default:                                                                         \
-      return ::vidllm::Status::invalid("unknown quantization mode");                 \
+#define VIDLLM_KV_DISPATCH_MODE(mode, ...)                           \
+  switch (mode) {                                                    \
+    VIDLLM_KV_CASE(Mode, kMinMax2, kMode, __VA_ARGS__)               \
+    VIDLLM_KV_CASE(Mode, kSign1, kMode, __VA_ARGS__)                 \
+    VIDLLM_KV_CASE(Mode, kTrit, kMode, __VA_ARGS__)                  \
+    default:                                                         \
+      return ::vidllm::Status::invalid("unknown quantization mode"); \
+  }
+
+// The same for `kPacking` bound to `packing`.
+#define VIDLLM_KV_DISPATCH_PACKING(packing, ...)           \
+  switch (packing) {                                       \
+    VIDLLM_KV_CASE(Packing, kBits1, kPacking, __VA_ARGS__) \
+    VIDLLM_KV_CASE(Packing, kBits2, kPacking, __VA_ARGS__) \
+    VIDLLM_KV_CASE(Packing, kTrits, kPacking, __VA_ARGS__) \
+    default:                                               \
+      return ::vidllm::Status::invalid("unknown packing"); \
   }

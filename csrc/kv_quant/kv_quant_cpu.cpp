@@ -227,53 +227,19 @@ void dequantize_token(const TokenGroupDequantParams& p, int64_t groups, int64_t 
 
 Status pack_cpu(const PackParams& p) {
   const int64_t bytes = packed_bytes(p.n, p.packing);
-  int64_t invalid = 0;
-  switch (p.packing) {
-    case Packing::kBits1:
-      invalid = for_each_byte_range(p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-        return pack_bytes<Packing::kBits1>(p, r, b, e);
-      });
-      break;
-    case Packing::kBits2:
-      invalid = for_each_byte_range(p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-        return pack_bytes<Packing::kBits2>(p, r, b, e);
-      });
-      break;
-    case Packing::kTrits:
-      invalid = for_each_byte_range(p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-        return pack_bytes<Packing::kTrits>(p, r, b, e);
-      });
-      break;
-    default:
-      return Status::invalid("unknown packing");
-  }
-  *p.invalid = invalid;
+  VIDLLM_KV_DISPATCH_PACKING(p.packing, *p.invalid = for_each_byte_range(
+                                            p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
+                                              return pack_bytes<kPacking>(p, r, b, e);
+                                            }));
   return Status::ok();
 }
 
 Status unpack_cpu(const UnpackParams& p) {
   const int64_t bytes = packed_bytes(p.n, p.packing);
-  int64_t invalid = 0;
-  switch (p.packing) {
-    case Packing::kBits1:
-      invalid = for_each_byte_range(p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-        return unpack_bytes<Packing::kBits1>(p, r, b, e);
-      });
-      break;
-    case Packing::kBits2:
-      invalid = for_each_byte_range(p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-        return unpack_bytes<Packing::kBits2>(p, r, b, e);
-      });
-      break;
-    case Packing::kTrits:
-      invalid = for_each_byte_range(p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-        return unpack_bytes<Packing::kTrits>(p, r, b, e);
-      });
-      break;
-    default:
-      return Status::invalid("unknown packing");
-  }
-  *p.invalid = invalid;
+  VIDLLM_KV_DISPATCH_PACKING(p.packing, *p.invalid = for_each_byte_range(
+                                            p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
+                                              return unpack_bytes<kPacking>(p, r, b, e);
+                                            }));
   return Status::ok();
 }
 

@@ -22,13 +22,12 @@
 namespace vidllm::routing {
 namespace {
 
+using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr unsigned int kFullWarp = 0xffffffffu;
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Blocks for a grid-stride loop over `work` items handled `per_block` at a time: enough to fill
 // the device `per_sm` times over, never more than there is work for.
@@ -198,15 +197,7 @@ __global__ void __launch_bounds__(kRowThreads) gather_copy_kernel(const GatherPa
     const Unit* src =
         reinterpret_cast<const Unit*>(static_cast<const T*>(p.source) + row * p.source_stride);
     Unit* dst = reinterpret_cast<Unit*>(out);
-    for (int64_t base = lane; base < units; base += 32 * kCopyUnroll) {
-      Unit buffer[kCopyUnroll];
-#pragma unroll
-      for (int u = 0; u < kCopyUnroll; ++u)
-        if (base + u * 32 < units) buffer[u] = src[base + u * 32];
-#pragma unroll
-      for (int u = 0; u < kCopyUnroll; ++u)
-        if (base + u * 32 < units) dst[base + u * 32] = buffer[u];
-    }
+    cuda::warp_copy<kCopyUnroll>(src, dst, units, lane);
   }
 }
 

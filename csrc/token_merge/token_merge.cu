@@ -17,19 +17,18 @@
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "common/rank_key.h"
-#include "token_merge/round_to.h"
 #include "token_merge/token_merge.h"
+#include "token_merge/token_merge_round_to.h"
 
 namespace vidllm::token_merge {
 namespace {
 
+using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
 constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();
 constexpr int kBlocksPerSm = 8;
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Enough blocks to fill the device `kBlocksPerSm` deep, fewer when there is less work.
 int64_t grid_for(int64_t work_blocks, int device) {
@@ -345,7 +344,7 @@ Status plan_cuda(const PlanParams& params, void* stream) {
   return cuda::launch_status();
 }
 
-Status merge_cuda(const MergeParams& params, void* stream) {
+Status wavg_cuda(const MergeParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0 || params.rows.tokens - params.rows.merges == 0) return Status::ok();
   Status status;

@@ -137,7 +137,7 @@ int64_t hierarchical_workspace_bytes(const HierarchicalParams& params);
 Status metric_cpu(const MetricParams& params);
 Status match_cpu(const MatchParams& params);
 Status plan_cpu(const PlanParams& params);
-Status merge_cpu(const MergeParams& params);
+Status wavg_cpu(const MergeParams& params);
 Status unmerge_cpu(const UnmergeParams& params);
 Status hierarchical_cpu(const HierarchicalParams& params);
 
@@ -146,7 +146,7 @@ Status hierarchical_cpu(const HierarchicalParams& params);
 Status metric_cuda(const MetricParams& params, void* stream);
 Status match_cuda(const MatchParams& params, void* stream);
 Status plan_cuda(const PlanParams& params, void* stream);
-Status merge_cuda(const MergeParams& params, void* stream);
+Status wavg_cuda(const MergeParams& params, void* stream);
 Status unmerge_cuda(const UnmergeParams& params, void* stream);
 Status hierarchical_cuda(const HierarchicalParams& params, void* stream);
 #endif

@@ -15,8 +15,8 @@
 #include "common/dtype.h"
 #include "common/parallel.h"
 #include "common/rank_key.h"
-#include "token_merge/round_to.h"
 #include "token_merge/token_merge.h"
+#include "token_merge/token_merge_round_to.h"
 
 namespace vidllm::token_merge {
 namespace {
@@ -173,7 +173,7 @@ Status plan_cpu(const PlanParams& p) {
   return Status::ok();
 }
 
-Status merge_cpu(const MergeParams& p) {
+Status wavg_cpu(const MergeParams& p) {
   const Rows& rows = p.rows;
   const int64_t out_capacity = rows.tokens - rows.merges;
   VIDLLM_DISPATCH_FLOAT_TYPES(

@@ -24,7 +24,7 @@ from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
 @torch.library.custom_op("vidllm::dtd_scores", mutates_args=())
 def _scores_op(frames: Tensor, prev: Optional[Tensor], method: str) -> Tensor:
     scores = torch.empty(frames.shape[:2], dtype=torch.float32, device=frames.device)
-    C.dtd_score(dl(frames), dl(prev), dl(scores), method, stream_of(frames))
+    C.frame_drop_score(dl(frames), dl(prev), dl(scores), method, stream_of(frames))
     return scores
 
 
@@ -41,8 +41,8 @@ def _keep_mask_op(
     scores = torch.empty(frames.shape[:2], dtype=torch.float32, device=frames.device)
     keep_mask = torch.empty(frames.shape[:2], dtype=torch.bool, device=frames.device)
     counts = torch.empty(frames.shape[0], dtype=torch.int32, device=frames.device)
-    C.dtd_score(dl(frames), dl(prev), dl(scores), method, stream)
-    C.dtd_decide(dl(scores), dl(keep_mask), dl(counts), method, mode, threshold, stream)
+    C.frame_drop_score(dl(frames), dl(prev), dl(scores), method, stream)
+    C.frame_drop_decide(dl(scores), dl(keep_mask), dl(counts), method, mode, threshold, stream)
     return keep_mask, counts
 
 
@@ -57,7 +57,7 @@ def _(frames, prev, threshold, method, mode):
 
 def _compact(frames, keep_mask, kept, kept_index, counts, total) -> None:
     offsets = torch.empty(frames.shape[0], dtype=torch.int64, device=frames.device)
-    C.dtd_compact(
+    C.frame_drop_compact(
         dl(frames),
         dl(keep_mask),
         dl(counts),
@@ -92,7 +92,7 @@ def _(frames, keep_mask, kept, kept_index, counts, total) -> None:
 def _compact_op(frames: Tensor, keep_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     device = frames.device
     counts = torch.empty(frames.shape[0], dtype=torch.int32, device=device)
-    C.dtd_count(dl(keep_mask), dl(counts), stream_of(frames))
+    C.frame_drop_count(dl(keep_mask), dl(counts), stream_of(frames))
     kept_total = int(counts.sum())  # the one host synchronization of the convenience form
     kept = torch.empty((kept_total, frames.shape[2]), dtype=frames.dtype, device=device)
     kept_index = torch.empty(kept_total, dtype=torch.int64, device=device)

@@ -47,7 +47,7 @@ def _pack(codes: Tensor, packing: str, per_byte: int) -> tuple[Tensor, int]:
         device=codes.device,
     )
     invalid = torch.empty(1, dtype=torch.int64, device=codes.device)
-    C.kv_pack(dl(rows), dl(packed), dl(invalid), packing, stream_of(codes))
+    C.kv_quant_pack(dl(rows), dl(packed), dl(invalid), packing, stream_of(codes))
     return packed.view(*codes.shape[:-1], packed.shape[1]), int(invalid.item())
 
 
@@ -55,7 +55,7 @@ def _unpack(packed: Tensor, n: int, packing: str, dtype: torch.dtype) -> tuple[T
     rows = _as_rows(packed)
     codes = torch.empty((rows.shape[0], n), dtype=dtype, device=packed.device)
     invalid = torch.empty(1, dtype=torch.int64, device=packed.device)
-    C.kv_unpack(dl(rows), dl(codes), dl(invalid), packing, stream_of(packed))
+    C.kv_quant_unpack(dl(rows), dl(codes), dl(invalid), packing, stream_of(packed))
     return codes.view(*packed.shape[:-1], n), int(invalid.item())
 
 
@@ -213,7 +213,7 @@ def _quantize_channel_groups_op(
     zero: Tensor,
 ) -> None:
     zero_arg = dl(zero) if quant_mode == "minmax2" else None
-    C.kv_quantize_channel_groups(
+    C.kv_quant_quantize_channel_groups(
         dl(x), dl(channels), dl(codes), dl(scale), zero_arg, quant_mode, group_size, stream_of(x)
     )
 
@@ -233,7 +233,7 @@ def _dequantize_channel_groups_op(
     channels: Optional[Tensor],
     out: Tensor,
 ) -> None:
-    C.kv_dequantize_channel_groups(
+    C.kv_quant_dequantize_channel_groups(
         dl(codes),
         dl(scale),
         dl(zero),
@@ -256,7 +256,9 @@ def _(codes, scale, zero, quant_mode, group_size, channels, out) -> None:
 def _quantize_token_groups_op(
     x: Tensor, group_size: int, codes: Tensor, scale: Tensor, zero: Tensor
 ) -> None:
-    C.kv_quantize_token_groups(dl(x), dl(codes), dl(scale), dl(zero), group_size, stream_of(x))
+    C.kv_quant_quantize_token_groups(
+        dl(x), dl(codes), dl(scale), dl(zero), group_size, stream_of(x)
+    )
 
 
 @_quantize_token_groups_op.register_fake
@@ -268,7 +270,7 @@ def _(x, group_size, codes, scale, zero) -> None:
 def _dequantize_token_groups_op(
     codes: Tensor, scale: Tensor, zero: Tensor, group_size: int, out: Tensor
 ) -> None:
-    C.kv_dequantize_token_groups(
+    C.kv_quant_dequantize_token_groups(
         dl(codes), dl(scale), dl(zero), dl(out), group_size, stream_of(out)
     )
 

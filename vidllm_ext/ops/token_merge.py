@@ -55,8 +55,8 @@ def _matching_op(
     score = torch.empty(shapes[5], dtype=torch.float32, device=metric.device)
     cursor = torch.empty_like(kept_index)
     stream = stream_of(metric)
-    C.merge_match(dl(metric), dl(partner), dl(score), tokens, protected, stream)
-    C.merge_plan(
+    C.token_merge_match(dl(metric), dl(partner), dl(score), tokens, protected, stream)
+    C.token_merge_plan(
         dl(score),
         dl(partner),
         dl(slot),
@@ -93,7 +93,7 @@ def _merge_wavg_op(
     outputs = kept_index.shape[1]
     out = x.new_empty((batch, outputs, dim))
     size_out = torch.empty((batch, outputs), dtype=torch.float32, device=x.device)
-    C.merge_wavg(
+    C.token_merge_wavg(
         dl(x),
         dl(size),
         None,
@@ -142,7 +142,7 @@ _merge_wavg_op.register_autograd(_merge_wavg_backward, setup_context=_merge_wavg
 def _unmerge_op(x_merged: Tensor, slot: Tensor) -> Tensor:
     batch, tokens = slot.shape
     out = x_merged.new_empty((batch, tokens, x_merged.shape[2]))
-    C.merge_unmerge(dl(x_merged), dl(slot), dl(out), stream_of(x_merged))
+    C.token_merge_unmerge(dl(x_merged), dl(slot), dl(out), stream_of(x_merged))
     return out
 
 
@@ -181,9 +181,9 @@ def _hierarchical_op(
     sizes = torch.empty(total, dtype=torch.float32, device=device)
     source_index = torch.empty(total, dtype=torch.int64, device=device)
     geometry = (*segments, metric_chunks, tokens_per_segment)
-    workspace_bytes = C.merge_hierarchical_workspace(dl(flat), *geometry)
+    workspace_bytes = C.token_merge_hierarchical_workspace(dl(flat), *geometry)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
-    C.merge_hierarchical(
+    C.token_merge_hierarchical(
         dl(flat), dl(workspace), dl(out), dl(sizes), dl(source_index), *geometry, stream_of(flat)
     )
     kept_per_segment = max(min(segments.tokens, tokens_per_segment), 1)

@@ -32,8 +32,8 @@ void check_invalid_counter(const TensorArg& invalid, const TensorArg& primary) {
   invalid.expect_size(0, 1, "a single count");
 }
 
-void kv_pack(py::handle codes_obj, py::handle packed_obj, py::handle invalid_obj,
-             const std::string& packing_name, uintptr_t stream) {
+void kv_quant_pack(py::handle codes_obj, py::handle packed_obj, py::handle invalid_obj,
+                   const std::string& packing_name, uintptr_t stream) {
   const TensorArg codes(codes_obj, "codes");
   const TensorArg packed(packed_obj, "packed");
   const TensorArg invalid(invalid_obj, "invalid");
@@ -59,11 +59,11 @@ void kv_pack(py::handle codes_obj, py::handle packed_obj, py::handle invalid_obj
   params.n = codes.size(1);
   params.packing = packing;
   params.device = codes.device_id();
-  VIDLLM_KV_RUN(pack, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, pack, params, backend, stream);
 }
 
-void kv_unpack(py::handle packed_obj, py::handle codes_obj, py::handle invalid_obj,
-               const std::string& packing_name, uintptr_t stream) {
+void kv_quant_unpack(py::handle packed_obj, py::handle codes_obj, py::handle invalid_obj,
+                     const std::string& packing_name, uintptr_t stream) {
   const TensorArg packed(packed_obj, "packed");
   const TensorArg codes(codes_obj, "codes");
   const TensorArg invalid(invalid_obj, "invalid");
@@ -90,18 +90,18 @@ void kv_unpack(py::handle packed_obj, py::handle codes_obj, py::handle invalid_o
   params.n = codes.size(1);
   params.packing = packing;
   params.device = packed.device_id();
-  VIDLLM_KV_RUN(unpack, params, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_quant, unpack, params, backend, stream);
 }
 
 }  // namespace
 
-void register_kv_pack(py::module_& m) {
-  m.def("kv_pack", &kv_pack, py::arg("codes"), py::arg("packed"), py::arg("invalid"),
+void register_kv_quant_pack(py::module_& m) {
+  m.def("kv_quant_pack", &kv_quant_pack, py::arg("codes"), py::arg("packed"), py::arg("invalid"),
         py::arg("packing"), py::arg("stream") = 0,
         "Packs codes [rows, n] (uint8; int8 trits for 'trits') into packed [rows, bytes] and "
         "writes the number of invalid codes into invalid (int64 [1]).");
-  m.def("kv_unpack", &kv_unpack, py::arg("packed"), py::arg("codes"), py::arg("invalid"),
-        py::arg("packing"), py::arg("stream") = 0,
+  m.def("kv_quant_unpack", &kv_quant_unpack, py::arg("packed"), py::arg("codes"),
+        py::arg("invalid"), py::arg("packing"), py::arg("stream") = 0,
         "Unpacks packed [rows, bytes] into codes [rows, n] and writes the number of invalid "
         "bytes (non-zero padding, trit bytes above 242) into invalid (int64 [1]).");
 }

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "common/parallel.h"
-#include "kv_attention/packed_attention.h"
+#include "kv_attention/kv_attention.h"
 
 namespace vidllm::kv_attention {
 namespace {

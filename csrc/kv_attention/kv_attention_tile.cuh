@@ -1,12 +1,12 @@
-// Device side of the packed attention segment kernel (packed_attention.cu): the shape and
-// shared memory of a block and the phases it runs per tile. Included by packed_attention.cu only.
+// Device side of the packed attention segment kernel (kv_attention.cu): the shape and
+// shared memory of a block and the phases it runs per tile. Included by kv_attention.cu only.
 #pragma once
 
 #include <cstdint>
 
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
-#include "kv_attention/packed_attention.h"
+#include "kv_attention/kv_attention.h"
 #include "kv_quant/kv_quant_math.h"
 
 namespace vidllm::kv_attention::detail {

@@ -1,5 +1,5 @@
 // The hierarchical merge's schedule and workspace layout, and its CPU entry point.
-#include "token_merge/hierarchical.h"
+#include "token_merge/token_merge_hierarchical.h"
 
 #include <algorithm>
 #include <vector>
@@ -106,7 +106,7 @@ struct CpuStages {
   Status metric(const MetricParams& params) const { return metric_cpu(params); }
   Status match(const MatchParams& params) const { return match_cpu(params); }
   Status plan(const PlanParams& params) const { return plan_cpu(params); }
-  Status merge(const MergeParams& params) const { return merge_cpu(params); }
+  Status wavg(const MergeParams& params) const { return wavg_cpu(params); }
 };
 
 }  // namespace

@@ -18,7 +18,7 @@
 
 #include "common/dtype.h"
 #include "common/status.h"
-#include "kv_attention/packed_attention_math.h"
+#include "kv_attention/kv_attention_math.h"
 
 namespace vidllm::kv_attention {
 

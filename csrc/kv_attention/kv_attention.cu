@@ -1,5 +1,5 @@
-// CUDA twin of packed_attention_cpu.cpp, launched on the caller's stream. The per-tile phases
-// live in packed_attention_tile.cuh.
+// CUDA twin of kv_attention_cpu.cpp, launched on the caller's stream. The per-tile phases
+// live in kv_attention_tile.cuh.
 //
 // segment_partials: a block of kThreads per (query tile, split, KV head, sample). A query tile is
 //   QT (8 or 16) of the KV head's group * q_len query rows, so decode (1..8 rows) is one tile and
@@ -31,8 +31,8 @@
 #include "common/cuda_utils.cuh"
 #include "common/dtype.h"
 #include "common/dynamic_shared.cuh"
-#include "kv_attention/packed_attention.h"
-#include "kv_attention/packed_attention_tile.cuh"
+#include "kv_attention/kv_attention.h"
+#include "kv_attention/kv_attention_tile.cuh"
 #include "kv_quant/kv_quant_math.h"
 
 namespace vidllm::kv_attention {

@@ -121,7 +121,7 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
     merge.dtype = p.dtype;
     merge.rows = rows;
     merge.device = p.device;
-    if (const Status status = stages.merge(merge); !status.is_ok()) return status;
+    if (const Status status = stages.wavg(merge); !status.is_ok()) return status;
     x = merge.out;
     token_stride = p.dim;
     size = merge.size_out;
