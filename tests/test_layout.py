@@ -146,3 +146,20 @@ def test_an_old_module_path_still_runs_with_python_m():
     )
     assert result.returncode == 0, result.stderr
     assert "--steps" in result.stdout
+
+
+def test_every_compiled_function_carries_its_technique_name():
+    from vidllm_ext._extension import _C
+
+    public = [name for name in dir(_C) if not name.startswith("_") and name != "build_info"]
+    unnamed = [name for name in public if not name.startswith(TECHNIQUES)]
+    assert public and not unnamed, unnamed
+
+
+def test_every_kernel_file_carries_its_technique_name():
+    root = PACKAGE.parent / "csrc"
+    if not root.is_dir():
+        pytest.skip("csrc/ is not beside the installed package (a wheel install)")
+    for technique in TECHNIQUES:
+        files = [path.name for path in (root / technique).iterdir()]
+        assert files and all(name.startswith(technique) for name in files), (technique, files)
