@@ -32,7 +32,6 @@ echo "== install into a second virtual environment from the same checkout"
 python3 -m venv "$second_venv"
 "$second_venv/bin/python" -m pip install --quiet --upgrade pip
 "$second_venv/bin/python" -m pip install --quiet torch==2.13.0
-# [hf]: `import vidllm_ext` imports transformers (vidllm_ext/integration/), which the base
-# install does not declare.
-"$second_venv/bin/python" -m pip install --quiet "$checkout[hf]"
+# The base install, without the [hf] extra: `import vidllm_ext` needs no transformers.
+"$second_venv/bin/python" -m pip install --quiet "$checkout"
 show_installed "$second_venv/bin/python"

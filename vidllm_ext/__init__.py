@@ -9,6 +9,8 @@
 - :func:`build_info`: what this installation compiled.
 """
 
+import importlib
+
 from vidllm_ext import _moved, ops
 from vidllm_ext._version import __version__
 from vidllm_ext.build import build_info
@@ -16,30 +18,46 @@ from vidllm_ext.contracts.frame_drop import DTDConfig, DTDResult
 from vidllm_ext.contracts.kv_quant import KVQuantConfig, PackedKeys, PackedValues
 from vidllm_ext.contracts.routing import MoDConfig
 from vidllm_ext.contracts.token_merge import MergeConfig
-from vidllm_ext.integration import (
-    DTDStats,
-    MergeStats,
-    RoutingStats,
-    TechniqueInactive,
-    cache_kwargs,
-    last_stats,
-    patch,
-    unpatch,
-)
-from vidllm_ext.integration.frame_drop_stream import DTDStream
-from vidllm_ext.integration.kv_quant_cache import PackedKVCache
-from vidllm_ext.integration.streaming import StreamingSession
 
 _moved.install()
 
+# Imported on first use: the HuggingFace integration needs transformers (the [hf] extra), which
+# the ops do not; vidllm_ext.reference (the oracles) is needed by nothing in the package.
+_LAZY = {
+    "DTDStats": "vidllm_ext.integration.frame_drop",
+    "DTDStream": "vidllm_ext.integration.frame_drop_stream",
+    "MergeStats": "vidllm_ext.integration.token_merge",
+    "PackedKVCache": "vidllm_ext.integration.kv_quant_cache",
+    "RoutingStats": "vidllm_ext.integration.routing_context",
+    "StreamingSession": "vidllm_ext.integration.streaming",
+    "TechniqueInactive": "vidllm_ext.integration.sequence",
+    "cache_kwargs": "vidllm_ext.integration.compat",
+    "last_stats": "vidllm_ext.integration.patching",
+    "patch": "vidllm_ext.integration.patching",
+    "unpatch": "vidllm_ext.integration.patching",
+}
+
 
 def __getattr__(name: str):
-    # vidllm_ext.reference (the oracles) is imported on first use: nothing in the package needs it.
     if name == "reference":
-        import vidllm_ext.reference
+        return importlib.import_module("vidllm_ext.reference")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vidllm_ext' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(_LAZY[name])
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] != "transformers":
+            raise
+        raise ImportError(
+            f"vidllm_ext.{name} needs transformers: pip install 'vidllm-ext[hf]'"
+        ) from error
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
 
-        return vidllm_ext.reference
-    raise AttributeError(f"module 'vidllm_ext' has no attribute {name!r}")
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY) | {"reference"})
 
 
 __all__ = [
