@@ -29,7 +29,8 @@ def test_the_integration_without_transformers_says_what_to_install():
     for name in ("patch", "StreamingSession", "PackedKVCache"):
         result = run(f"import vidllm_ext\nvidllm_ext.{name}\n")
         assert result.returncode != 0
-        assert f"vidllm_ext.{name} needs transformers: pip install 'vidllm-ext[hf]'" in result.stderr
+        message = f"vidllm_ext.{name} needs transformers: pip install 'vidllm-ext[hf]'"
+        assert message in result.stderr
 
 
 def test_unknown_names_are_attribute_errors():
