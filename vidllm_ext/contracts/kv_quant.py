@@ -699,3 +699,21 @@ def check_salient_mask(salient, batch: int, tokens: int, config, device) -> Tens
     if batch == 0 or int(counts[0]) == 0:
         return None
     return salient.to(device)
+
+
+def key_channels(
+    k: Tensor, config: KVQuantConfig, channel_split: Tensor | None, default_split
+) -> tuple[Tensor, Tensor]:
+    """The arguments of quantize_keys, checked: ``(channels2 [H, D2], channels1 [H, D1])``, the
+    2-bit channels of each head (``channel_split``, or ``default_split(k, D2)``) and the rest,
+    ascending, on k's device."""
+    check_kv_tensor(k, "k")
+    if not config.quantizes_keys:
+        raise ValueError("quantize_keys: config.key_bits is 16, so keys are not quantized")
+    _, heads, _, dim = k.shape
+    config.check_head_dim(dim)
+    two_bit = config.two_bit_key_channels(dim)
+    if channel_split is None:
+        channel_split = default_split(k, two_bit)
+    channels2 = check_channel_split(channel_split, heads, dim, two_bit, k.device)
+    return channels2, complement_channels(channels2, dim)

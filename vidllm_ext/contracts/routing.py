@@ -235,3 +235,11 @@ class MoDConfig:
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers: a layer is listed twice in {list(layers)}")
         object.__setattr__(self, "layers", tuple(sorted(layers)))
+
+
+def check_routed_update_args(hidden, scores, is_video, segment_offsets, keep_ratio, gate):
+    """The arguments of routed_update, checked and normalized, in that order (less layer_fn)."""
+    hidden, scores, is_video, segment_offsets = check_routed_inputs(
+        hidden, scores, is_video, segment_offsets
+    )
+    return hidden, scores, is_video, segment_offsets, check_keep_ratio(keep_ratio), check_gate(gate)

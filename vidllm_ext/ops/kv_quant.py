@@ -21,7 +21,6 @@ from vidllm_ext.contracts.kv_quant import (
     KVQuantConfig,
     PackedKeys,
     PackedValues,
-    complement_channels,
 )
 from vidllm_ext.ops import kv_quant_pack as kv_pack
 
@@ -172,16 +171,9 @@ def _heads(rows: Tensor, batch: int, heads: int) -> Tensor:
 
 
 def _quantize_keys(keys: Tensor, config: KVQuantConfig, channel_split: Tensor | None) -> PackedKeys:
-    check.check_kv_tensor(keys, "k")
-    if not config.quantizes_keys:
-        raise ValueError("quantize_keys: config.key_bits is 16, so keys are not quantized")
-    batch, heads, _tokens, dim = keys.shape
-    config.check_head_dim(dim)
-    two_bit = config.two_bit_key_channels(dim)
-    if channel_split is None:
-        channel_split = key_channel_split(keys, two_bit)
-    channels2 = check.check_channel_split(channel_split, heads, dim, two_bit, keys.device)
-    channels1 = complement_channels(channels2, dim)
+    channels2, channels1 = check.key_channels(keys, config, channel_split, key_channel_split)
+    batch, heads, _, dim = keys.shape
+    two_bit = channels2.shape[1]
     implied = two_bit in (0, dim)
     rows, group = _rows(keys), config.group_size
     codes2, scale2, zero2 = _quantize_groups(rows, "minmax2", group, channels2)

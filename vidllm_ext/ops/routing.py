@@ -206,11 +206,9 @@ def routed_update(
         >>> out = vidllm_ext.ops.routed_update(h, router(h).squeeze(-1), is_video, offsets, 0.2,
         ...                                    layer)
     """
-    hidden, scores, is_video, segment_offsets = check.check_routed_inputs(
-        hidden, scores, is_video, segment_offsets
+    hidden, scores, is_video, segment_offsets, keep_ratio, gate = check.check_routed_update_args(
+        hidden, scores, is_video, segment_offsets, keep_ratio, gate
     )
-    keep_ratio = check.check_keep_ratio(keep_ratio)
-    gate = check.check_gate(gate)
     selected_index = select_routed_tokens(scores, is_video, segment_offsets, keep_ratio)
     if selected_index.numel() == 0:
         return hidden.clone()

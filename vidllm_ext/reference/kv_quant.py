@@ -94,16 +94,8 @@ def quantize_keys(
     k: Tensor, config: KVQuantConfig, channel_split: Tensor | None = None
 ) -> PackedKeys:
     """Quantize keys [B, H, T, D] (see the module docstring); ``channel_split`` fixes the split."""
-    check.check_kv_tensor(k, "k")
-    if not config.quantizes_keys:
-        raise ValueError("quantize_keys: config.key_bits is 16, so keys are not quantized")
-    _, heads, _, dim = k.shape
-    config.check_head_dim(dim)
-    two_bit = config.two_bit_key_channels(dim)
-    if channel_split is None:
-        channel_split = key_channel_split(k, two_bit)
-    channels2 = check.check_channel_split(channel_split, heads, dim, two_bit, k.device)
-    channels1 = check.complement_channels(channels2, dim)
+    channels2, channels1 = check.key_channels(k, config, channel_split, key_channel_split)
+    dim, two_bit = k.shape[3], channels2.shape[1]
     x, group = k.double(), config.group_size
     codes2, scale2, zero2 = _minmax_over_tokens(_channels(x, channels2), group)
     transform = transform_matrix(config.key_transform, dim - two_bit).to(k.device)
@@ -231,8 +223,9 @@ def exact_values(packed: PackedValues) -> Tensor:
 # ---- the definitions, one group at a time ----------------------------------------------------
 
 
-def _token_groups(tokens: int, group: int) -> list[slice]:
-    return [slice(start, min(start + group, tokens)) for start in range(0, tokens, group)]
+def _token_groups(count: int, group: int) -> list[slice]:
+    """Consecutive groups of ``group`` items covering ``count`` (the last may be partial)."""
+    return [slice(start, min(start + group, count)) for start in range(0, count, group)]
 
 
 def _minmax_codes(x: Tensor, low: Tensor, step: Tensor) -> Tensor:
@@ -241,36 +234,32 @@ def _minmax_codes(x: Tensor, low: Tensor, step: Tensor) -> Tensor:
     return torch.where(usable, level.clamp(0, 3), 0).to(torch.uint8)
 
 
-def _minmax_over_tokens(x: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
-    """x [B, H, T, C] -> (codes uint8 [B, H, T, C], s and m [B, H, NG, C]) per channel and token
-    group."""
+def _minmax(x: Tensor, group: int, axis: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x [B, H, T, C] -> (codes uint8 like x, s and m per group of ``group`` along ``axis``):
+    axis 2, per channel and token group ([B, H, NG, C]); axis 3, per token and channel group
+    (KIVI's token2, [B, H, T, NGc])."""
     codes = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
     scales, zeros = [], []
-    for part in _token_groups(x.shape[2], group):
-        values = x[:, :, part]
-        low, high = values.amin(2, keepdim=True), values.amax(2, keepdim=True)
+    for part in _token_groups(x.shape[axis], group):
+        index = (slice(None),) * axis + (part,)
+        values = x[index]
+        low, high = values.amin(axis, keepdim=True), values.amax(axis, keepdim=True)
         step = (high - low) / 3
-        codes[:, :, part] = _minmax_codes(values, low, step)
+        codes[index] = _minmax_codes(values, low, step)
         scales.append(step)
         zeros.append(low)
-    empty = x.new_zeros(*x.shape[:2], 0, x.shape[3])
-    return codes, torch.cat(scales, 2) if scales else empty, torch.cat(zeros, 2) if zeros else empty
+    if not scales:
+        empty = x.new_zeros(*x.shape[:axis], 0, *x.shape[axis + 1 :])
+        return codes, empty, empty
+    return codes, torch.cat(scales, axis), torch.cat(zeros, axis)
+
+
+def _minmax_over_tokens(x: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _minmax(x, group, axis=2)
 
 
 def _minmax_over_channels(x: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
-    """x [B, H, T, C] -> (codes uint8 [B, H, T, C], s and m [B, H, T, NGc]) per token and group
-    of ``group`` channels (KIVI's token2)."""
-    codes = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
-    scales, zeros = [], []
-    for part in _token_groups(x.shape[3], group):
-        values = x[..., part]
-        low, high = values.amin(3, keepdim=True), values.amax(3, keepdim=True)
-        step = (high - low) / 3
-        codes[..., part] = _minmax_codes(values, low, step)
-        scales.append(step)
-        zeros.append(low)
-    empty = x.new_zeros(*x.shape[:3], 0)
-    return codes, torch.cat(scales, 3) if scales else empty, torch.cat(zeros, 3) if zeros else empty
+    return _minmax(x, group, axis=3)
 
 
 def _mean_abs_over_tokens(x: Tensor, group: int) -> Tensor:

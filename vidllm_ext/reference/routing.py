@@ -203,11 +203,9 @@ def routed_update(
         float64 oracle of the routed layer. It is written from the definition with plain
         indexing, independent of the routing kernels' primitives and of the ops' composition.
     """
-    hidden, scores, is_video, segment_offsets = check.check_routed_inputs(
-        hidden, scores, is_video, segment_offsets
+    hidden, scores, is_video, segment_offsets, keep_ratio, gate = check.check_routed_update_args(
+        hidden, scores, is_video, segment_offsets, keep_ratio, gate
     )
-    keep_ratio = check.check_keep_ratio(keep_ratio)
-    gate = check.check_gate(gate)
     selected_index = select_routed_tokens(scores, is_video, segment_offsets, keep_ratio)
     if selected_index.numel() == 0:
         return hidden.clone()
