@@ -24,9 +24,25 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
-def check_float_dtype(tensor: torch.Tensor, name: str) -> None:
-    if tensor.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32, float16 or bfloat16, got {tensor.dtype}")
+def check_float_dtype(tensor: torch.Tensor, name: str, dtypes: tuple = FLOAT_DTYPES) -> None:
+    if tensor.dtype not in dtypes:
+        names = [str(dtype).removeprefix("torch.") for dtype in dtypes]
+        expected = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        raise TypeError(f"{name}: expected dtype {expected}, got {tensor.dtype}")
+
+
+def check_float_tensor(
+    value: object, name: str, layout: str, dtypes: tuple = FLOAT_DTYPES
+) -> torch.Tensor:
+    """A tensor of one of ``dtypes`` with the dimensions ``layout`` names, e.g. "[rows, dim]"."""
+    tensor = check_tensor(value, name)
+    dims = layout.count(",") + 1
+    if tensor.dim() != dims:
+        raise ValueError(
+            f"{name}: expected a {dims}-D tensor {layout}, got shape {list(tensor.shape)}"
+        )
+    check_float_dtype(tensor, name, dtypes)
+    return tensor
 
 
 def check_choice(value: object, choices: tuple, name: str) -> str:

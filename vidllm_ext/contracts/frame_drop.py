@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from vidllm_ext.contracts.checks import check_choice, check_float_dtype, check_tensor
+from vidllm_ext.contracts.checks import check_choice, check_float_tensor, check_tensor
 
 DTD_METHODS = ("feature", "pixel")
 DTD_MODES = ("absolute", "relative")
@@ -71,12 +71,7 @@ class DTDResult(NamedTuple):
 
 def check_frames(frames: object) -> torch.Tensor:
     """frames: float [steps, tokens, dim] with dim >= 1."""
-    frames = check_tensor(frames, "frames")
-    if frames.dim() != 3:
-        raise ValueError(
-            f"frames: expected a 3-D tensor [steps, tokens, dim], got shape {list(frames.shape)}"
-        )
-    check_float_dtype(frames, "frames")
+    frames = check_float_tensor(frames, "frames", "[steps, tokens, dim]")
     if frames.shape[2] < 1:
         raise ValueError(
             f"frames: expected a non-empty feature dimension, got shape {list(frames.shape)}"

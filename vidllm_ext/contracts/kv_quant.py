@@ -11,7 +11,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from vidllm_ext.contracts.checks import check_choice, check_float_dtype, check_int, check_tensor
+from vidllm_ext.contracts.checks import (
+    check_choice,
+    check_float_dtype,
+    check_float_tensor,
+    check_int,
+    check_tensor,
+)
 
 # --- from vidllm_ext/kv_config.py
 KEY_TRANSFORMS = ("fft", "hadamard", "none")
@@ -389,11 +395,7 @@ def check_packed(packed: object, n: object, per_byte: int, what: str) -> tuple[t
 
 def check_x(x: object) -> torch.Tensor:
     """x: float32/float16/bfloat16 [R, T, C]."""
-    x = check_tensor(x, "x")
-    if x.dim() != 3:
-        raise ValueError(f"x: expected a 3-D tensor [rows, tokens, channels], got {list(x.shape)}")
-    check_float_dtype(x, "x")
-    return x
+    return check_float_tensor(x, "x", "[rows, tokens, channels]")
 
 
 def check_mode(mode: object) -> str:
@@ -646,12 +648,7 @@ def invalid_bytes_error(
 
 def check_kv_tensor(x: Tensor, name: str) -> None:
     """A [B, H, T, D] float32/float16/bfloat16 key or value tensor (``name``: "k" or "v")."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be [B, H, T, D], got shape {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    check_float_tensor(x, name, "[B, H, T, D]")
 
 
 def check_channel_split(split: Tensor, heads: int, head_dim: int, two_bit: int, device) -> Tensor:

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vidllm_ext.contracts.checks import FLOAT_DTYPES, check_choice, check_float_dtype, check_tensor
+from vidllm_ext.contracts.checks import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_float_tensor,
+    check_tensor,
+)
 
 # --- from vidllm_ext/_routing_checks.py
 # Row tensors (gather, scatter) also take float64, so gradients can be checked numerically.
@@ -29,11 +34,7 @@ def check_index_enabled(check_index: bool | None) -> bool:
 
 def check_scores(scores: object) -> torch.Tensor:
     """scores: float32/float16/bfloat16 [tokens]."""
-    scores = check_tensor(scores, "scores")
-    if scores.dim() != 1:
-        raise ValueError(f"scores: expected a 1-D tensor [tokens], got shape {list(scores.shape)}")
-    check_float_dtype(scores, "scores")
-    return scores
+    return check_float_tensor(scores, "scores", "[tokens]")
 
 
 def check_segment_offsets(
@@ -64,14 +65,7 @@ def check_keep_ratio(keep_ratio: object) -> float:
 
 def check_rows(rows: object, name: str, layout: str = "[rows, dim]") -> torch.Tensor:
     """A 2-D float32/float16/bfloat16/float64 tensor."""
-    rows = check_tensor(rows, name)
-    if rows.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D tensor {layout}, got shape {list(rows.shape)}")
-    if rows.dtype not in ROW_DTYPES:
-        raise TypeError(
-            f"{name}: expected dtype float32, float16, bfloat16 or float64, got {rows.dtype}"
-        )
-    return rows
+    return check_float_tensor(rows, name, layout, ROW_DTYPES)
 
 
 def check_index(index: object, x: torch.Tensor, x_name: str = "x") -> torch.Tensor:

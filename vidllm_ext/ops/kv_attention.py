@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vidllm_ext.contracts.checks import check_float_tensor
 from vidllm_ext.contracts.kv_attention import check_packed_layer
 from vidllm_ext.ops import _kv_attention_segments as seg
 from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
@@ -119,12 +120,7 @@ def _(part_max, part_sum, part_acc, dtype):
 
 
 def _check(q: Tensor, layer_state, scale) -> float:
-    if not isinstance(q, Tensor):
-        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
-    if q.dim() != 4:
-        raise ValueError(f"q must be [B, Hq, Lq, D], got shape {tuple(q.shape)}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"q must be float32, float16 or bfloat16, got {q.dtype}")
+    check_float_tensor(q, "q", "[B, Hq, Lq, D]")
     if not getattr(layer_state, "is_initialized", False) or not hasattr(layer_state, "key_blocks"):
         raise ValueError("layer_state must be an initialized PackedKVCache layer (cache.layers[i])")
     check_packed_layer(layer_state)

@@ -6,6 +6,7 @@ from vidllm_ext.reference.frame_drop import (
     dtd_keep_mask,
     dtd_scores,
 )
+from vidllm_ext.reference.kv_attention import packed_attention
 from vidllm_ext.reference.kv_quant_pack import pack_bits, pack_trits, unpack_bits, unpack_trits
 from vidllm_ext.reference.routing import (
     gather_rows,
@@ -21,23 +22,3 @@ from vidllm_ext.reference.token_merge import (
     proportional_attention_bias,
     unmerge,
 )
-
-__all__ = ["compact_tokens", "drop_redundant_tokens", "dtd_keep_mask", "dtd_scores"]
-__all__ += ["pack_bits", "pack_trits", "unpack_bits", "unpack_trits"]
-__all__ += [
-    "bipartite_soft_matching",
-    "hierarchical_merge",
-    "merge_wavg",
-    "proportional_attention_bias",
-    "unmerge",
-]
-__all__ += [
-    "gather_rows",
-    "routed_update",
-    "scatter_add_rows",
-    "select_routed_tokens",
-    "topk_per_segment",
-]
-from vidllm_ext.reference.kv_attention import packed_attention  # noqa: E402
-
-__all__ += ["packed_attention"]
