@@ -94,3 +94,44 @@ def test_last_stats_names_the_techniques():
 def test_last_stats_needs_a_patched_model():
     with pytest.raises(ValueError, match="not patched"):
         vidllm_ext.last_stats(torch.nn.Linear(1, 1))
+
+
+def stage_names(model) -> list[str]:
+    from vidllm_ext.integration.patching import patch_of
+
+    stages = patch_of(model).decoder_stages()
+    return [getattr(stage, "func", stage).__name__ for stage in stages]
+
+
+def test_the_decoder_stages_run_in_the_stated_order():
+    from support.models import build_model
+
+    model = build_model("qwen2_5_vl")
+    dtd, merge = vidllm_ext.DTDConfig(threshold=0.9), vidllm_ext.MergeConfig(4, 8, 1)
+    kv = vidllm_ext.KVQuantConfig(1.5, 1.58, salient_ratio=0.25)
+    vidllm_ext.patch(model, dtd=dtd, merge=merge, kv=kv)
+    assert stage_names(model) == [
+        "_shorten_video_tokens",  # frame drop, then merging
+        "require_packed_cache",
+        "_mark_salient_tokens",  # sees the tokens the video-token stages kept
+    ]
+    vidllm_ext.patch(model, dtd=dtd, mod=vidllm_ext.MoDConfig(keep_ratio=0.5))
+    assert stage_names(model) == ["_shorten_video_tokens", "before_decoder"]  # routing last
+    vidllm_ext.patch(model)
+    assert stage_names(model) == []
+    hooks = model.model.language_model._forward_pre_hooks
+    assert not hooks, "with every technique off the decoder gets no hook"
+    vidllm_ext.unpatch(model)
+
+
+def test_each_technique_keeps_its_own_state():
+    from support.models import build_model
+
+    from vidllm_ext.integration.patching import patch_of
+
+    model = build_model("qwen2_5_vl")
+    vidllm_ext.patch(model, dtd=vidllm_ext.DTDConfig(threshold=0.9))
+    state = patch_of(model)
+    assert state.frame_drop.config.threshold == 0.9 and state.frame_drop.stats is None
+    assert state.token_merge is None and state.routing is None and state.kv_quant is None
+    assert state.config("dtd") is state.frame_drop.config and state.config("merge") is None
