@@ -1,9 +1,9 @@
 """pytest-benchmark suite: token merging ops vs the PyTorch reference on the CPU.
 
 Run: ``pytest benchmarks/test_token_merge_cpu.py --benchmark-only``. Each group is one stage
-(round 1 of the LongVLM shape) or the whole hierarchical merge; compare the ``op`` and ``reference`` rows
-within it. ``python -m vidllm_ext bench --family token_merge --device cpu`` prints the same cases
-with the cost model and torch.compile(reference).
+(round 1 of the LongVLM shape) or the whole hierarchical merge; compare the ``op`` and
+``reference`` rows within it. ``python -m vidllm_ext bench --family token_merge --device cpu``
+prints the same cases with the cost model and torch.compile(reference).
 """
 
 from __future__ import annotations

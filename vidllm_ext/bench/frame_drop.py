@@ -152,7 +152,6 @@ def timed_case(
     ref = reference_fn(case)
     return harness.Case(
         cells=(
-            shape.name,
             shape.label,
             dtype_label(shape.dtype),
             case.op,
@@ -222,9 +221,7 @@ FAMILY = harness.Family(
     title="Frame-difference token drop benchmark",
     shapes=FRAME_DROP_SHAPES,
     default_shapes=FRAME_DROP_DEFAULT_SHAPES,
-    size=lambda shape: shape.frame_bytes,
     columns=(
-        Column("case", numeric=False),
         Column("shape", numeric=False),
         Column("dtype", numeric=False),
         Column("op", numeric=False),

@@ -33,7 +33,8 @@ class Baseline:
 class Case:
     """One table row to measure.
 
-    ``cells``: the family's descriptive cells (its ``columns``, in order); ``op``: the vidllm
+    ``cells``: the family's descriptive cells (its ``columns``, in order, after the shape name
+    the harness puts first); ``op``: the vidllm
     call, inputs bound, or a string saying why it cannot run; ``baselines``: what it is compared
     with; ``bytes`` and ``flops``: the cost model (what the op must move and do); ``notes``: what
     the family's check of the op against its reference found (printed below the table);
@@ -86,17 +87,18 @@ def shape_facts(shapes: list[Any]) -> list[tuple[str, str]]:
 class Family:
     """What one technique's benchmark measures.
 
-    ``shapes`` by name and ``default_shapes`` per device type; ``size`` orders shapes (``--quick``
-    keeps the smallest); ``cases(shape, device, quick)`` yields the cases of one shape (built one
-    at a time, so only one case's inputs live at once); ``targets(device, measured,
-    copy_bytes_per_s)`` gives the verdict lines; ``facts(shapes)`` the lines above the table.
+    ``shapes`` by name (each with ``name``, ``about`` and ``elements``: see
+    :mod:`vidllm_ext.bench.shapes`) and ``default_shapes`` per device type; ``columns``: the
+    family's descriptive columns (after the shape name, which every table starts with);
+    ``cases(shape, device, quick)`` yields the cases of one shape (built one at a time, so only
+    one case's inputs live at once); ``targets(device, measured, copy_bytes_per_s)`` gives the
+    verdict lines; ``facts(shapes)`` the lines above the table.
     """
 
     name: str
     title: str
     shapes: Mapping[str, Any]
     default_shapes: Mapping[str, tuple[str, ...]]
-    size: Callable[[Any], int]
     columns: tuple[Column, ...]
     cases: Callable[[Any, torch.device, bool], Iterable[Case]]
     targets: Callable[[torch.device, list[Measured], float | None], list[str]]
@@ -106,7 +108,7 @@ class Family:
         """The shapes to run: ``names`` of this family's shapes (default: the device's), only
         the smallest with ``quick``."""
         shapes = [self.shapes[name] for name in names or self.default_shapes[device.type]]
-        return [min(shapes, key=self.size)] if quick else shapes
+        return [min(shapes, key=lambda shape: shape.elements)] if quick else shapes
 
 
 def compiled_baseline(make_call: Callable[[], Callable[[], object]], quick: bool) -> Baseline:
@@ -201,7 +203,11 @@ def _report(family, measured, run_facts, check_notes, device, copy_bytes_per_s) 
     baselines = list(measured[0].baseline_s) if measured else []
     reasons: list[str] = []  # why a cell is n/a, numbered [1], [2], ... below the table
     rows = [_row(item, baselines, copy_bytes_per_s, reasons) for item in measured]
-    columns = [*family.columns, *_measure_columns(baselines, copy_bytes_per_s is not None)]
+    columns = [
+        Column("case", numeric=False),  # the shape's name
+        *family.columns,
+        *_measure_columns(baselines, copy_bytes_per_s is not None),
+    ]
     lines = [f"[{number}] {reason}" for number, reason in enumerate(reasons, start=1)]
     lines += [f"check: {note}" for note in check_notes]
     lines += family.targets(device, measured, copy_bytes_per_s)
@@ -251,7 +257,7 @@ def _row(
     ]
     speedups = [item.speedup_over(name) for name in baselines]
     versus = ["n/a" if speedup is None else f"{speedup:.2f}x" for speedup in speedups]
-    return [*item.cells, *cost, *achieved, *copy, *times, *versus]
+    return [item.shape.name, *item.cells, *cost, *achieved, *copy, *times, *versus]
 
 
 def verdict(value: float, threshold: float, percent: bool = False) -> str:

@@ -197,7 +197,7 @@ def cases(shape: DecodeShape, device: torch.device, quick: bool) -> Iterator[har
         except Exception as exc:  # e.g. a build without the CUDA kernel: reported, not hidden
             op, shown = "packed_attention failed: " + timing.compile_failure(exc), "n/a"
         yield harness.Case(
-            cells=(shape.name, config, str(shape.batch), str(shape.tokens),
+            cells=(config, str(shape.batch), str(shape.tokens),
                    f"{case.bf16_bytes / 1e6:.2f}", shown),
             op=op,
             baselines=(
@@ -301,9 +301,7 @@ FAMILY = harness.Family(
     title="Packed attention decode benchmark",
     shapes=KV_ATTENTION_SHAPES,
     default_shapes=KV_ATTENTION_DEFAULT_SHAPES,
-    size=lambda shape: shape.elements,
     columns=(
-        Column("case", numeric=False),
         Column("config", numeric=False),
         Column("B"),
         Column("T"),

@@ -179,7 +179,7 @@ def cases(shape: KVShape, device: torch.device, quick: bool) -> Iterator[harness
     """Every case of :func:`build_cases` at ``shape``, checked against its reference."""
     for case in build_cases(shape.sizes, shape.dtype, str(device)):
         yield harness.Case(
-            cells=(shape.name, shape.label, dtype_label(shape.dtype), case.name),
+            cells=(shape.label, dtype_label(shape.dtype), case.name),
             op=lambda case=case: case.op(*case.args),
             baselines=(
                 Baseline("ref", lambda case=case: case.reference(*case.args)),
@@ -209,9 +209,7 @@ FAMILY = harness.Family(
     title="KV packing and group quantization benchmark",
     shapes=KV_QUANT_SHAPES,
     default_shapes=KV_QUANT_DEFAULT_SHAPES,
-    size=lambda shape: shape.elements,
     columns=(
-        Column("case", numeric=False),
         Column("rows x tokens x dim", numeric=False),
         Column("dtype", numeric=False),
         Column("op", numeric=False),

@@ -168,7 +168,7 @@ def cases(shape: RoutingShape, device: torch.device, quick: bool) -> Iterator[ha
         op, ref = (make_call(case, impl, inputs, shape.keep_ratio) for impl in (ops, reference))
         rows = shape.selected - shape.text_tokens if case == "topk" else shape.selected
         yield harness.Case(
-            cells=(shape.name, shape.label, dtype_label(shape.dtype), case, str(rows)),
+            cells=(shape.label, dtype_label(shape.dtype), case, str(rows)),
             op=op,
             baselines=(
                 Baseline("ref", ref),
@@ -227,9 +227,7 @@ FAMILY = harness.Family(
     title="Layer-skip routing op benchmark",
     shapes=ROUTING_SHAPES,
     default_shapes=ROUTING_DEFAULT_SHAPES,
-    size=lambda shape: shape.elements,
     columns=(
-        Column("case", numeric=False),
         Column("tokens x dim", numeric=False),
         Column("dtype", numeric=False),
         Column("op", numeric=False),

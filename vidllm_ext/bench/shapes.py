@@ -2,7 +2,9 @@
 
 Each family has its shapes keyed by name (``<FAMILY>_SHAPES``) and the names a run measures when
 none are given, per device (``<FAMILY>_DEFAULT_SHAPES``). Every family also has a ``tiny`` shape:
-a smoke-test size (a run in seconds), not a realistic one.
+a smoke-test size (a run in seconds), not a realistic one. Every shape has a ``name``, an
+``about`` (what it stands for) and ``elements`` (its size, by which ``--quick`` keeps the
+smallest).
 
 Video-like inputs: every token position has a base vector, and each step redraws the position's
 noise around it at a per-position scale. Static positions (small scale) stay close to the previous
@@ -59,9 +61,9 @@ class FrameShape:
         return f"{self.steps}x{self.tokens}x{self.dim}"
 
     @property
-    def frame_bytes(self) -> int:
-        """Bytes of the frames tensor (what ``--quick`` orders shapes by)."""
-        return self.steps * self.tokens * self.dim * dtype_size(self.dtype)
+    def elements(self) -> int:
+        """Elements of the frames tensor (what ``--quick`` orders shapes by)."""
+        return self.steps * self.tokens * self.dim
 
 
 FRAME_DROP_SHAPES: dict[str, FrameShape] = {

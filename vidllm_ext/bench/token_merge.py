@@ -210,7 +210,7 @@ def cases(shape: MergeShape, device: torch.device, quick: bool) -> Iterator[harn
     tokens = video_tokens(shape, device)
     for stage in [*first_round_cases(shape, tokens), end_to_end_case(shape, tokens)]:
         yield harness.Case(
-            cells=(shape.name, shape.label, dtype_label(shape.dtype), stage.stage),
+            cells=(shape.label, dtype_label(shape.dtype), stage.stage),
             op=stage.op,
             baselines=(
                 Baseline("ref", lambda stage=stage: stage.reference(*stage.reference_args)),
@@ -247,9 +247,7 @@ FAMILY = harness.Family(
     title="Token merging benchmark",
     shapes=TOKEN_MERGE_SHAPES,
     default_shapes=TOKEN_MERGE_DEFAULT_SHAPES,
-    size=lambda shape: shape.elements,
     columns=(
-        Column("case", numeric=False),
         Column("shape", numeric=False),
         Column("dtype", numeric=False),
         Column("stage", numeric=False),
