@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vidllm_ext.bench import cli, harness
+from vidllm_ext.bench import cli, frame_drop, harness, kv_attention, routing
 from vidllm_ext.bench.families import FAMILIES
 from vidllm_ext.bench.tables import Column
 
@@ -112,3 +112,33 @@ def test_a_case_that_cannot_run_is_reported_in_its_row(capsys):
     assert "n/a [1]" in row
     assert "[1] the op failed: no kernel for this device" in report.text
     assert "target: not measured (the op failed)" in report.text
+
+
+def measured(family: str, shape: str, spec, op_s: float, baselines: dict, mb: float):
+    return harness.Measured(
+        shape=FAMILIES[family].shapes[shape],
+        cells=(),
+        bytes=int(mb * 1e6),
+        flops=0,
+        spec=spec,
+        op_s=op_s,
+        baseline_s=baselines,
+    )
+
+
+def test_gpu_targets_read_the_measurements():
+    # No GPU here: the CUDA-only verdicts are checked on made-up measurements.
+    cuda, copy = torch.device("cuda"), 1e12  # 1 TB/s of copy bandwidth
+    drop = frame_drop.CASES[0]  # drop feature/absolute
+    lines = frame_drop.targets(
+        cuda, [measured("frame_drop", "timechat-online", drop, 1e-3, {}, 900.0)], copy
+    )
+    assert lines[-1].endswith("timechat-online drop feature/absolute: 90.0% PASS")
+    gather = measured("routing", "long-video", "gather", 1e-3, {}, 500.0)
+    assert routing.targets(cuda, [gather], copy)[0].endswith("gather: 50.0% MISS")
+    packed = measured("kv_attention", "128k", "1.5/1.58", 1e-3, {"bf16 SDPA": 5e-3}, 700.0)
+    lines = kv_attention.targets(cuda, [packed], copy)
+    assert "speedup over bf16 SDPA >= 4x, B=1: 5.00x PASS" in lines[0]
+    assert "fraction of copy bandwidth >= 60%, B=1: 70.0% PASS" in lines[1]
+    assert "2/2 at 131072 tokens" in lines[2] and "not measured" in lines[2]
+    assert "needs --device cpu" in lines[3]

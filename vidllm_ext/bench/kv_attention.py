@@ -207,7 +207,7 @@ def cases(shape: DecodeShape, device: torch.device, quick: bool) -> Iterator[har
             bytes=case.packed_bytes,
             flops=case.flops,
             notes=tuple(notes),
-            spec=(config, case.sdpa_note),
+            spec=config,
         )  # fmt: skip
 
 
@@ -242,7 +242,7 @@ def _gpu_targets(measured: list[Measured], copy_bytes_per_s: float | None) -> li
     lines = []
     for config, what, threshold in GPU_TARGETS:
         title = _gpu_title(config, what, threshold)
-        rows = [m for m in measured if m.spec[0] == config and m.shape.tokens == GPU_TARGET_TOKENS]
+        rows = [m for m in measured if m.spec == config and m.shape.tokens == GPU_TARGET_TOKENS]
         if not rows:
             lines.append(f"{title}: not measured in this run (needs T={GPU_TARGET_TOKENS})")
         for item in rows:
@@ -264,7 +264,7 @@ def _cpu_targets(measured: list[Measured]) -> list[str]:
     for item in rows:
         speedup = item.speedup_over("deq+SDPA")
         shown = "not measured" if speedup is None else harness.verdict(speedup, CPU_TARGET[1])
-        lines.append(f"{title}, {item.spec[0]} B={item.shape.batch}: {shown}")
+        lines.append(f"{title}, {item.spec} B={item.shape.batch}: {shown}")
     return lines
 
 
