@@ -138,6 +138,23 @@ def compiled_baseline(make_call: Callable[[], Callable[[], object]], quick: bool
     return Baseline("compiled", call)
 
 
+def compiled_call(
+    reference: Callable[..., object], *args: Any, **kwargs: Any
+) -> Callable[[], Callable[[], object]]:
+    """For :func:`compiled_baseline`: ``torch.compile(reference)`` bound to the arguments.
+
+    Example:
+        >>> x = torch.randn(8)
+        >>> baseline = compiled_baseline(compiled_call(torch.sin, x), quick=False)
+    """
+
+    def make_call() -> Callable[[], object]:
+        function = torch.compile(reference)
+        return lambda: function(*args, **kwargs)
+
+    return make_call
+
+
 def measure(shape: Any, case: Case, device: torch.device, budget: timing.Budget) -> Measured:
     """Times the op and every timeable baseline of ``case`` in alternation."""
     calls = [case.op] if callable(case.op) else []

@@ -183,18 +183,13 @@ def cases(shape: KVShape, device: torch.device, quick: bool) -> Iterator[harness
             op=lambda case=case: case.op(*case.args),
             baselines=(
                 Baseline("ref", lambda case=case: case.reference(*case.args)),
-                harness.compiled_baseline(lambda case=case: _compiled_call(case), quick),
+                harness.compiled_baseline(harness.compiled_call(case.reference, *case.args), quick),
             ),
             bytes=case.bytes,
             flops=case.flops,
             notes=() if outputs_agree(case) else ("op and reference outputs DIFFER",),
             spec=case.name,
         )
-
-
-def _compiled_call(case: PackCase) -> Callable[[], object]:
-    function = torch.compile(case.reference)
-    return lambda: function(*case.args)
 
 
 def targets(

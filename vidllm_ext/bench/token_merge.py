@@ -214,17 +214,14 @@ def cases(shape: MergeShape, device: torch.device, quick: bool) -> Iterator[harn
             op=stage.op,
             baselines=(
                 Baseline("ref", lambda stage=stage: stage.reference(*stage.reference_args)),
-                harness.compiled_baseline(lambda stage=stage: _compiled_call(stage), quick),
+                harness.compiled_baseline(
+                    harness.compiled_call(stage.reference, *stage.reference_args), quick
+                ),
             ),
             bytes=stage.cost.bytes,
             flops=stage.cost.flops,
             spec=stage.stage,
         )
-
-
-def _compiled_call(stage: StageCase) -> Callable[[], object]:
-    function = torch.compile(stage.reference)
-    return lambda: function(*stage.reference_args)
 
 
 def targets(
