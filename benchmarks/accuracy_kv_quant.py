@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from vidllm_ext import KVQuantConfig, ops
-from vidllm_ext.bench.harness import commit_label
+from vidllm_ext.bench.facts import commit_label
 
 CONFIGS = {
     "KIVI 2/2 token-wise values": KVQuantConfig(2, 2, value_axis="token"),

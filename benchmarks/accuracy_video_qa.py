@@ -26,7 +26,7 @@ import torch
 
 import vidllm_ext
 from vidllm_ext import DTDConfig, KVQuantConfig, MoDConfig
-from vidllm_ext.bench.harness import commit_label
+from vidllm_ext.bench.facts import commit_label
 from vidllm_ext.demo import model as demo_model
 from vidllm_ext.demo import task as demo_task
 from vidllm_ext.demo.processor import messages_for

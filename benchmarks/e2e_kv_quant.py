@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from vidllm_ext import KVQuantConfig, PackedKVCache
-from vidllm_ext.bench import harness
+from vidllm_ext.bench import facts, timing
 from vidllm_ext.integration.kv_attention import AttentionImplementation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -249,7 +249,7 @@ def _guarded(cache: str, run: Callable[[], Run]) -> Run:
     try:
         return run()
     except Exception as exc:  # reported in the table (e.g. a build without the CUDA kernel)
-        return _failed(cache, harness.compile_failure(exc))
+        return _failed(cache, timing.compile_failure(exc))
     finally:
         gc.collect()
         if torch.cuda.is_available():
@@ -262,8 +262,8 @@ def report(runs: list[Run], args, device: torch.device) -> str:
     lines = [
         "# End-to-end packed KV cache benchmark: decode tokens per second and cache bytes",
         "",
-        f"- **device**: {harness.device_name(device)}",
-        f"- **commit**: {harness.commit_label()}",
+        f"- **device**: {facts.device_name(device)}",
+        f"- **commit**: {facts.commit_label()}",
         f"- **date**: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- **torch**: {torch.__version__}",
         f"- **model**: {model_line(args)}",
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    problem = harness.cuda_problem(device)
+    problem = facts.cuda_problem(device)
     if problem:
         print(f"e2e_kv_quant: skipped, {problem}")
         return 0

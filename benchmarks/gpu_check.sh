@@ -26,19 +26,27 @@ usage() {
 # ---- the plan: name | timeout s | script (relative to the root) | arguments -----------------
 # Short forms: few repeats, no torch.compile, and where it is cheap the shape each target is
 # defined at (benchmarks/README.md), so the verdicts below the tables are real ones.
-# Benchmarks that take --markdown write their table to OUTDIR/tables/NAME.md.
+# Benchmarks that take --markdown write their table to OUTDIR/tables/NAME.md. The op benchmarks
+# are one command, `python -m vidllm_ext bench` (script BENCH_CLI: run from OUTDIR, so the
+# installed package is imported), one step per family so each has its own timeout.
+BENCH_CLI="vidllm_ext/bench/cli.py"
 BENCHMARKS=(
-  "gpu_frame_drop|45|benchmarks/gpu_frame_drop.py|--quick --shapes timechat-online --markdown @TABLE@"
-  "gpu_routing|45|benchmarks/gpu_routing.py|--quick --shapes long-video --markdown @TABLE@"
-  "gpu_kv_quant|45|benchmarks/gpu_kv_quant.py|--quick --markdown @TABLE@"
-  "gpu_token_merge|60|benchmarks/gpu_token_merge.py|--quick --shapes qwen2.5-vl-7b --markdown @TABLE@"
-  "packed_attention|75|benchmarks/kv_attention_suite.py|--quick --lengths 131072 --batches 1 --markdown @TABLE@"
+  "frame_drop|45|$BENCH_CLI|--family frame_drop --device cuda --quick --shapes timechat-online --markdown @TABLE@"
+  "routing|45|$BENCH_CLI|--family routing --device cuda --quick --shapes long-video --markdown @TABLE@"
+  "kv_quant|45|$BENCH_CLI|--family kv_quant --device cuda --quick --markdown @TABLE@"
+  "token_merge|60|$BENCH_CLI|--family token_merge --device cuda --quick --shapes qwen2.5-vl-7b --markdown @TABLE@"
+  "kv_attention|75|$BENCH_CLI|--family kv_attention --device cuda --quick --shapes 128k --markdown @TABLE@"
   "routing_training|100|benchmarks/routing_training.py|--quick --layers 2 --markdown @TABLE@"
   "e2e_kv_quant|80|benchmarks/e2e_kv_quant.py|--context 16384 --layers 1 --new-tokens 16 --markdown @TABLE@"
   "e2e_frame_drop|100|benchmarks/e2e_frame_drop.py|--steps 128 --layers 2 --repeats 1"
 )
 BUILD_TIMEOUT_S=240
 TESTS_TIMEOUT_S=200
+
+# The command line of a planned script: the bench CLI as a module, the others as files.
+command_of() {
+  if [[ "$1" == "$BENCH_CLI" ]]; then echo "-m vidllm_ext bench"; else echo "$1"; fi
+}
 
 print_plan() {
   echo "gpu_check plan (root $ROOT, python $PYTHON, deadline ${BUDGET_S} s):"
@@ -48,13 +56,14 @@ print_plan() {
   local entry name timeout script args
   for entry in "${BENCHMARKS[@]}"; do
     IFS="|" read -r name timeout script args <<<"$entry"
-    echo "  ${name}  ${timeout}s  python ${script} ${args//@TABLE@/OUTDIR/tables/$name.md}"
+    echo "  ${name}  ${timeout}s  python $(command_of "$script") ${args//@TABLE@/OUTDIR/tables/$name.md}"
   done
 }
 
-# Every planned script exists and parses, every option the plan gives it is declared in it (or
-# in a module of benchmarks/ or vidllm_ext/bench/ it imports), and every benchmarks/gpu_*.py,
-# e2e_*.py and routing_training.py is in the plan (a new GPU benchmark must be added here).
+# Every planned script exists and parses, every option the plan gives it (and every --family and
+# --shapes name) is declared in it (or in a module of benchmarks/ or vidllm_ext/bench/ it
+# imports), every benchmarks/e2e_*.py and routing_training.py is in the plan, and so is every
+# benchmark family of vidllm_ext/bench/ (a new GPU benchmark must be added here).
 dry_run() {
   print_plan
   local steps=() entry name timeout script args
@@ -99,14 +108,28 @@ for script, args in steps:
     except SyntaxError as exc:
         problems.append(f"{script}: does not parse: {exc}")
         continue
-    for option in (word for word in args.split() if word.startswith("--")):
+    words = args.split()
+    for option in (word for word in words if word.startswith("--")):
         if option not in declared:
             problems.append(f"{script}: option {option} is not declared by the script")
+    for option, value in zip(words, words[1:]):
+        if option in ("--family", "--shapes") and value not in declared:
+            problems.append(f"{script}: {option} {value} is not declared by the script")
 planned = {script for script, _ in steps}
 for pattern in ("gpu_*.py", "e2e_*.py", "routing_training.py"):
     for path in sorted((root / "benchmarks").glob(pattern)):
         if f"benchmarks/{path.name}" not in planned:
             problems.append(f"benchmarks/{path.name}: a GPU benchmark missing from the plan")
+planned_families = {
+    value for _, args in steps for option, value in zip(args.split(), args.split()[1:])
+    if option == "--family"
+}
+for path in sorted((root / "vidllm_ext" / "bench").glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Family":
+            name = next((k.value.value for k in node.keywords if k.arg == "name"), None)
+            if name not in planned_families:
+                problems.append(f"vidllm_ext/bench/{path.name}: family {name} missing from the plan")
 if not (root / "tests").is_dir():
     problems.append("tests/: missing")
 for problem in problems:
@@ -255,8 +278,11 @@ run_step cuda_tests "$TESTS_TIMEOUT_S" "$ROOT/tests" "$PYTHON" -m pytest -m cuda
 for entry in "${BENCHMARKS[@]}"; do
   IFS="|" read -r name timeout script args <<<"$entry"
   read -r -a argv <<<"${args//@TABLE@/$OUT/tables/$name.md}"
-  run_step "$name" "$timeout" "$ROOT" "$PYTHON" "$ROOT/$script" "${argv[@]}" ||
-    failures=$((failures + 1))
+  if [[ "$script" == "$BENCH_CLI" ]]; then # from OUTDIR: the installed package, not the tree
+    run_step "$name" "$timeout" "$OUT" "$PYTHON" -m vidllm_ext bench "${argv[@]}"
+  else
+    run_step "$name" "$timeout" "$ROOT" "$PYTHON" "$ROOT/$script" "${argv[@]}"
+  fi || failures=$((failures + 1))
 done
 # Benchmarks that always write into benchmarks/results (e2e_frame_drop): copy what this run wrote.
 find "$ROOT/benchmarks/results" -type f -newer "$OUT/.start" -exec cp {} "$OUT/results/" \; 2>/dev/null

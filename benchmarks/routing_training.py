@@ -30,8 +30,9 @@ import torch
 from routing_training_setup import PRESETS, Sequence, build_model, step_flops, training_inputs
 
 import vidllm_ext
-from vidllm_ext.bench import harness
-from vidllm_ext.bench.harness import Budget, Column
+from vidllm_ext.bench import facts, tables, timing
+from vidllm_ext.bench.tables import Column
+from vidllm_ext.bench.timing import Budget
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_TIME_SAVING, TARGET_MEMORY_SAVING = 0.30, 0.20
@@ -108,7 +109,7 @@ def measure(name, model, inputs, mod, sequence, device, budget, lr, into=None) -
         measured = into or Measured(name, tokens, routed)
         if into is None:
             measured.saved_bytes = saved_for_backward_bytes(model, inputs)
-        (seconds,) = harness.time_callables([step], device, budget)
+        (seconds,) = timing.time_callables([step], device, budget)
         measured.step_s.append(seconds)
         if device.type == "cuda":  # apart from the timing, whose L2 flush buffer would count
             torch.cuda.synchronize(device)
@@ -149,9 +150,9 @@ def run(args, device: torch.device) -> tuple[list[Measured], Sequence]:
 def report(args, device, measured: list[Measured], sequence: Sequence) -> tuple[str, str]:
     preset = PRESETS[args.preset]
     budget = BUDGETS["quick" if args.quick else device.type]
-    facts = harness.run_facts(device, budget, None)
-    facts = [fact for fact in facts if fact[0] != "copy bandwidth"]
-    facts += [
+    run_facts = facts.run_facts(device, budget, None)
+    run_facts = [fact for fact in run_facts if fact[0] != "copy bandwidth"]
+    run_facts += [
         ("model", f"Qwen2.5-VL text stack, {preset.describe(args.layers)}, random weights"),
         (
             "optimizer",
@@ -175,7 +176,7 @@ def report(args, device, measured: list[Measured], sequence: Sequence) -> tuple[
         ),
     ]
     if device.type == "cpu":
-        facts.append(("host load average (1 min) at the end", f"{os.getloadavg()[0]:.2f}"))
+        run_facts.append(("host load average (1 min) at the end", f"{os.getloadavg()[0]:.2f}"))
     columns = [
         Column("run", False),
         Column("routed layers", False),
@@ -189,9 +190,9 @@ def report(args, device, measured: list[Measured], sequence: Sequence) -> tuple[
         Column("peak - resident GiB"),
     ]
     rows = [_row(item, preset, args.layers, sequence) for item in measured]
-    return harness.render_report(
+    return tables.render_report(
         ("Routed training step benchmark", "Routed training step benchmark (layer-skip routing)"),
-        facts,
+        run_facts,
         columns,
         rows,
         _summary(measured, preset, args, device, sequence),
@@ -216,7 +217,7 @@ def _row(item: Measured, preset, layers: int, sequence: Sequence) -> list[str]:
         ", ".join(map(str, item.routed_layers)) or "-",
         " / ".join(map(str, distinct)),
         f"{flops / 1e12:.3f}",
-        harness.format_ms(step_s),
+        tables.format_ms(step_s),
         f"{flops / step_s / 1e12:.2f}",
         f"{statistics.median(item.losses):.3f}",
         f"{item.saved_bytes / GIB:.3f}",
@@ -273,7 +274,7 @@ def main(argv: list[str]) -> int:
     """
     args = _parser().parse_args(argv)
     device = torch.device(args.device)
-    problem = harness.cuda_problem(device)
+    problem = facts.cuda_problem(device)
     if problem:
         print(f"routing_training: skipped, {problem}")
         return 0
@@ -284,8 +285,8 @@ def main(argv: list[str]) -> int:
     print(text)
     path = args.markdown
     if path is None and device.type == "cuda":
-        path = harness.results_file(RESULTS, "routing_training", harness.device_name(device))
-    harness.save_report(markdown, path)
+        path = facts.results_file(RESULTS, "routing_training", facts.device_name(device))
+    facts.save_report(markdown, path)
     return 0
 
 

@@ -1,20 +1,19 @@
 """pytest-benchmark suite: vidllm ops vs the PyTorch reference at the CPU shape.
 
-Run: ``pytest benchmarks/test_frame_drop_cpu.py --benchmark-only``. Each group is one case; compare
-the
-``op`` and ``reference`` rows within it.
+Run: ``pytest benchmarks/test_frame_drop_cpu.py --benchmark-only``. Each group is one case;
+compare the ``op`` and ``reference`` rows within it.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from shapes import SHAPES, video_frames
 
 from vidllm_ext import ops, reference
-from vidllm_ext.bench.frame_drop import CASES, Case, bytes_moved
+from vidllm_ext.bench.frame_drop import CASES, DropCase, bytes_moved
+from vidllm_ext.bench.shapes import FRAME_DROP_SHAPES, video_frames
 
-SHAPE = SHAPES["cpu"]
+SHAPE = FRAME_DROP_SHAPES["cpu"]
 DROP_CASES = [case for case in CASES if case.op == "drop"]
 IMPLEMENTATIONS = {"op": ops.drop_redundant_tokens, "reference": reference.drop_redundant_tokens}
 # Warm-up keeps first-call costs (page faults of fresh outputs, lazy initialization) out of the
@@ -30,7 +29,7 @@ def inputs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("case", DROP_CASES, ids=lambda case: case.label)
-def test_drop_redundant_tokens(benchmark, inputs, case: Case, implementation: str) -> None:
+def test_drop_redundant_tokens(benchmark, inputs, case: DropCase, implementation: str) -> None:
     frames, prev = inputs[case.method]
     benchmark.group = f"{SHAPE.name} {SHAPE.label} drop_redundant_tokens {case.label}"
     result = benchmark(

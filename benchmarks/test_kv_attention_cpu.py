@@ -1,6 +1,6 @@
 """pytest-benchmark suite: one decode step of ops.packed_attention vs dequantize + SDPA on the CPU,
 at the Qwen2.5-VL-7B attention shape (28 query heads, 4 KV heads, head_dim 128, bfloat16) over a
-cache of 4096 tokens, batch 1, for each configuration of kv_attention_cases.py.
+cache of 4096 tokens, batch 1, for each configuration of vidllm_ext.bench.kv_attention.
 
 Run: ``pytest benchmarks/test_kv_attention_cpu.py --benchmark-only``. Each group is one
 configuration; compare its ``packed`` and ``dequantize_sdpa`` rows. ``extra_info`` holds the cost
@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 
 import pytest
-from support.kv_attention_cases import CONFIGS, MIN_COSINE, build_case, min_cosine
+
+from vidllm_ext.bench.kv_attention import CONFIGS, MIN_COSINE, build_case, min_cosine
 
 TOKENS = 4096
 pytestmark = pytest.mark.benchmark(warmup=True, warmup_iterations=2, min_rounds=5)

@@ -1,16 +1,17 @@
 """pytest-benchmark suite: the routing ops vs the PyTorch reference at the CPU shape.
 
 Run: ``pytest benchmarks/test_routing_cpu.py --benchmark-only``. Each group is one case; compare
-the ``op`` and ``reference`` rows within it. The cost model is in ``routing_suite.py``.
+the ``op`` and ``reference`` rows within it. The cost model is in
+``vidllm_ext/bench/routing.py``.
 """
 
 from __future__ import annotations
 
 import pytest
-from routing_suite import CASES, bytes_moved, make_call, routing_inputs
-from shapes import ROUTING_SHAPES
 
 from vidllm_ext import ops, reference
+from vidllm_ext.bench.routing import CASES, bytes_moved, make_call, routing_inputs
+from vidllm_ext.bench.shapes import ROUTING_SHAPES
 
 SHAPE = ROUTING_SHAPES["cpu"]
 IMPLEMENTATIONS = {"op": ops, "reference": reference}

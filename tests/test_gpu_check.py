@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.sh, the first command to run on a GPU: its dry run (the plan, every
-script present, parsing and taking the options the plan gives it), and a whole run on stubs
-(a fake nvidia-smi, pip, pytest and benchmarks, one of them hung) that must still write the
-summary within its deadline."""
+script present, parsing and taking the options the plan gives it, every benchmark family
+planned), and a whole run on stubs (a fake nvidia-smi, pip, pytest, bench command and
+benchmarks, one of them hung) that must still write the summary within its deadline."""
 
 import os
 import shutil
@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 GPU_BENCHMARKS = sorted(
     path.name
-    for pattern in ("gpu_*.py", "e2e_*.py", "routing_training.py")
+    for pattern in ("e2e_*.py", "routing_training.py")
     for path in (ROOT / "benchmarks").glob(pattern)
 )
+FAMILIES = ("frame_drop", "token_merge", "routing", "kv_quant", "kv_attention")
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bash") is None or not SCRIPT.exists(), reason="needs bash and a source tree"
@@ -40,9 +41,11 @@ def test_dry_run_plans_every_gpu_benchmark():
     assert result.returncode == 0, result.stderr
     assert "scripts ok" in result.stdout
     assert "pytest -m cuda" in result.stdout and "--no-build-isolation" in result.stdout
-    assert {"gpu_frame_drop.py", "e2e_frame_drop.py", "routing_training.py"} <= set(GPU_BENCHMARKS)
+    assert {"e2e_frame_drop.py", "e2e_kv_quant.py", "routing_training.py"} <= set(GPU_BENCHMARKS)
     for name in GPU_BENCHMARKS:
         assert f"benchmarks/{name}" in result.stdout
+    for family in FAMILIES:
+        assert f"python -m vidllm_ext bench --family {family} --device cuda" in result.stdout
 
 
 def copy_tree(tmp_path: Path) -> Path:
@@ -59,23 +62,31 @@ def copy_tree(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "breakage,message",
     [
-        ("missing", "benchmarks/gpu_routing.py: missing"),
-        ("syntax", "benchmarks/gpu_routing.py: does not parse"),
-        ("option", "option --shapes is not declared"),
-        ("unplanned", "benchmarks/gpu_new.py: a GPU benchmark missing from the plan"),
+        ("missing", "benchmarks/routing_training.py: missing"),
+        ("syntax", "benchmarks/routing_training.py: does not parse"),
+        ("option", "option --layers is not declared"),
+        ("shape", "--shapes timechat-online is not declared"),
+        ("unplanned", "benchmarks/e2e_new.py: a GPU benchmark missing from the plan"),
+        ("family", "vidllm_ext/bench/new.py: family new_family missing from the plan"),
     ],
 )
 def test_dry_run_fails_on_a_broken_plan(tmp_path, breakage, message):
     root = copy_tree(tmp_path)
-    routing = root / "benchmarks" / "gpu_routing.py"
+    training = root / "benchmarks" / "routing_training.py"
+    bench = root / "vidllm_ext" / "bench"
     if breakage == "missing":
-        routing.unlink()
+        training.unlink()
     elif breakage == "syntax":
-        routing.write_text(routing.read_text() + "\ndef broken(:\n")
+        training.write_text(training.read_text() + "\ndef broken(:\n")
     elif breakage == "option":
-        routing.write_text(routing.read_text().replace('"--shapes"', '"--shape-names"'))
+        training.write_text(training.read_text().replace('"--layers"', '"--layer-count"'))
+    elif breakage == "shape":
+        shapes = bench / "shapes.py"
+        shapes.write_text(shapes.read_text().replace('"timechat-online"', '"timechat"'))
+    elif breakage == "unplanned":
+        (root / "benchmarks" / "e2e_new.py").write_text("print('new')\n")
     else:
-        (root / "benchmarks" / "gpu_new.py").write_text("print('new')\n")
+        (bench / "new.py").write_text("FAMILY = harness.Family(name='new_family')\n")
     result = run_check(root, "--dry-run")
     assert result.returncode == 1
     assert message in result.stderr
@@ -86,9 +97,19 @@ def write_executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
+STUB_BENCHMARK = (
+    "import sys, time\n"
+    "args = sys.argv[1:]\n"
+    "if '--markdown' in args:\n"
+    "    path = args[args.index('--markdown') + 1]\n"
+    "    open(path, 'w').write('| a |\\n|--|\\n| 1 |\\n')\n"
+    "print('target GPU ' + sys.argv[1] + ': 1.23x PASS')\n"
+)
+
+
 def stub_repository(tmp_path: Path) -> tuple[Path, dict]:
     """A repository whose benchmarks are stubs printing a target line (e2e_frame_drop hangs), and a
-    PATH with a fake nvidia-smi and a python that fakes pip and pytest."""
+    PATH with a fake nvidia-smi and a python that fakes pip, pytest and the bench command."""
     root = tmp_path / "repo"
     (root / "benchmarks").mkdir(parents=True)
     (root / "tests").mkdir()
@@ -97,17 +118,11 @@ def stub_repository(tmp_path: Path) -> tuple[Path, dict]:
     for line in plan.splitlines():
         words = line.split()
         if len(words) > 3 and words[2] == "python" and words[3].startswith("benchmarks/"):
-            body = (
-                "import sys, time\n"
-                "args = sys.argv[1:]\n"
-                "if '--markdown' in args:\n"
-                "    path = args[args.index('--markdown') + 1]\n"
-                "    open(path, 'w').write('| a |\\n|--|\\n| 1 |\\n')\n"
-                f"print('target GPU {words[0]}: 1.23x PASS')\n"
-            )
+            body = STUB_BENCHMARK.replace("sys.argv[1]", repr(words[0]))
             if words[0] == "e2e_frame_drop":
                 body = "import time\ntime.sleep(600)\n"
             (root / words[3]).write_text(body)
+    (tmp_path / "stub_bench.py").write_text(STUB_BENCHMARK.replace("sys.argv[1]", "sys.argv[2]"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     write_executable(
@@ -125,6 +140,8 @@ def stub_repository(tmp_path: Path) -> tuple[Path, dict]:
         bin_dir / "python",
         "#!/usr/bin/env bash\n"
         'if [[ "$1 $2" == "-m pip" ]]; then env | grep ^VIDLLM_ > "$STUB_LOG"; exit 0; fi\n'
+        f'if [[ "$1 $2" == "-m vidllm_ext" ]]; then shift 3; exec {sys.executable} '
+        f'{tmp_path / "stub_bench.py"} "$@"; fi\n'
         'if [[ "$1 $2" == "-m pytest" ]]; then\n'
         '  for arg in "$@"; do [[ $arg == --junitxml=* ]] && xml=${arg#--junitxml=}; done\n'
         f"  echo '{junit}' > \"$xml\"; exit 1\n"
@@ -151,8 +168,9 @@ def test_run_on_stubs_writes_the_summary_despite_a_hung_step(tmp_path):
     assert "Stub GPU, 9.0" in summary
     assert "passed 2, failed 1, errors 0, skipped 0" in summary
     assert "FAILED test_x::c" in summary
-    assert "target GPU gpu_frame_drop: 1.23x PASS" in summary
+    assert "target GPU frame_drop: 1.23x PASS" in summary
+    assert "target GPU kv_attention: 1.23x PASS" in summary
     assert "target GPU routing_training: 1.23x PASS" in summary
     assert "| e2e_frame_drop | timeout" in summary
-    assert "tables/gpu_routing.md" in summary
-    assert (out / "tables" / "gpu_routing.md").exists()
+    assert "tables/routing.md" in summary
+    assert (out / "tables" / "routing.md").exists()

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=command_demo)
     # Listed for --help only: main() hands `bench ...` to vidllm_ext.bench.cli before parsing.
-    commands.add_parser("bench", help="microbenchmarks (python -m vidllm_ext bench --help)")
+    commands.add_parser(
+        "bench", help="op benchmarks of every family (python -m vidllm_ext bench --help)"
+    )
     return parser
 
 

@@ -1,352 +1,288 @@
-"""Timing, copy bandwidth, tables and run facts shared by every kernel benchmark.
+"""The one run loop of every benchmark family: each case's op timed against its baselines, the
+cost model's bytes and FLOPs turned into GB/s, GFLOP/s and (on CUDA) the fraction of the measured
+copy bandwidth, and the report (run facts, the table, notes, the family's target verdicts).
 
-CPU: warm-up, then the median of ``time.perf_counter`` measurements. CUDA: warm-up, then the
-median of CUDA-event measurements with the L2 cache flushed (a 256 MiB buffer written) before each
-one, so every repeat reads its inputs from device memory. Callables compared with each other are
-measured in alternation.
+A family (:class:`Family`, one module per technique in :mod:`vidllm_ext.bench`) only says what
+to measure: its shapes, its cases (inputs bound into calls, with their cost) and its targets.
 """
 
 from __future__ import annotations
 
-import datetime
-import platform
-import re
-import statistics
-import subprocess
+import os
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from vidllm_ext import build_info
-
-L2_FLUSH_BYTES = 256 * 1024**2
-COPY_BYTES = 2 * 1024**3  # the copy-bandwidth probe copies this many bytes (and reads as many)
+from vidllm_ext.bench import facts, timing
+from vidllm_ext.bench.tables import Column, format_ms, render_report
 
 
 @dataclass(frozen=True)
-class Budget:
-    """How hard to measure: warm-up calls, then enough repeats to fill ``target_s`` seconds per
-    timed callable, clamped to ``[min_repeats, max_repeats]``."""
+class Baseline:
+    """A call the op is compared with: its column name (``"ref"``, ``"compiled"``, ...) and the
+    call, or a string saying why it is not timed."""
 
-    warmup: int
-    target_s: float
-    min_repeats: int
-    max_repeats: int
+    name: str
+    call: Callable[[], object] | str
 
 
-FULL = Budget(warmup=3, target_s=0.75, min_repeats=5, max_repeats=1000)
-QUICK = Budget(warmup=1, target_s=0.02, min_repeats=3, max_repeats=5)
+@dataclass(frozen=True)
+class Case:
+    """One table row to measure.
+
+    ``cells``: the family's descriptive cells (its ``columns``, in order, after the shape name
+    the harness puts first); ``op``: the vidllm
+    call, inputs bound, or a string saying why it cannot run; ``baselines``: what it is compared
+    with; ``bytes`` and ``flops``: the cost model (what the op must move and do); ``notes``: what
+    the family's check of the op against its reference found (printed below the table);
+    ``spec``: the family's own description of the case, for its targets.
+    """
+
+    cells: tuple[str, ...]
+    op: Callable[[], object] | str
+    baselines: tuple[Baseline, ...]
+    bytes: int
+    flops: int
+    notes: tuple[str, ...] = ()
+    spec: Any = None
 
 
-def time_callables(
-    fns: Sequence[Callable[[], object]], device: torch.device, budget: Budget
-) -> list[float]:
-    """Median seconds per call of each ``fn()`` on ``device``, measured in alternation (one call
-    of each per round), so a slow spell on a shared machine hits them all alike.
+@dataclass(frozen=True)
+class Measured:
+    """What one case measured (medians in seconds); the calls themselves are not kept, so a
+    case's inputs are freed once it is measured. ``op_s`` is the reason string when the op could
+    not run; a baseline's entry likewise when it was not timed."""
 
-    Warm-up calls are excluded, and with them any compilation. Each callable gets about
-    ``budget.target_s`` seconds of repeats.
+    shape: Any
+    cells: tuple[str, ...]
+    bytes: int
+    flops: int
+    spec: Any
+    op_s: float | str
+    baseline_s: dict[str, float | str]
+
+    def speedup_over(self, baseline: str) -> float | None:
+        """Baseline seconds over op seconds, or None when either was not timed."""
+        base = self.baseline_s.get(baseline)
+        if isinstance(self.op_s, str) or not isinstance(base, float):
+            return None
+        return base / self.op_s
+
+    def copy_fraction(self, copy_bytes_per_s: float | None) -> float | None:
+        """Achieved bandwidth over the measured copy bandwidth, or None (not measured)."""
+        if isinstance(self.op_s, str) or copy_bytes_per_s is None:
+            return None
+        return self.bytes / self.op_s / copy_bytes_per_s
+
+
+def shape_facts(shapes: list[Any]) -> list[tuple[str, str]]:
+    """The default family fact: each shape's name and what it stands for."""
+    return [("shapes", "; ".join(f"{shape.name}: {shape.about}" for shape in shapes))]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one technique's benchmark measures.
+
+    ``shapes`` by name (each with ``name``, ``about`` and ``elements``: see
+    :mod:`vidllm_ext.bench.shapes`) and ``default_shapes`` per device type; ``columns``: the
+    family's descriptive columns (after the shape name, which every table starts with);
+    ``cases(shape, device, quick)`` yields the cases of one shape (built one at a time, so only
+    one case's inputs live at once); ``targets(device, measured, copy_bytes_per_s)`` gives the
+    verdict lines; ``facts(shapes)`` the lines above the table.
+    """
+
+    name: str
+    title: str
+    shapes: Mapping[str, Any]
+    default_shapes: Mapping[str, tuple[str, ...]]
+    columns: tuple[Column, ...]
+    cases: Callable[[Any, torch.device, bool], Iterable[Case]]
+    targets: Callable[[torch.device, list[Measured], float | None], list[str]]
+    facts: Callable[[list[Any]], list[tuple[str, str]]] = field(default=shape_facts)
+
+    def select_shapes(self, names: list[str] | None, device: torch.device, quick: bool):
+        """The shapes to run: ``names`` of this family's shapes (default: the device's), only
+        the smallest with ``quick``."""
+        shapes = [self.shapes[name] for name in names or self.default_shapes[device.type]]
+        return [min(shapes, key=lambda shape: shape.elements)] if quick else shapes
+
+
+def compiled_baseline(make_call: Callable[[], Callable[[], object]], quick: bool) -> Baseline:
+    """The ``compiled`` baseline: ``make_call()`` binds ``torch.compile(reference)`` to the inputs.
+
+    Compiled here, by a first call, so timing excludes compilation; a failure becomes its reason.
+    Caches are reset first, so earlier cases' graphs cannot push this one past the recompile
+    limit (past it, dynamo silently runs eager code).
+
+    Example:
+        >>> x = torch.randn(8)
+        >>> compiled_baseline(lambda: (lambda f: lambda: f(x))(torch.compile(torch.sin)), True).call
+        'torch.compile(reference) skipped with --quick (compiling takes longer)'
+    """
+    if quick:
+        return Baseline(
+            "compiled", "torch.compile(reference) skipped with --quick (compiling takes longer)"
+        )
+    torch.compiler.reset()
+    try:
+        call = make_call()
+        call()
+    except Exception as exc:
+        return Baseline(
+            "compiled", "torch.compile(reference) failed: " + timing.compile_failure(exc)
+        )
+    return Baseline("compiled", call)
+
+
+def compiled_call(
+    reference: Callable[..., object], *args: Any, **kwargs: Any
+) -> Callable[[], Callable[[], object]]:
+    """For :func:`compiled_baseline`: ``torch.compile(reference)`` bound to the arguments.
+
+    Example:
+        >>> x = torch.randn(8)
+        >>> baseline = compiled_baseline(compiled_call(torch.sin, x), quick=False)
+    """
+
+    def make_call() -> Callable[[], object]:
+        function = torch.compile(reference)
+        return lambda: function(*args, **kwargs)
+
+    return make_call
+
+
+def measure(shape: Any, case: Case, device: torch.device, budget: timing.Budget) -> Measured:
+    """Times the op and every timeable baseline of ``case`` in alternation."""
+    calls = [case.op] if callable(case.op) else []
+    calls += [baseline.call for baseline in case.baselines if callable(baseline.call)]
+    seconds = iter(timing.time_callables(calls, device, budget))
+    op_s = next(seconds) if callable(case.op) else case.op
+    baseline_s = {
+        baseline.name: next(seconds) if callable(baseline.call) else baseline.call
+        for baseline in case.baselines
+    }
+    return Measured(shape, case.cells, case.bytes, case.flops, case.spec, op_s, baseline_s)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A family's finished run, as terminal text and as Markdown (a results file)."""
+
+    family: str
+    text: str
+    markdown: str
+
+
+def run_family(
+    family: Family,
+    device: torch.device,
+    shapes: list[Any],
+    quick: bool,
+    copy_bytes_per_s: float | None,
+) -> Report:
+    """Measures every case of ``family`` on every shape and builds its report; one progress line
+    per case on stderr.
 
     Args:
-        fns: the work to time, inputs bound; results are discarded.
-        device: ``cpu`` (wall clock) or ``cuda`` (CUDA events on the current stream, L2 flushed).
-        budget: warm-up calls and how many repeats to take.
-
-    Returns:
-        the median seconds of each callable, in order.
+        family: what to measure.
+        device: ``cpu`` or ``cuda`` (usable: the caller checks).
+        shapes: of ``family.shapes``, in order.
+        quick: few repeats and no ``torch.compile(reference)`` (seconds, for tests and CI).
+        copy_bytes_per_s: the device's measured copy bandwidth (None on the CPU).
 
     Example:
-        >>> x = torch.randn(1 << 20)
-        >>> sum_s, sort_s = time_callables([x.sum, x.sort], torch.device("cpu"), QUICK)
+        >>> from vidllm_ext.bench.families import FAMILIES
+        >>> family = FAMILIES["routing"]
+        >>> shapes = family.select_shapes(["tiny"], torch.device("cpu"), quick=True)
+        >>> print(run_family(family, torch.device("cpu"), shapes, True, None).text)
     """
-    for fn in fns:
-        for _ in range(budget.warmup):
-            fn()
-    round_s = sum(_wall_time_once(fn, device) for fn in fns)
-    wanted = round(budget.target_s * len(fns) / max(round_s, 1e-9))
-    repeats = min(max(wanted, budget.min_repeats), budget.max_repeats)
-    if device.type == "cuda":
-        samples = _cuda_samples(fns, device, repeats)
-    else:
-        rounds = [[_wall_time_once(fn, device) for fn in fns] for _ in range(repeats)]
-        samples = [list(column) for column in zip(*rounds)]
-    return [statistics.median(column) for column in samples]
+    budget = timing.QUICK if quick else timing.FULL
+    load_at_start = os.getloadavg()[0]
+    measured, check_notes = [], []
+    for shape_number, shape in enumerate(shapes, start=1):
+        for case_number, case in enumerate(family.cases(shape, device, quick), start=1):
+            where = f"{shape.name} (shape {shape_number}/{len(shapes)}), case {case_number}"
+            print(f"[{family.name}] {where}: {' '.join(case.cells)}", file=sys.stderr, flush=True)
+            check_notes += [f"{shape.name} {' '.join(case.cells)}: {note}" for note in case.notes]
+            measured.append(measure(shape, case, device, budget))
+    run_facts = [*facts.run_facts(device, budget, copy_bytes_per_s), *family.facts(shapes)]
+    if device.type == "cpu":  # other processes share the cores: say how busy they were
+        load = f"{load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+        run_facts.append(("host load average (1 min)", f"{load}; {os.cpu_count()} logical CPUs"))
+    return _report(family, measured, run_facts, check_notes, device, copy_bytes_per_s)
 
 
-def _wall_time_once(fn: Callable[[], object], device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    fn()
-    _synchronize(device)
-    return time.perf_counter() - start
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cuda_samples(
-    fns: Sequence[Callable[[], object]], device: torch.device, repeats: int
-) -> list[list[float]]:
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
-    events = [
-        [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in fns]
-        for _ in range(repeats)
+def _report(family, measured, run_facts, check_notes, device, copy_bytes_per_s) -> Report:
+    baselines = list(measured[0].baseline_s) if measured else []
+    reasons: list[str] = []  # why a cell is n/a, numbered [1], [2], ... below the table
+    rows = [_row(item, baselines, copy_bytes_per_s, reasons) for item in measured]
+    columns = [
+        Column("case", numeric=False),  # the shape's name
+        *family.columns,
+        *_measure_columns(baselines, copy_bytes_per_s is not None),
     ]
-    for round_events in events:
-        for fn, (start, end) in zip(fns, round_events):
-            flush.zero_()  # evicts fn's inputs from L2; runs before `start` in stream order
-            start.record()
-            fn()
-            end.record()
-    torch.cuda.synchronize(device)
-    return [[start.elapsed_time(end) / 1e3 for start, end in column] for column in zip(*events)]
-
-
-def copy_bandwidth(device: torch.device, budget: Budget) -> float:
-    """The device's measured copy bandwidth in bytes/s: a ``COPY_BYTES`` device-to-device copy,
-    counting the bytes read plus the bytes written.
-
-    Example:
-        >>> gigabytes_per_s = copy_bandwidth(torch.device("cuda"), FULL) / 1e9
-    """
-    source = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    (copy_s,) = time_callables([lambda: target.copy_(source)], device, budget)
-    return 2 * COPY_BYTES / copy_s
-
-
-def compile_failure(exc: Exception) -> str:
-    """One line naming why ``torch.compile`` (or the compiled call) failed.
-
-    Example:
-        >>> compile_failure(RuntimeError("no C++ compiler\\ndetails..."))
-        'RuntimeError: no C++ compiler'
-    """
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else ""
-    return f"{type(exc).__name__}: {first}"[:200]
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model and the threads torch uses.
-
-    Example:
-        >>> device_name(torch.device("cpu"))
-        'AMD EPYC (2 threads)'
-    """
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        model = names[0].split(":", 1)[1].strip() if names else model
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
-def cuda_problem(device: torch.device) -> str | None:
-    """Why ``device`` cannot be measured (CUDA asked for, but torch sees no GPU or this build has
-    no CUDA kernels), or None."""
-    if device.type != "cuda":
-        return None
-    if not torch.cuda.is_available():
-        return "--device cuda: torch sees no CUDA device (use --device cpu)"
-    if not build_info()["cuda_compiled"]:
-        return (
-            "--device cuda: this build of vidllm_ext has no CUDA kernels; rebuild with "
-            "VIDLLM_CUDA=1 (`VIDLLM_CUDA=1 pip install .`) or use --device cpu"
-        )
-    return None
-
-
-def results_file(folder: Path, kind: str, device: str, date: datetime.date | None = None) -> Path:
-    """``folder/<kind>_<device-slug>_<YYYY-MM-DD>.md`` (date: today, UTC): where a suite writes
-    its report.
-
-    Example:
-        >>> results_file(Path("results"), "dtd", "NVIDIA H200", datetime.date(2026, 11, 21)).name
-        'dtd_nvidia-h200_2026-11-21.md'
-    """
-    date = date or datetime.datetime.now(datetime.timezone.utc).date()
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    return folder / f"{kind}_{slug}_{date.isoformat()}.md"
-
-
-def save_report(markdown: str, path: Path | None) -> None:
-    """Writes a Markdown report to ``path`` (folders created) and says so on stderr; nothing
-    when path is None."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown)
-    print(f"wrote {path}", file=sys.stderr)
-
-
-def commit_label() -> str:
-    """The checkout's commit (``-dirty`` with uncommitted changes) and, when it differs, the
-    commit the compiled extension was built from.
-
-    Example:
-        >>> commit_label()
-        '91fb307d37b7-dirty (extension built at 26e9c4152c2a)'
-    """
-    built = str(build_info().get("git_commit") or "unknown")
-    try:
-        checkout = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return built
-    if checkout.removesuffix("-dirty") == built:
-        return checkout
-    return f"{checkout} (extension built at {built})"
-
-
-def run_facts(
-    device: torch.device, budget: Budget, copy_bytes_per_s: float | None
-) -> list[tuple[str, str]]:
-    """``(name, value)`` lines that head a results table: device, commit, date, torch, how it
-    was timed, copy bandwidth.
-
-    Example:
-        >>> run_facts(torch.device("cpu"), FULL, None)[0]
-        ('device', 'AMD EPYC (2 threads)')
-    """
-    now = datetime.datetime.now(datetime.timezone.utc)
-    bandwidth = (
-        f"{copy_bytes_per_s / 1e9:.1f} GB/s (device-to-device copy of {COPY_BYTES / 1e9:.2f} GB, "
-        "bytes read + written)"
-        if copy_bytes_per_s is not None
-        else "not measured (GPU only)"
+    lines = [f"[{number}] {reason}" for number, reason in enumerate(reasons, start=1)]
+    lines += [f"check: {note}" for note in check_notes]
+    lines += family.targets(device, measured, copy_bytes_per_s)
+    text, markdown = render_report(
+        (f"{family.name}: {family.title}", f"{family.title} ({family.name})"),
+        run_facts,
+        columns,
+        rows,
+        lines,
     )
+    return Report(family.name, text, markdown)
+
+
+def _measure_columns(baselines: list[str], with_copy_fraction: bool) -> list[Column]:
     return [
-        ("device", device_name(device)),
-        ("commit", commit_label()),
-        ("date", now.strftime("%Y-%m-%d %H:%M UTC")),
-        ("torch", torch.__version__),
-        ("timing", timing_method(device, budget)),
-        ("copy bandwidth", bandwidth),
+        Column("MB moved"),
+        Column("GFLOP"),
+        Column("op ms"),
+        Column("GB/s"),
+        Column("GFLOP/s"),
+        *([Column("of copy BW")] if with_copy_fraction else []),
+        *(Column(f"{name} ms") for name in baselines),
+        *(Column(f"vs {name}") for name in baselines),
     ]
 
 
-def timing_method(device: torch.device, budget: Budget) -> str:
-    """How :func:`time_callable` measures on ``device`` with ``budget``, in words.
+def _row(
+    item: Measured, baselines: list[str], copy_bytes_per_s: float | None, reasons: list[str]
+) -> list[str]:
+    def reason_cell(reason: str) -> str:
+        if reason not in reasons:
+            reasons.append(reason)
+        return f"n/a [{reasons.index(reason) + 1}]"
+
+    cost = [f"{item.bytes / 1e6:.2f}", f"{item.flops / 1e9:.3f}"]
+    if isinstance(item.op_s, str):
+        achieved = [reason_cell(item.op_s), "n/a", "n/a"]
+    else:
+        bandwidth = item.bytes / item.op_s
+        rate = f"{item.flops / item.op_s / 1e9:.1f}" if item.flops else "-"
+        achieved = [format_ms(item.op_s), f"{bandwidth / 1e9:.1f}", rate]
+    fraction = item.copy_fraction(copy_bytes_per_s)
+    copy = [] if copy_bytes_per_s is None else ["n/a" if fraction is None else f"{fraction:.0%}"]
+    times = [
+        format_ms(seconds) if isinstance(seconds, float) else reason_cell(seconds)
+        for seconds in (item.baseline_s[name] for name in baselines)
+    ]
+    speedups = [item.speedup_over(name) for name in baselines]
+    versus = ["n/a" if speedup is None else f"{speedup:.2f}x" for speedup in speedups]
+    return [item.shape.name, *item.cells, *cost, *achieved, *copy, *times, *versus]
+
+
+def verdict(value: float, threshold: float, percent: bool = False) -> str:
+    """``"2.31x PASS"`` or ``"61.0% MISS"``: a measured ratio against its target.
 
     Example:
-        >>> timing_method(torch.device("cpu"), QUICK)
-        'median of 3-5 repeats (~0.02 s) after 1 warm-up call(s); wall clock (time.perf_counter)'
+        >>> verdict(0.61, 0.8, percent=True)
+        '61.0% MISS'
     """
-    repeats = (
-        f"median of {budget.min_repeats}-{budget.max_repeats} repeats (~{budget.target_s:g} s) "
-        f"after {budget.warmup} warm-up call(s)"
-    )
-    if device.type == "cuda":
-        flush = f"{L2_FLUSH_BYTES // 1024**2} MiB"
-        return f"{repeats}; CUDA events, L2 flushed ({flush} written) before each repeat"
-    return f"{repeats}; wall clock (time.perf_counter)"
-
-
-def format_ms(seconds: float) -> str:
-    """Seconds as milliseconds with four significant digits: ``0.001234 -> "1.234"``."""
-    return f"{seconds * 1e3:#.4g}"
-
-
-def compiled_cells(compiled_s: float | str, op_s: float, notes: list[str]) -> tuple[str, str]:
-    """The "compiled ms" and "vs compiled" cells. A compiled reference that could not be timed
-    (``compiled_s`` is the reason) becomes ``"n/a [k]"``, its reason appended to ``notes`` once
-    as note k."""
-    if isinstance(compiled_s, float):
-        return format_ms(compiled_s), f"{compiled_s / op_s:.2f}x"
-    if compiled_s not in notes:
-        notes.append(compiled_s)
-    return f"n/a [{notes.index(compiled_s) + 1}]", "n/a"
-
-
-@dataclass(frozen=True)
-class Column:
-    """A table column: its title and whether its cells are numbers (right-aligned)."""
-
-    title: str
-    numeric: bool = True
-
-
-def text_table(columns: list[Column], rows: list[list[str]]) -> str:
-    """A plain table, columns padded to their widest cell.
-
-    Example:
-        >>> print(text_table([Column("case", False), Column("ms")], [["cpu", "12.5"]]))
-        case    ms
-        ----  ----
-        cpu   12.5
-    """
-    widths = [max(len(col.title), *(len(row[i]) for row in rows)) for i, col in enumerate(columns)]
-
-    def line(cells: list[str]) -> str:
-        padded = (
-            cell.rjust(width) if col.numeric else cell.ljust(width)
-            for cell, width, col in zip(cells, widths, columns)
-        )
-        return "  ".join(padded).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line([col.title for col in columns]), rule, *map(line, rows)])
-
-
-def markdown_table(columns: list[Column], rows: list[list[str]]) -> str:
-    """The same table as GitHub markdown, numbers right-aligned.
-
-    Example:
-        >>> print(markdown_table([Column("case", False), Column("ms")], [["cpu", "12.5"]]))
-        | case | ms |
-        |:--|--:|
-        | cpu | 12.5 |
-    """
-    header = "| " + " | ".join(col.title for col in columns) + " |"
-    align = "|" + "|".join("--:" if col.numeric else ":--" for col in columns) + "|"
-    body = ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join([header, align, *body])
-
-
-def render_report(
-    titles: tuple[str, str],
-    facts: list[tuple[str, str]],
-    columns: list[Column],
-    rows: list[list[str]],
-    lines: list[str],
-) -> tuple[str, str]:
-    """(terminal text, Markdown) of a benchmark run: title, run facts, the table, note lines.
-
-    ``titles`` is (terminal title, Markdown heading)."""
-    text = "\n".join(
-        [
-            titles[0],
-            *(f"{name}: {value}" for name, value in facts),
-            "",
-            text_table(columns, rows),
-            "",
-            *lines,
-        ]
-    )
-    markdown = "\n".join(
-        [
-            f"# {titles[1]}",
-            "",
-            *(f"- **{name}**: {value}" for name, value in facts),
-            "",
-            markdown_table(columns, rows),
-            "",
-            *(f"- {line}" for line in lines),
-            "",
-        ]
-    )
-    return text, markdown
+    shown = f"{value:.1%}" if percent else f"{value:.2f}x"
+    return f"{shown} {'PASS' if value >= threshold else 'MISS'}"

@@ -1,6 +1,6 @@
-"""Cases of the KV packing and quantization benchmarks: inputs, op and reference calls, and the
-cost model (bytes each op must move, an estimate of its FLOPs). Shared by the pytest-benchmark
-CPU suite (test_kv_quant_cpu.py) and the GPU suite (gpu_kv_quant.py).
+"""KV packing and group quantization benchmark: inputs, op and reference calls, and the cost model
+(bytes each op must move, an estimate of its FLOPs). The pytest-benchmark suite
+``benchmarks/test_kv_quant_cpu.py`` uses the same cases. No target is set for these ops.
 
 Cost model, for x [R, T, D] (N = R * T * D elements of e bytes), group size G, k codes per byte
 (4 for 2-bit, 8 for 1-bit, 5 for trits):
@@ -18,13 +18,22 @@ sign1/trit dequantize 1; packing does integer work only (0).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from vidllm_ext import ops
+from vidllm_ext.bench import harness
+from vidllm_ext.bench.harness import Baseline, Measured
+from vidllm_ext.bench.shapes import (
+    KV_QUANT_DEFAULT_SHAPES,
+    KV_QUANT_SHAPES,
+    KVShape,
+    dtype_label,
+    outlier_channels,
+)
+from vidllm_ext.bench.tables import Column
 from vidllm_ext.ops import kv_quant_pack as kv_ops
 from vidllm_ext.reference import kv_quant_pack as kv_ref
 
@@ -36,7 +45,7 @@ DEQUANTIZE_FLOPS = {"minmax2": 2, "sign1": 1, "trit": 1}
 
 
 @dataclass(frozen=True)
-class Case:
+class PackCase:
     """One benchmarked call: ``op(*args)`` against ``reference(*args)`` (same arguments), the
     bytes it must move and its FLOPs; ``exact``: op and reference must agree bitwise."""
 
@@ -49,18 +58,7 @@ class Case:
     exact: bool
 
 
-def kv_like(shape: tuple[int, int, int], dtype: torch.dtype, device: str, seed: int = 0):
-    """Keys-like input: per-channel scales from 0.1 to 30 (outlier channels), seeded."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    channels = shape[2]
-    scale = torch.empty(channels, device=device).uniform_(
-        math.log(0.1), math.log(30.0), generator=generator
-    )
-    x = torch.randn(shape, generator=generator, device=device) * scale.exp()
-    return x.to(dtype)
-
-
-def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) -> list[Case]:
+def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) -> list[PackCase]:
     """Every case at ``shape`` (rows, tokens, head_dim) with inputs of ``dtype`` on ``device``.
 
     Example:
@@ -71,7 +69,7 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
     rows, tokens, dim = shape
     n = rows * tokens * dim
     element = torch.empty((), dtype=dtype).element_size()
-    x = kv_like(shape, dtype, device)
+    x = outlier_channels(shape, device, torch.Generator(device=device).manual_seed(0)).to(dtype)
     generator = torch.Generator(device=device).manual_seed(1)
     cases = []
     for bits in (2, 1):
@@ -79,12 +77,12 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
         packed = ops.pack_bits(codes, bits)
         moved = n + packed.numel()
         cases.append(
-            Case(
+            PackCase(
                 f"pack_bits({bits})", ops.pack_bits, kv_ref.pack_bits, (codes, bits), moved, 0, True
             )
         )
         cases.append(
-            Case(
+            PackCase(
                 f"unpack_bits({bits})",
                 ops.unpack_bits,
                 kv_ref.unpack_bits,
@@ -97,9 +95,13 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
     trits = torch.randint(-1, 2, shape, generator=generator, device=device).char()
     packed = ops.pack_trits(trits)
     moved = n + packed.numel()
-    cases.append(Case("pack_trits", ops.pack_trits, kv_ref.pack_trits, (trits,), moved, 0, True))
     cases.append(
-        Case("unpack_trits", ops.unpack_trits, kv_ref.unpack_trits, (packed, dim), moved, 0, True)
+        PackCase("pack_trits", ops.pack_trits, kv_ref.pack_trits, (trits,), moved, 0, True)
+    )
+    cases.append(
+        PackCase(
+            "unpack_trits", ops.unpack_trits, kv_ref.unpack_trits, (packed, dim), moved, 0, True
+        )
     )
     groups = -(-tokens // GROUP_SIZE)
     for mode in MODES:
@@ -107,7 +109,7 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
         stat_bytes = rows * groups * dim * 4 * (2 if mode == "minmax2" else 1)
         quantized = kv_ops.quantize_channel_groups(x, mode, GROUP_SIZE)
         cases.append(
-            Case(
+            PackCase(
                 f"quantize_channel_groups({mode})",
                 kv_ops.quantize_channel_groups,
                 kv_ref.quantize_channel_groups,
@@ -118,7 +120,7 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
             )
         )
         cases.append(
-            Case(
+            PackCase(
                 f"dequantize_channel_groups({mode})",
                 lambda *args: kv_ops.dequantize_channel_groups(*args, dtype=dtype),
                 lambda *args: kv_ref.dequantize_channel_groups(*args, dtype=dtype),
@@ -132,7 +134,7 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
     stat_bytes = rows * tokens * -(-dim // GROUP_SIZE) * 8
     quantized = kv_ops.quantize_token_groups(x, GROUP_SIZE)
     cases.append(
-        Case(
+        PackCase(
             "quantize_token_groups",
             kv_ops.quantize_token_groups,
             kv_ref.quantize_token_groups,
@@ -143,7 +145,7 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
         )
     )
     cases.append(
-        Case(
+        PackCase(
             "dequantize_token_groups",
             lambda *args: kv_ops.dequantize_token_groups(*args, dtype=dtype),
             lambda *args: kv_ref.dequantize_token_groups(*args, dtype=dtype),
@@ -156,7 +158,7 @@ def build_cases(shape: tuple[int, int, int], dtype: torch.dtype, device: str) ->
     return cases
 
 
-def outputs_agree(case: Case) -> bool:
+def outputs_agree(case: PackCase) -> bool:
     """Whether op and reference give bitwise the same outputs (NaN-free inputs), or, for the
     mean-based quantizers (not exact), the same shapes.
 
@@ -171,3 +173,42 @@ def outputs_agree(case: Case) -> bool:
         if a.shape != e.shape or (case.exact and not torch.equal(a, e)):
             return False
     return True
+
+
+def cases(shape: KVShape, device: torch.device, quick: bool) -> Iterator[harness.Case]:
+    """Every case of :func:`build_cases` at ``shape``, checked against its reference."""
+    for case in build_cases(shape.sizes, shape.dtype, str(device)):
+        yield harness.Case(
+            cells=(shape.label, dtype_label(shape.dtype), case.name),
+            op=lambda case=case: case.op(*case.args),
+            baselines=(
+                Baseline("ref", lambda case=case: case.reference(*case.args)),
+                harness.compiled_baseline(harness.compiled_call(case.reference, *case.args), quick),
+            ),
+            bytes=case.bytes,
+            flops=case.flops,
+            notes=() if outputs_agree(case) else ("op and reference outputs DIFFER",),
+            spec=case.name,
+        )
+
+
+def targets(
+    device: torch.device, measured: list[Measured], copy_bytes_per_s: float | None
+) -> list[str]:
+    """None is set for the KV packing ops: the table is the result."""
+    return ["target: none set for kv_quant (benchmarks/README.md); compare the columns"]
+
+
+FAMILY = harness.Family(
+    name="kv_quant",
+    title="KV packing and group quantization benchmark",
+    shapes=KV_QUANT_SHAPES,
+    default_shapes=KV_QUANT_DEFAULT_SHAPES,
+    columns=(
+        Column("rows x tokens x dim", numeric=False),
+        Column("dtype", numeric=False),
+        Column("op", numeric=False),
+    ),
+    cases=cases,
+    targets=targets,
+)

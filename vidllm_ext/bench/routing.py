@@ -1,6 +1,6 @@
-"""Routing op microbenchmarks: inputs, cases, cost model, and a run that times every op against
-the plain-PyTorch reference and ``torch.compile(reference)`` (shared by ``gpu_routing.py`` and
-the pytest-benchmark suite ``test_routing_cpu.py``).
+"""Layer-skip routing op benchmark: inputs, cases, cost model and targets; every op timed against
+the plain-PyTorch reference and ``torch.compile(reference)`` (the pytest-benchmark suite
+``benchmarks/test_routing_cpu.py`` uses the same inputs and calls).
 
 Cost model: the bytes an op must move (workspace traffic not counted), with ``T`` tokens, ``K``
 selected rows, ``D`` the width, ``e`` the element size:
@@ -21,17 +21,22 @@ selected rows, ``D`` the width, ``e`` the element size:
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from shapes import RoutingShape
 
 from vidllm_ext import ops, reference
 from vidllm_ext.bench import harness
-from vidllm_ext.bench.harness import Budget, Column
+from vidllm_ext.bench.harness import Baseline, Measured
+from vidllm_ext.bench.shapes import (
+    ROUTING_DEFAULT_SHAPES,
+    ROUTING_SHAPES,
+    RoutingShape,
+    dtype_label,
+    dtype_size,
+)
+from vidllm_ext.bench.tables import Column
 
 CASES = (
     "topk",
@@ -60,7 +65,7 @@ class RoutingInputs:
     grad_y: torch.Tensor  # [T, D]
 
 
-def routing_inputs(shape: RoutingShape, device: torch.device | str, seed: int = 0):
+def routing_inputs(shape: RoutingShape, device: torch.device | str, seed: int = 0) -> RoutingInputs:
     """Random inputs (never zeros) laid out as half the text, the video steps, the other half.
 
     Example:
@@ -101,7 +106,7 @@ def bytes_moved(case: str, shape: RoutingShape) -> int:
         7872000
     """
     t, k, d = shape.tokens, shape.selected, shape.dim
-    e = torch.empty((), dtype=shape.dtype).element_size()
+    e = dtype_size(shape.dtype)
     kept_video = k - shape.text_tokens
     return {
         "topk": 4 * shape.video_tokens + 8 * (shape.steps + 1) + 8 * kept_video,
@@ -156,51 +161,29 @@ class _Compiled:
         self.scatter_add_rows = torch.compile(reference.scatter_add_rows)
 
 
-@dataclass(frozen=True)
-class Measured:
-    """What one case measured; times are medians in seconds, ``compiled_s`` a reason string when
-    ``torch.compile(reference)`` was not timed."""
-
-    shape: RoutingShape
-    case: str
-    bytes: int
-    flops: int
-    op_s: float
-    reference_s: float
-    compiled_s: float | str
-
-
-def measure(
-    shape: RoutingShape, case: str, inputs: RoutingInputs, budget: Budget, compile_reference: bool
-) -> Measured:
-    """Times ``case``: op, reference and (when ``compile_reference``) the compiled reference, in
-    alternation, after checking the op agrees with the reference."""
-    keep_ratio = shape.keep_ratio
-    calls = [make_call(case, impl, inputs, keep_ratio) for impl in (ops, reference)]
-    _check_agreement(case, calls[0](), calls[1]())
-    compiled: Callable[[], object] | str = "torch.compile(reference) skipped with --quick"
-    if compile_reference:
-        torch.compiler.reset()
-        compiled = make_call(case, _Compiled(), inputs, keep_ratio)
-        try:
-            compiled()  # compiles now, outside the timing
-        except Exception as exc:
-            compiled = "torch.compile(reference) failed: " + harness.compile_failure(exc)
-    if callable(compiled):
-        calls.append(compiled)
-    timings = harness.time_callables(calls, inputs.hidden.device, budget)
-    return Measured(
-        shape=shape,
-        case=case,
-        bytes=bytes_moved(case, shape),
-        flops=flops(case, shape),
-        op_s=timings[0],
-        reference_s=timings[1],
-        compiled_s=timings[2] if callable(compiled) else compiled,
-    )
+def cases(shape: RoutingShape, device: torch.device, quick: bool) -> Iterator[harness.Case]:
+    """Every case of :data:`CASES` on one sequence of ``shape``, checked against the reference."""
+    inputs = routing_inputs(shape, device)
+    for case in CASES:
+        op, ref = (make_call(case, impl, inputs, shape.keep_ratio) for impl in (ops, reference))
+        rows = shape.selected - shape.text_tokens if case == "topk" else shape.selected
+        yield harness.Case(
+            cells=(shape.label, dtype_label(shape.dtype), case, str(rows)),
+            op=op,
+            baselines=(
+                Baseline("ref", ref),
+                harness.compiled_baseline(
+                    lambda case=case: make_call(case, _Compiled(), inputs, shape.keep_ratio), quick
+                ),
+            ),
+            bytes=bytes_moved(case, shape),
+            flops=flops(case, shape),
+            notes=_disagreement(case, op(), ref()),
+            spec=case,
+        )
 
 
-def _check_agreement(case: str, actual, expected) -> None:
+def _disagreement(case: str, actual, expected) -> tuple[str, ...]:
     # Exact for indices, rows and scatter outputs; gradients of the weight differ in float order.
     actual = actual if isinstance(actual, (tuple, list)) else [actual]
     expected = expected if isinstance(expected, (tuple, list)) else [expected]
@@ -212,96 +195,14 @@ def _check_agreement(case: str, actual, expected) -> None:
         else:
             close = torch.equal(got, want)
         if not close:
-            print(f"  note: {case}: the op disagrees with the reference", file=sys.stderr)
+            return ("the op disagrees with the reference",)
+    return ()
 
 
-def run(device: torch.device, shapes: list[RoutingShape], quick: bool) -> list[Measured]:
-    """Every case on every shape; progress on stderr."""
-    budget = harness.QUICK if quick else harness.FULL
-    results = []
-    for shape_number, shape in enumerate(shapes):
-        inputs = routing_inputs(shape, device)
-        for case_number, case in enumerate(CASES):
-            step = shape_number * len(CASES) + case_number + 1
-            print(
-                f"[{step}/{len(shapes) * len(CASES)}] {shape.name} {shape.label} {case}",
-                file=sys.stderr,
-                flush=True,
-            )
-            results.append(measure(shape, case, inputs, budget, not quick))
-    return results
-
-
-def report(
-    device: torch.device,
-    shapes: list[RoutingShape],
-    measured: list[Measured],
-    quick: bool,
-    copy_bytes_per_s: float | None,
-) -> tuple[str, str]:
-    """The report as (plain text, markdown)."""
-    budget = harness.QUICK if quick else harness.FULL
-    notes: list[str] = []
-    rows = [_row(item, copy_bytes_per_s, notes) for item in measured]
-    columns = _columns(copy_bytes_per_s is not None)
-    facts = [
-        *harness.run_facts(device, budget, copy_bytes_per_s),
-        ("shapes", "; ".join(f"{shape.name}: {shape.about}" for shape in shapes)),
-    ]
-    if device.type == "cpu":  # other processes share the cores: say how busy they were
-        facts.append(("host load average (1 min) at the end", f"{os.getloadavg()[0]:.2f}"))
-    notes = [f"[{number}] {note}" for number, note in enumerate(notes, start=1)]
-    lines = [*notes, *_targets(measured, copy_bytes_per_s)]
-    return harness.render_report(
-        ("Routing op benchmark", "Layer-skip routing op benchmark"), facts, columns, rows, lines
-    )
-
-
-def _columns(with_copy_fraction: bool) -> list[Column]:
-    return [
-        Column("case", numeric=False),
-        Column("tokens x dim", numeric=False),
-        Column("dtype", numeric=False),
-        Column("op", numeric=False),
-        Column("rows K"),
-        Column("MB moved"),
-        Column("op ms"),
-        Column("GB/s"),
-        Column("GFLOP/s"),
-        *([Column("of copy BW")] if with_copy_fraction else []),
-        Column("ref ms"),
-        Column("compiled ms"),
-        Column("vs ref"),
-        Column("vs compiled"),
-    ]
-
-
-def _row(item: Measured, copy_bytes_per_s: float | None, notes: list[str]) -> list[str]:
-    shape, op_s = item.shape, item.op_s
-    bandwidth = item.bytes / op_s
-    copy = [] if copy_bytes_per_s is None else [f"{bandwidth / copy_bytes_per_s:.0%}"]
-    compiled_ms, compiled_speedup = harness.compiled_cells(item.compiled_s, op_s, notes)
-    dtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[shape.dtype]
-    rows = shape.selected - shape.text_tokens if item.case == "topk" else shape.selected
-    return [
-        shape.name,
-        shape.label,
-        dtype,
-        item.case,
-        str(rows),
-        f"{item.bytes / 1e6:.1f}",
-        harness.format_ms(op_s),
-        f"{bandwidth / 1e9:.1f}",
-        f"{item.flops / op_s / 1e9:.1f}" if item.flops else "-",
-        *copy,
-        harness.format_ms(item.reference_s),
-        compiled_ms,
-        f"{item.reference_s / op_s:.2f}x",
-        compiled_speedup,
-    ]
-
-
-def _targets(measured: list[Measured], copy_bytes_per_s: float | None) -> list[str]:
+def targets(
+    device: torch.device, measured: list[Measured], copy_bytes_per_s: float | None
+) -> list[str]:
+    """gather and scatter_add against the copy bandwidth at the long-video shape (GPU)."""
     title = (
         f"target GPU {', '.join(GPU_TARGET_CASES)} >= {GPU_COPY_FRACTION_TARGET:.0%} of copy "
         f"bandwidth ({GPU_TARGET_SHAPE} shape)"
@@ -310,8 +211,28 @@ def _targets(measured: list[Measured], copy_bytes_per_s: float | None) -> list[s
         return [f"{title}: not measured in this run (needs --device cuda)"]
     lines = []
     for item in measured:
-        if item.shape.name == GPU_TARGET_SHAPE and item.case in GPU_TARGET_CASES:
-            fraction = item.bytes / item.op_s / copy_bytes_per_s
-            verdict = "PASS" if fraction >= GPU_COPY_FRACTION_TARGET else "MISS"
-            lines.append(f"{title}, {item.case}: {fraction:.1%} {verdict}")
+        if item.shape.name == GPU_TARGET_SHAPE and item.spec in GPU_TARGET_CASES:
+            fraction = item.copy_fraction(copy_bytes_per_s)
+            value = (
+                "not measured"
+                if fraction is None
+                else harness.verdict(fraction, GPU_COPY_FRACTION_TARGET, percent=True)
+            )
+            lines.append(f"{title}, {item.spec}: {value}")
     return lines or [f"{title}: not measured in this run (needs the {GPU_TARGET_SHAPE} shape)"]
+
+
+FAMILY = harness.Family(
+    name="routing",
+    title="Layer-skip routing op benchmark",
+    shapes=ROUTING_SHAPES,
+    default_shapes=ROUTING_DEFAULT_SHAPES,
+    columns=(
+        Column("tokens x dim", numeric=False),
+        Column("dtype", numeric=False),
+        Column("op", numeric=False),
+        Column("rows K"),
+    ),
+    cases=cases,
+    targets=targets,
+)
