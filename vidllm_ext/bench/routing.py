@@ -192,6 +192,11 @@ def _disagreement(case: str, actual, expected) -> tuple[str, ...]:
             close = torch.allclose(got.double(), want.double(), rtol=1e-3, atol=1e-3)
         elif case == "gather_repeats_fwd_bwd" and got.is_cuda:  # torch's CUDA sum order varies
             close = torch.allclose(got.double(), want.double(), rtol=1e-2, atol=1e-2)
+        elif case == "gather_repeats_fwd_bwd" and got.is_floating_point():
+            # The op sums a repeated row's gradients in index order (tests/test_routing_repeats.py
+            # checks that bitwise); torch's CPU index_put sums them in its own order.
+            scale = float(want.abs().max()) if want.numel() else 0.0
+            close = torch.allclose(got.double(), want.double(), rtol=1e-5, atol=1e-6 * scale)
         else:
             close = torch.equal(got, want)
         if not close:
