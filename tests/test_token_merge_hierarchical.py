@@ -7,9 +7,9 @@ import torch
 from conftest import DEVICES
 from support.token_merge import assert_features_close, bitwise, video_tokens
 
-from vidllm_ext import ops
-from vidllm_ext.contracts.token_merge import merge_schedule, merged_token_count, video_segments
-from vidllm_ext.reference.token_merge import hierarchical_merge_with_assignment
+from vidllm_ext import ops, reference
+from vidllm_ext.contracts.token_merge import merged_token_count, video_segments
+from vidllm_ext.reference.token_merge import hierarchical_merge_with_assignment, merge_schedule
 
 # (frames, tokens per frame, dim, frames_per_segment, tokens_per_segment, metric_chunks)
 CASES = {
@@ -152,3 +152,86 @@ def test_hierarchical_merge_non_contiguous(device, layout):
     expected = ops.hierarchical_merge(tokens.contiguous(), **kwargs)
     for a, b in zip(actual, expected):
         assert torch.equal(bitwise(a), bitwise(b)), "strides changed the result"
+
+
+# ---- uneven segments (segment_offsets): each segment merged on its own -----------------------
+
+UNEVEN = {
+    "after-dtd": [37, 40, 12, 0, 29, 40],  # a video thinned by frame drop, one segment emptied
+    "all-lengths": [0, 1, 2, 5, 6, 7, 13],  # below, at and above the target
+    "one-segment": [90],
+    "only-empty": [0, 0],
+}
+
+
+def offsets_of(lengths):
+    offsets = [0]
+    for length in lengths:
+        offsets.append(offsets[-1] + length)
+    return offsets
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", UNEVEN)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_uneven_segments_match_the_reference(device, case, dtype):
+    lengths, target, chunks = UNEVEN[case], 6, 4
+    tokens = video_tokens(1, sum(lengths), 16, dtype, device, seed=len(lengths))[0]
+    offsets = offsets_of(lengths)
+    kwargs = dict(segment_offsets=offsets, tokens_per_segment=target, metric_chunks=chunks)
+    result = ops.hierarchical_merge(tokens, **kwargs)
+    expected = reference.hierarchical_merge(tokens.cpu(), **kwargs)
+    count = sum(min(n, target) for n in lengths)
+    assert result.tokens.shape == (count, 16) and result.tokens.dtype == dtype
+    assert torch.equal(result.segment.cpu(), expected.segment)
+    assert torch.equal(result.sizes.cpu(), expected.sizes)
+    assert torch.equal(result.source_index.cpu(), expected.source_index)
+    per_segment = torch.bincount(result.segment.cpu(), minlength=len(lengths)).tolist()
+    assert per_segment == [min(n, target) for n in lengths]
+    sizes = torch.zeros(len(lengths)).index_add_(0, result.segment.cpu(), result.sizes.cpu())
+    assert sizes.tolist() == lengths
+    first = torch.tensor(offsets[:-1])[result.segment.cpu()]
+    last = torch.tensor(offsets[1:])[result.segment.cpu()]
+    source = result.source_index.cpu()
+    assert ((source >= first) & (source < last)).all(), "a representative left its segment"
+    if count:
+        assert_features_close(result.tokens.cpu(), expected.tokens, expected.tokens.double())
+
+
+def test_equal_segments_given_as_offsets_are_the_frames_form():
+    video = video_tokens(12, 40, 32, seed=3)
+    frames_form = ops.hierarchical_merge(
+        video, frames_per_segment=4, tokens_per_segment=7, metric_chunks=4
+    )
+    offsets_form = ops.hierarchical_merge(
+        video.reshape(-1, 32),
+        segment_offsets=torch.tensor([0, 160, 320, 480]),
+        tokens_per_segment=7,
+        metric_chunks=4,
+    )
+    for a, b in zip(frames_form, offsets_form):
+        assert torch.equal(bitwise(a), bitwise(b))
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["ops", "reference"])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(segment_offsets=[0, 5, 3, 10]), ValueError, r"segment_offsets\[1\] = 5 > 3"),
+        (dict(segment_offsets=[1, 10]), ValueError, "from 0 to 10"),
+        (dict(segment_offsets=[0, 9]), ValueError, "from 0 to 10"),
+        (dict(segment_offsets=[]), ValueError, "from 0 to 10"),
+        (dict(segment_offsets=torch.tensor([0, 10.0])), ValueError, "an int64 tensor"),
+        (dict(segment_offsets=[0, 2.5, 10]), TypeError, "expected an int"),
+        (dict(segment_offsets=[0, 10], frames_per_segment=2), ValueError, "not both"),
+        (dict(segment_offsets=[0, 10], metric_chunks=3), ValueError, "metric_chunks"),
+    ],
+)
+def test_bad_segment_offsets(impl, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        impl.hierarchical_merge(torch.randn(10, 8), **kwargs)
+
+
+def test_uneven_segments_need_flat_tokens():
+    with pytest.raises(ValueError, match=r"a 2-D tensor \[tokens, dim\]"):
+        ops.hierarchical_merge(torch.randn(2, 5, 8), segment_offsets=[0, 10])

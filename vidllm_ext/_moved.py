@@ -17,7 +17,11 @@ import types
 MOVED: dict[str, tuple[str, ...]] = {
     "vidllm_ext.results": ("vidllm_ext.contracts.frame_drop",),
     "vidllm_ext.merge_types": ("vidllm_ext.contracts.token_merge",),
-    "vidllm_ext.merge_schedule": ("vidllm_ext.contracts.token_merge",),
+    # merge_schedule itself is computed in C++ now; the oracle keeps its own statement of it.
+    "vidllm_ext.merge_schedule": (
+        "vidllm_ext.contracts.token_merge",
+        "vidllm_ext.reference.token_merge",
+    ),
     "vidllm_ext.kv_config": ("vidllm_ext.contracts.kv_quant",),
     "vidllm_ext.kv_types": ("vidllm_ext.contracts.kv_quant",),
     "vidllm_ext.kv_cache": ("vidllm_ext.integration.kv_quant_cache",),

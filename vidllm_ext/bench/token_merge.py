@@ -24,12 +24,13 @@ from vidllm_ext.bench.shapes import (
     video_steps,
 )
 from vidllm_ext.bench.tables import Column
-from vidllm_ext.contracts.token_merge import MergePlan, merge_schedule, video_segments
+from vidllm_ext.contracts.token_merge import MergePlan, video_segments
 from vidllm_ext.ops._backend import C, dl, stream_of
 from vidllm_ext.reference.token_merge import (
     best_partner,
     chunk_mean_metric,
     cosine_similarity_matrix,
+    merge_schedule,
     plan_from_merges,
     rank_order,
 )

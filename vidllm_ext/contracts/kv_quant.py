@@ -19,7 +19,7 @@ from vidllm_ext.contracts.checks import (
     check_tensor,
 )
 
-# --- from vidllm_ext/kv_config.py
+# ---- configuration
 KEY_TRANSFORMS = ("fft", "hadamard", "none")
 VALUE_AXES = ("channel", "token")
 SCALE_DTYPES = ("float16", "bfloat16", "float8_e4m3fn")
@@ -153,7 +153,7 @@ def _integer(value, name: str) -> int:
     return value
 
 
-# --- from vidllm_ext/kv_types.py
+# ---- packed types
 TensorMap = Callable[[Tensor], Tensor]
 
 
@@ -336,7 +336,7 @@ def append_values(first: PackedValues, second: PackedValues) -> PackedValues:
     return _cat_fields(first, second, names)
 
 
-# --- from vidllm_ext/_kv_pack_checks.py
+# ---- argument checks of the packing and group-quantization ops
 BITS = (1, 2)
 MODES = ("minmax2", "sign1", "trit")
 # Codes per packed byte of each layout, and of the layout each quantization mode stores.

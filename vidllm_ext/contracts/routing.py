@@ -15,7 +15,7 @@ from vidllm_ext.contracts.checks import (
     check_tensor,
 )
 
-# --- from vidllm_ext/_routing_checks.py
+# ---- argument checks
 # Row tensors (gather, scatter) also take float64, so gradients can be checked numerically.
 ROW_DTYPES = (*FLOAT_DTYPES, torch.float64)
 GATES = ("sigmoid2", "raw", "none")

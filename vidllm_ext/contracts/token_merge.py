@@ -106,7 +106,7 @@ class MergeResult(NamedTuple):
     segment: Tensor
 
 
-# --- from vidllm_ext/_merge_validation.py
+# ---- argument checks
 # Token counts index 32-bit lanes and rank keys in the kernels.
 MAX_TOKENS = 2**31 - 1
 
@@ -267,6 +267,68 @@ def check_hierarchical_args(
     return tokens, frames_per_segment, tokens_per_segment, metric_chunks
 
 
+def check_uneven_segments(
+    tokens: object,
+    segment_offsets: object,
+    frames_per_segment: object,
+    tokens_per_segment: object,
+    metric_chunks: object,
+) -> tuple[torch.Tensor, list[int], int, int]:
+    """hierarchical_merge with uneven segments: tokens float ``[T, D]``; segment_offsets a CPU
+    int64 tensor ``[S + 1]`` or a sequence of ints from 0 to T, not decreasing (segment s is
+    ``[o_s, o_{s+1})``, empty segments allowed); frames_per_segment None. The offsets are read on
+    the host, so the output size is known without a device synchronization."""
+    if frames_per_segment is not None:
+        raise ValueError(
+            "frames_per_segment: give either frames_per_segment (equal segments of a video "
+            "[F, N, D]) or segment_offsets (uneven segments of tokens [T, D]), not both"
+        )
+    tokens = check_tensor(tokens, "tokens")
+    if tokens.dim() != 2:
+        raise ValueError(
+            f"tokens: expected a 2-D tensor [tokens, dim] with segment_offsets, got shape "
+            f"{list(tokens.shape)}"
+        )
+    tokens = check_features(tokens[None], "tokens", "[tokens, dim]")[0]
+    if isinstance(segment_offsets, torch.Tensor):
+        if segment_offsets.dtype != torch.int64 or segment_offsets.dim() != 1:
+            raise ValueError(
+                f"segment_offsets: expected an int64 tensor [segments + 1], got "
+                f"{segment_offsets.dtype} of shape {list(segment_offsets.shape)}"
+            )
+        if segment_offsets.device.type != "cpu":
+            raise ValueError(
+                "segment_offsets: expected a CPU tensor or a sequence of ints (the output size "
+                f"is computed on the host without a device synchronization), got one on "
+                f"{segment_offsets.device}"
+            )
+        offsets = segment_offsets.tolist()
+    else:
+        try:
+            offsets = [check_int(o, "segment_offsets[i]", 0) for o in segment_offsets]
+        except TypeError as error:
+            raise TypeError(
+                f"segment_offsets: expected a CPU int64 tensor or ints: {error}"
+            ) from None
+    count = tokens.shape[0]
+    what = f"segment_offsets: expected offsets from 0 to {count} (the tokens) without decreasing"
+    if not offsets or offsets[0] != 0 or offsets[-1] != count:
+        raise ValueError(f"{what}, got {offsets[:3]}...{offsets[-2:]}" if offsets else what)
+    for s, (first, last) in enumerate(zip(offsets[:-1], offsets[1:])):
+        if last < first:
+            raise ValueError(f"{what}, got segment_offsets[{s}] = {first} > {last}")
+        if last - first > MAX_TOKENS:
+            raise ValueError("tokens: a segment may hold at most 2^31 - 1 tokens")
+    tokens_per_segment = check_int(tokens_per_segment, "tokens_per_segment", 1)
+    metric_chunks = check_int(metric_chunks, "metric_chunks", 1)
+    if tokens.shape[1] % metric_chunks != 0:
+        raise ValueError(
+            f"metric_chunks: expected a divisor of the feature dimension {tokens.shape[1]}, got "
+            f"{metric_chunks}"
+        )
+    return tokens, offsets, tokens_per_segment, metric_chunks
+
+
 def check_sizes(size: object) -> torch.Tensor:
     """size of proportional_attention_bias: float ``[..., T]`` (at least 1-D); its values must be
     finite and positive (checked where ``_structure_checks.values_checked`` says)."""
@@ -292,7 +354,7 @@ def check_bias_dtype(dtype: object) -> torch.dtype | None:
     return dtype
 
 
-# --- from vidllm_ext/merge_schedule.py
+# ---- host-side geometry: segments of a video and the tokens merging leaves
 class Segments(NamedTuple):
     """Frames ``[F, N]`` cut into segments of ``frames_per_segment`` consecutive frames.
 
@@ -321,22 +383,6 @@ def video_segments(frames: int, tokens_per_frame: int, frames_per_segment: int) 
     full_frames = min(frames, frames_per_segment)
     last_frames = frames - (count - 1) * frames_per_segment
     return Segments(count, full_frames * tokens_per_frame, last_frames * tokens_per_frame)
-
-
-def merge_schedule(tokens: int, target: int) -> list[int]:
-    """Merges per round that take ``tokens`` down to ``target`` (LongVLM): each round merges
-    ``min(T_i - target, T_i // 2)``; none when ``tokens <= target``.
-
-    Example:
-        >>> merge_schedule(2560, 30)
-        [1280, 640, 320, 160, 80, 40, 10]
-    """
-    rounds = []
-    while tokens > target:
-        merges = min(tokens - target, tokens // 2)
-        rounds.append(merges)
-        tokens -= merges
-    return rounds
 
 
 def merged_token_count(segments: Segments, tokens_per_segment: int) -> int:

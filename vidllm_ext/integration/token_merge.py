@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from vidllm_ext import ops
-from vidllm_ext.contracts.token_merge import MergeConfig, merge_schedule
+from vidllm_ext.contracts.token_merge import MergeConfig
 from vidllm_ext.integration.sequence import VideoSegment
-from vidllm_ext.ops.token_merge import chunk_mean_metric
 
 
 @dataclass
@@ -48,14 +47,6 @@ class MergeStats:
         return 0.0 if before == 0 else 1.0 - self.video_tokens_after / before
 
 
-@dataclass
-class _Run:
-    """The tokens of one segment that reach the merge: their columns in one sample, ascending."""
-
-    sample: int
-    columns: torch.Tensor
-
-
 def merge_video_tokens(
     embeds: torch.Tensor, segments: list[VideoSegment], keep: torch.Tensor, config: MergeConfig
 ) -> tuple[torch.Tensor, torch.Tensor, MergeStats]:
@@ -76,18 +67,31 @@ def merge_video_tokens(
         return embeds, keep, stats
     columns = [segment.columns.to(embeds.device) for segment in segments]
     before = _video_counts(keep, segments, columns)
+    stats.segments = sum(-(-segment.steps // config.frames_per_segment) for segment in segments)
     embeds, keep = embeds.clone(), keep.clone()
-    runs = []
-    for segment, video_columns, count in zip(segments, columns, before):
-        if count == video_columns.numel():  # every token present: the fused kernel
-            _merge_whole_video(embeds, keep, segment, video_columns, config)
-        else:
-            runs += _segment_runs(segment, video_columns, keep, config)
-        stats.segments += -(-segment.steps // config.frames_per_segment)
-    for length, group in _by_length(runs).items():
-        merged, kept_index = _merge_equal_runs(embeds, group, length, config)
-        for run, tokens, index in zip(group, merged, kept_index):
-            _write(embeds, keep, run.sample, run.columns, run.columns[index], tokens)
+    # Every segment's present tokens (DTD may have dropped some), every video of the batch in
+    # one call: ops.hierarchical_merge merges each segment on its own, by its own schedule.
+    samples = torch.cat(
+        [torch.full_like(video, segment.sample) for segment, video in zip(segments, columns)]
+    )
+    flat_columns = torch.cat(columns)
+    segment_of_token = torch.cat(_segment_ids(segments, columns, config))
+    present = keep[samples, flat_columns]
+    counts = torch.bincount(segment_of_token[present], minlength=stats.segments).tolist()
+    offsets = [0]
+    for count in counts:
+        offsets.append(offsets[-1] + count)
+    kept_samples, kept_columns = samples[present], flat_columns[present]
+    result = ops.hierarchical_merge(
+        embeds[kept_samples, kept_columns],
+        segment_offsets=offsets,
+        tokens_per_segment=config.tokens_per_segment,
+        metric_chunks=config.metric_chunks,
+    )
+    owners, representatives = kept_samples[result.source_index], kept_columns[result.source_index]
+    keep[samples, flat_columns] = False
+    keep[owners, representatives] = True
+    embeds[owners, representatives] = result.tokens.to(embeds.dtype)
     stats.tokens_per_video = _video_counts(keep, segments, columns)
     stats.video_tokens_before = sum(before)
     stats.video_tokens_after = sum(stats.tokens_per_video)
@@ -100,51 +104,11 @@ def _video_counts(keep: torch.Tensor, segments: list, columns: list) -> list[int
     return torch.stack(counts).tolist()
 
 
-def _merge_whole_video(embeds, keep, segment: VideoSegment, columns, config: MergeConfig):
-    frames = embeds[segment.sample, columns].view(segment.steps, segment.tokens, -1)
-    result = ops.hierarchical_merge(
-        frames,
-        frames_per_segment=config.frames_per_segment,
-        tokens_per_segment=config.tokens_per_segment,
-        metric_chunks=config.metric_chunks,
-    )
-    _write(embeds, keep, segment.sample, columns, columns[result.source_index], result.tokens)
-
-
-def _segment_runs(segment: VideoSegment, columns, keep, config: MergeConfig) -> list[_Run]:
-    """The present tokens of each segment of a video that lost some to DTD (empty ones left out)."""
-    present = keep[segment.sample, columns]
-    span = config.frames_per_segment * segment.tokens
-    runs = []
-    for start in range(0, columns.numel(), span):
-        run = columns[start : start + span][present[start : start + span]]
-        if run.numel():
-            runs.append(_Run(segment.sample, run))
-    return runs
-
-
-def _by_length(runs: list[_Run]) -> dict[int, list[_Run]]:
-    groups: dict[int, list[_Run]] = {}
-    for run in runs:
-        groups.setdefault(run.columns.numel(), []).append(run)
-    return groups
-
-
-def _merge_equal_runs(embeds, group: list[_Run], length: int, config: MergeConfig):
-    """Merges runs of equal length together: ``(tokens [G, M, D], kept_index [G, M])`` with
-    kept_index the position in its run of each merged token's representative."""
-    x = torch.stack([embeds[run.sample, run.columns] for run in group])
-    kept_index = torch.arange(length, device=x.device).expand(len(group), length)
-    size = None
-    for r in merge_schedule(length, config.tokens_per_segment):
-        plan = ops.bipartite_soft_matching(chunk_mean_metric(x, config.metric_chunks), r)
-        x, size = ops.merge_wavg(plan, x, size)
-        kept_index = kept_index.gather(1, plan.kept_index)
-    return x, kept_index
-
-
-def _write(embeds, keep, sample: int, columns, representatives, tokens) -> None:
-    """The merged tokens replace the video's (or segment's) tokens at their representatives."""
-    keep[sample, columns] = False
-    keep[sample, representatives] = True
-    embeds[sample, representatives] = tokens.to(embeds.dtype)
+def _segment_ids(segments: list[VideoSegment], columns: list, config: MergeConfig) -> list:
+    """Per video, the merge segment (numbered across the batch) of each of its tokens."""
+    ids, first = [], 0
+    for segment, video in zip(segments, columns):
+        span = config.frames_per_segment * segment.tokens
+        ids.append(first + torch.arange(video.numel(), device=video.device) // span)
+        first += -(-segment.steps // config.frames_per_segment)
+    return ids

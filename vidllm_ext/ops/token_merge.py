@@ -289,11 +289,12 @@ def unmerge(plan: MergePlan, x_merged: Tensor) -> Tensor:
 def hierarchical_merge(
     tokens: Tensor,
     *,
-    frames_per_segment: int = 10,
+    frames_per_segment: Optional[int] = None,
     tokens_per_segment: int = 30,
     metric_chunks: int = 16,
+    segment_offsets=None,
 ) -> MergeResult:
-    """LongVLM's hierarchical merge of one video's tokens, segment by segment.
+    """LongVLM's hierarchical merge of a video's tokens, segment by segment.
 
     Frames are cut into segments of ``frames_per_segment`` consecutive frames (the last may be
     shorter); a segment's tokens, flattened in (frame, position) order, are merged jointly across
@@ -304,16 +305,28 @@ def hierarchical_merge(
     call into the kernels for the whole merge), and the schedule is computed on the host from the
     shapes: no host synchronization.
 
+    Uneven segments (a video thinned by frame drop, or several videos at once): give ``tokens``
+    as ``[T, D]`` and ``segment_offsets``; segment s, tokens ``[o_s, o_{s+1})``, is merged on its
+    own to ``min(n_s, M)`` tokens by the same schedule (empty segments give none). Segments of
+    equal length share one call into the kernels (one per distinct length), each running every
+    round of the schedule in C++: no Python round loop.
+
     Args:
-        tokens: ``[F, N, D]`` float32/float16/bfloat16, CPU or CUDA: F frames of N tokens.
-        frames_per_segment, tokens_per_segment: positive ints.
+        tokens: ``[F, N, D]`` float32/float16/bfloat16, CPU or CUDA: F frames of N tokens; or
+            ``[T, D]`` with ``segment_offsets``.
+        frames_per_segment: positive int (default 10); not with ``segment_offsets``.
+        tokens_per_segment: positive int, M.
         metric_chunks: positive divisor of D.
+        segment_offsets: a CPU int64 tensor ``[S + 1]`` or a sequence of ints, from 0 to T,
+            not decreasing. It is read on the host (a CUDA tensor is refused: the output size
+            would need a device synchronization).
 
     Returns:
-        :class:`~vidllm_ext.contracts.token_merge.MergeResult` ``(tokens [K, D], sizes float32 [K],
-        source_index int64 [K], segment int64 [K])`` with ``K = S * M`` when every segment holds
-        at least M tokens; ``source_index`` is the flat index ``f * N + n`` of each merged
-        token's representative, so the caller can take its position ids.
+        :class:`~vidllm_ext.contracts.token_merge.MergeResult` ``(tokens [K, D], sizes float32
+        [K], source_index int64 [K], segment int64 [K])``, segment-major, with ``K = sum_s
+        min(n_s, M)``; ``source_index`` is the flat index (``f * N + n``, or the row of
+        ``[T, D]``) of each merged token's representative, so the caller can take its position
+        ids.
 
     Example:
         >>> video = torch.randn(100, 256, 1024)
@@ -321,12 +334,44 @@ def hierarchical_merge(
         >>> result.tokens.shape, int(result.sizes.sum())
         (torch.Size([300, 1024]), 25600)
     """
+    if segment_offsets is not None:
+        tokens, offsets, tokens_per_segment, metric_chunks = check.check_uneven_segments(
+            tokens, segment_offsets, frames_per_segment, tokens_per_segment, metric_chunks
+        )
+        return _merge_uneven_segments(tokens, offsets, tokens_per_segment, metric_chunks)
+    frames_per_segment = 10 if frames_per_segment is None else frames_per_segment
     tokens, frames_per_segment, tokens_per_segment, metric_chunks = check.check_hierarchical_args(
         tokens, frames_per_segment, tokens_per_segment, metric_chunks
     )
     return MergeResult(
         *_hierarchical_op(tokens, frames_per_segment, tokens_per_segment, metric_chunks)
     )
+
+
+def _merge_uneven_segments(
+    tokens: Tensor, offsets: list[int], tokens_per_segment: int, metric_chunks: int
+) -> MergeResult:
+    """Segments of equal length go to the kernels together, as the rows ``[G, L, D]`` of a video
+    of one-frame segments; the results are put back in segment order."""
+    device, dim = tokens.device, tokens.shape[1]
+    by_length: dict[int, list[int]] = {}
+    for segment, (first, last) in enumerate(zip(offsets[:-1], offsets[1:])):
+        if last > first:
+            by_length.setdefault(last - first, []).append(segment)
+    pieces = []
+    for length, segments in by_length.items():
+        starts = torch.tensor([offsets[s] for s in segments], dtype=torch.int64)
+        rows = (starts[:, None] + torch.arange(length)).flatten().to(device)
+        x = tokens.index_select(0, rows).view(len(segments), length, dim)
+        merged, sizes, source, row = _hierarchical_op(x, 1, tokens_per_segment, metric_chunks)
+        segment = torch.tensor(segments, dtype=torch.int64, device=device)[row]
+        pieces.append((merged, sizes, rows[source], segment))
+    if not pieces:
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return MergeResult(tokens.new_empty((0, dim)), empty.float(), empty, empty)
+    merged, sizes, source, segment = (torch.cat(parts) for parts in zip(*pieces))
+    order = torch.sort(segment, stable=True).indices
+    return MergeResult(merged[order], sizes[order], source[order], segment[order])
 
 
 def proportional_attention_bias(size: Tensor, *, dtype: Optional[torch.dtype] = None) -> Tensor:

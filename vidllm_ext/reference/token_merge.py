@@ -19,12 +19,29 @@ from vidllm_ext.contracts import token_merge as check
 from vidllm_ext.contracts.token_merge import (
     MergePlan,
     MergeResult,
-    merge_schedule,
     merged_token_count,
     set_sizes,
     video_segments,
 )
 from vidllm_ext.reference.cosine import cosine_similarity_matrix
+
+
+# The oracle's own statement of LongVLM's schedule (production computes it in C++ only,
+# csrc/token_merge/token_merge_hierarchical.cpp).
+def merge_schedule(tokens: int, target: int) -> list[int]:
+    """Merges per round that take ``tokens`` down to ``target`` (LongVLM): each round merges
+    ``min(T_i - target, T_i // 2)``; none when ``tokens <= target``.
+
+    Example:
+        >>> merge_schedule(2560, 30)
+        [1280, 640, 320, 160, 80, 40, 10]
+    """
+    rounds = []
+    while tokens > target:
+        merges = min(tokens - target, tokens // 2)
+        rounds.append(merges)
+        tokens -= merges
+    return rounds
 
 
 def best_partner(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,12 +163,30 @@ def chunk_mean_metric(x: torch.Tensor, chunks: int) -> torch.Tensor:
 def hierarchical_merge(
     tokens: torch.Tensor,
     *,
-    frames_per_segment: int = 10,
+    frames_per_segment: int | None = None,
     tokens_per_segment: int = 30,
     metric_chunks: int = 16,
+    segment_offsets=None,
 ) -> MergeResult:
-    """LongVLM's hierarchical merge of ``tokens [F, N, D]`` (see
-    :func:`vidllm_ext.ops.hierarchical_merge`)."""
+    """LongVLM's hierarchical merge of ``tokens [F, N, D]``, or of uneven segments of
+    ``tokens [T, D]`` given ``segment_offsets`` (see :func:`vidllm_ext.ops.hierarchical_merge`).
+    Uneven segments are merged one at a time."""
+    if segment_offsets is not None:
+        tokens, offsets, target, chunks = check.check_uneven_segments(
+            tokens, segment_offsets, frames_per_segment, tokens_per_segment, metric_chunks
+        )
+        pieces = []
+        for s, (first, last) in enumerate(zip(offsets[:-1], offsets[1:])):
+            if last > first:
+                x, size, index, segment, _ = _merge_segments(
+                    tokens[first:last][None], s, 0, target, chunks
+                )
+                pieces.append((x, size, index + first, segment))
+        if not pieces:
+            empty = torch.empty(0, dtype=torch.int64, device=tokens.device)
+            return MergeResult(tokens.new_empty((0, tokens.shape[1])), empty.float(), empty, empty)
+        return MergeResult(*(torch.cat(parts) for parts in zip(*pieces)))
+    frames_per_segment = 10 if frames_per_segment is None else frames_per_segment
     return hierarchical_merge_with_assignment(
         tokens,
         frames_per_segment=frames_per_segment,
