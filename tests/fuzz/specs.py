@@ -211,6 +211,8 @@ def unmerge(rng):
 
 @spec
 def hierarchical_merge(rng):
+    if rng.random() < 0.4:
+        return _hierarchical_merge_uneven(rng)
     # Metrics of at least 3 channels: with 1 or 2 every cosine is (nearly) +-1, and float32
     # rounding, not the pinned tie rule, then decides between the op and the float64 reference
     # (an open limit of the cosine fix, issue 15 defect 3; exact duplicates still tie exactly).
@@ -225,11 +227,33 @@ def hierarchical_merge(rng):
     )
     args = dict(
         tokens=Arg("data", huge=1),
-        frames_per_segment=Arg("int"),
+        frames_per_segment=Arg("int", optional=True),  # None: the default, 10
         tokens_per_segment=Arg("int"),
         metric_chunks=Arg("int"),
     )
     names = ("tokens", "*frames_per_segment", "*tokens_per_segment", "*metric_chunks")
+    return _case(values, args, _call("hierarchical_merge", *names))
+
+
+def _hierarchical_merge_uneven(rng):
+    # Uneven segments of tokens [T, D] (a video thinned by frame drop); metrics of >= 3 channels
+    # as above.
+    dim = _int(rng, 3, 8)
+    chunks = [d for d in range(1, dim + 1) if dim % d == 0 and dim // d >= 3]
+    tokens = _floats(rng, (_int(rng, 0, 30), dim))
+    values = dict(
+        tokens=tokens,
+        segment_offsets=_offsets(rng, tokens.shape[0]),
+        tokens_per_segment=_int(rng, 1, 9),
+        metric_chunks=chunks[_int(rng, 0, len(chunks) - 1)],
+    )
+    args = dict(
+        tokens=Arg("data"),
+        segment_offsets=Arg("host_offsets"),
+        tokens_per_segment=Arg("int"),
+        metric_chunks=Arg("int"),
+    )
+    names = ("tokens", "*segment_offsets", "*tokens_per_segment", "*metric_chunks")
     return _case(values, args, _call("hierarchical_merge", *names))
 
 
