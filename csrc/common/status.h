@@ -22,3 +22,14 @@ struct Status {
 };
 
 }  // namespace vidllm
+
+// Declares a kernel family's launchers for one kernel, inside the family's namespace:
+// `name_cpu(params)`, and in a CUDA build `name_cuda(params, stream)`, which runs on `stream` (a
+// cudaStream_t), never allocates and never synchronizes.
+#if defined(VIDLLM_WITH_CUDA)
+#define VIDLLM_LAUNCHERS(name, Params)     \
+  Status name##_cpu(const Params& params); \
+  Status name##_cuda(const Params& params, void* stream)
+#else
+#define VIDLLM_LAUNCHERS(name, Params) Status name##_cpu(const Params& params)
+#endif

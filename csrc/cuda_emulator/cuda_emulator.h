@@ -71,25 +71,29 @@ extern dim3 gridDim;
 constexpr int warpSize = 32;
 
 // CUDA's device min and max overloads for arithmetic operands (mixed types promote as in C++).
-template <typename A, typename B,
-          typename = std::enable_if_t<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>>
-inline std::common_type_t<A, B> min(A a, B b) {
+namespace cuda_emulator::detail {
+template <typename A, typename B>
+using IfArithmetic = std::enable_if_t<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value,
+                                      std::common_type_t<A, B>>;
+template <bool kMax, typename A, typename B>
+inline IfArithmetic<A, B> min_or_max(A a, B b) {
   using C = std::common_type_t<A, B>;
+  const C x = static_cast<C>(a);
+  const C y = static_cast<C>(b);
   if constexpr (std::is_floating_point<C>::value) {
-    return std::fmin(static_cast<C>(a), static_cast<C>(b));
+    return kMax ? std::fmax(x, y) : std::fmin(x, y);
   } else {
-    return static_cast<C>(b) < static_cast<C>(a) ? static_cast<C>(b) : static_cast<C>(a);
+    return (kMax ? x < y : y < x) ? y : x;
   }
 }
-template <typename A, typename B,
-          typename = std::enable_if_t<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>>
-inline std::common_type_t<A, B> max(A a, B b) {
-  using C = std::common_type_t<A, B>;
-  if constexpr (std::is_floating_point<C>::value) {
-    return std::fmax(static_cast<C>(a), static_cast<C>(b));
-  } else {
-    return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
-  }
+}  // namespace cuda_emulator::detail
+template <typename A, typename B>
+inline cuda_emulator::detail::IfArithmetic<A, B> min(A a, B b) {
+  return cuda_emulator::detail::min_or_max<false>(a, b);
+}
+template <typename A, typename B>
+inline cuda_emulator::detail::IfArithmetic<A, B> max(A a, B b) {
+  return cuda_emulator::detail::min_or_max<true>(a, b);
 }
 
 using std::isfinite;

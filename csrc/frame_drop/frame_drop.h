@@ -80,16 +80,9 @@ struct CompactParams {
   int device = 0;
 };
 
-Status score_cpu(const ScoreParams& params);
-Status decide_cpu(const DecideParams& params);
-Status compact_cpu(const CompactParams& params);
-
-#if defined(VIDLLM_WITH_CUDA)
-// Run on `stream` (a cudaStream_t); they never allocate and never synchronize.
-Status score_cuda(const ScoreParams& params, void* stream);
-Status decide_cuda(const DecideParams& params, void* stream);
-Status compact_cuda(const CompactParams& params, void* stream);
-#endif
+VIDLLM_LAUNCHERS(score, ScoreParams);
+VIDLLM_LAUNCHERS(decide, DecideParams);
+VIDLLM_LAUNCHERS(compact, CompactParams);
 
 // ---- per-token math shared by the CPU and CUDA kernels ------------------------------------
 

@@ -176,14 +176,8 @@ VIDLLM_HOST_DEVICE int64_t tile_end(const SegmentParams& p, int64_t batch, int64
   return end;
 }
 
-Status segment_partials_cpu(const SegmentParams& params);
-Status combine_partials_cpu(const CombineParams& params);
-
-#if defined(VIDLLM_WITH_CUDA)
-// Run on `stream` (a cudaStream_t); they never allocate and never synchronize.
-Status segment_partials_cuda(const SegmentParams& params, void* stream);
-Status combine_partials_cuda(const CombineParams& params, void* stream);
-#endif
+VIDLLM_LAUNCHERS(segment_partials, SegmentParams);
+VIDLLM_LAUNCHERS(combine_partials, CombineParams);
 
 // Shape checks shared by both twins (the binding validates pointers, dtypes and sizes).
 Status check_segment_params(const SegmentParams& params);

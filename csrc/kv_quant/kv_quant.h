@@ -123,22 +123,12 @@ VIDLLM_HOST_DEVICE int64_t ceil_groups(int64_t count, int64_t group_size) {
   return (count + group_size - 1) / group_size;
 }
 
-Status pack_cpu(const PackParams& params);
-Status unpack_cpu(const UnpackParams& params);
-Status quantize_channel_groups_cpu(const ChannelGroupQuantParams& params);
-Status dequantize_channel_groups_cpu(const ChannelGroupDequantParams& params);
-Status quantize_token_groups_cpu(const TokenGroupQuantParams& params);
-Status dequantize_token_groups_cpu(const TokenGroupDequantParams& params);
-
-#if defined(VIDLLM_WITH_CUDA)
-// Run on `stream` (a cudaStream_t); they never allocate and never synchronize.
-Status pack_cuda(const PackParams& params, void* stream);
-Status unpack_cuda(const UnpackParams& params, void* stream);
-Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& params, void* stream);
-Status dequantize_channel_groups_cuda(const ChannelGroupDequantParams& params, void* stream);
-Status quantize_token_groups_cuda(const TokenGroupQuantParams& params, void* stream);
-Status dequantize_token_groups_cuda(const TokenGroupDequantParams& params, void* stream);
-#endif
+VIDLLM_LAUNCHERS(pack, PackParams);
+VIDLLM_LAUNCHERS(unpack, UnpackParams);
+VIDLLM_LAUNCHERS(quantize_channel_groups, ChannelGroupQuantParams);
+VIDLLM_LAUNCHERS(dequantize_channel_groups, ChannelGroupDequantParams);
+VIDLLM_LAUNCHERS(quantize_token_groups, TokenGroupQuantParams);
+VIDLLM_LAUNCHERS(dequantize_token_groups, TokenGroupDequantParams);
 
 }  // namespace vidllm::kv_quant
 

@@ -42,8 +42,10 @@ void parallel_for_work(int64_t items, int64_t elements_per_item, const Body& bod
 // thread, short rows are grouped.
 constexpr int64_t kBytesPerItem = 4096;
 
+// Packs (PackParams) or unpacks (UnpackParams) bytes [first_byte, end_byte) of one row's packed
+// bytes; returns the invalid codes (pack) or bytes (unpack) it met.
 template <Packing kPacking>
-int64_t pack_bytes(const PackParams& p, int64_t row, int64_t first_byte, int64_t end_byte) {
+int64_t convert_bytes(const PackParams& p, int64_t row, int64_t first_byte, int64_t end_byte) {
   using Traits = PackingTraits<kPacking>;
   using Code = typename Traits::Code;
   const Code* codes = static_cast<const Code*>(p.codes) + row * p.codes_row_stride;
@@ -60,7 +62,7 @@ int64_t pack_bytes(const PackParams& p, int64_t row, int64_t first_byte, int64_t
 }
 
 template <Packing kPacking>
-int64_t unpack_bytes(const UnpackParams& p, int64_t row, int64_t first_byte, int64_t end_byte) {
+int64_t convert_bytes(const UnpackParams& p, int64_t row, int64_t first_byte, int64_t end_byte) {
   using Traits = PackingTraits<kPacking>;
   using Code = typename Traits::Code;
   const uint8_t* packed = p.packed + row * p.packed_row_stride;
@@ -92,6 +94,18 @@ int64_t for_each_byte_range(int64_t rows, int64_t bytes_per_row, const Work& wor
         if (found != 0) invalid.fetch_add(found, std::memory_order_relaxed);
       });
   return invalid.load();
+}
+
+// pack_cpu and unpack_cpu: convert_bytes over every row's packed bytes, the invalid count to
+// *p.invalid.
+template <typename Params>
+Status convert_all_bytes(const Params& p) {
+  const int64_t bytes = packed_bytes(p.n, p.packing);
+  VIDLLM_KV_DISPATCH_PACKING(p.packing, *p.invalid = for_each_byte_range(
+                                            p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
+                                              return convert_bytes<kPacking>(p, r, b, e);
+                                            }));
+  return Status::ok();
 }
 
 // Ok when every entry of channels [heads, count] lies in [0, limit) and, with require_distinct,
@@ -225,23 +239,9 @@ void dequantize_token(const TokenGroupDequantParams& p, int64_t groups, int64_t 
 
 }  // namespace
 
-Status pack_cpu(const PackParams& p) {
-  const int64_t bytes = packed_bytes(p.n, p.packing);
-  VIDLLM_KV_DISPATCH_PACKING(p.packing, *p.invalid = for_each_byte_range(
-                                            p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-                                              return pack_bytes<kPacking>(p, r, b, e);
-                                            }));
-  return Status::ok();
-}
+Status pack_cpu(const PackParams& p) { return convert_all_bytes(p); }
 
-Status unpack_cpu(const UnpackParams& p) {
-  const int64_t bytes = packed_bytes(p.n, p.packing);
-  VIDLLM_KV_DISPATCH_PACKING(p.packing, *p.invalid = for_each_byte_range(
-                                            p.rows, bytes, [&](int64_t r, int64_t b, int64_t e) {
-                                              return unpack_bytes<kPacking>(p, r, b, e);
-                                            }));
-  return Status::ok();
-}
+Status unpack_cpu(const UnpackParams& p) { return convert_all_bytes(p); }
 
 Status quantize_channel_groups_cpu(const ChannelGroupQuantParams& p) {
   const Status channels_ok = check_channels(p.channels, p.heads, p.quantized_channels, p.x_channels,

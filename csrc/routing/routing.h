@@ -106,18 +106,10 @@ VIDLLM_HOST_DEVICE int64_t linked_first_update(int64_t row_source) {
   return row_source <= kFirstUpdateBase ? kFirstUpdateBase - row_source : -1;
 }
 
-Status topk_plan_cpu(const TopkParams& params);
-Status topk_select_cpu(const TopkParams& params);
-Status gather_cpu(const GatherParams& params);
-Status scatter_cpu(const ScatterParams& params);
-
-#if defined(VIDLLM_WITH_CUDA)
-// Run on `stream` (a cudaStream_t); they never allocate and never synchronize.
-Status topk_plan_cuda(const TopkParams& params, void* stream);
-Status topk_select_cuda(const TopkParams& params, void* stream);
-Status gather_cuda(const GatherParams& params, void* stream);
-Status scatter_cuda(const ScatterParams& params, void* stream);
-#endif
+VIDLLM_LAUNCHERS(topk_plan, TopkParams);
+VIDLLM_LAUNCHERS(topk_select, TopkParams);
+VIDLLM_LAUNCHERS(gather, GatherParams);
+VIDLLM_LAUNCHERS(scatter, ScatterParams);
 
 // ---- per-element math shared by the CPU and CUDA kernels ----------------------------------
 
