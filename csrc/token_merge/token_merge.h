@@ -134,22 +134,14 @@ struct HierarchicalParams {
 int64_t hierarchical_merged_tokens(const HierarchicalParams& params);
 int64_t hierarchical_workspace_bytes(const HierarchicalParams& params);
 
-Status metric_cpu(const MetricParams& params);
-Status match_cpu(const MatchParams& params);
-Status plan_cpu(const PlanParams& params);
-Status wavg_cpu(const MergeParams& params);
-Status unmerge_cpu(const UnmergeParams& params);
-Status hierarchical_cpu(const HierarchicalParams& params);
-
-#if defined(VIDLLM_WITH_CUDA)
-// Run on `stream` (a cudaStream_t); they never allocate and never synchronize.
-Status metric_cuda(const MetricParams& params, void* stream);
-Status match_cuda(const MatchParams& params, void* stream);
-Status plan_cuda(const PlanParams& params, void* stream);
-Status wavg_cuda(const MergeParams& params, void* stream);
-Status unmerge_cuda(const UnmergeParams& params, void* stream);
-Status hierarchical_cuda(const HierarchicalParams& params, void* stream);
-#endif
+// The CPU twin of each stage, and in CUDA builds its launcher on `stream` (a cudaStream_t),
+// which never allocates and never synchronizes.
+VIDLLM_LAUNCHERS(metric, MetricParams);
+VIDLLM_LAUNCHERS(match, MatchParams);
+VIDLLM_LAUNCHERS(plan, PlanParams);
+VIDLLM_LAUNCHERS(wavg, MergeParams);
+VIDLLM_LAUNCHERS(unmerge, UnmergeParams);
+VIDLLM_LAUNCHERS(hierarchical, HierarchicalParams);
 
 // ---- row geometry ----------------------------------------------------------------------------
 
