@@ -23,12 +23,13 @@ from shapes import DEFAULT_MERGE_SHAPES, MERGE_SHAPES, MergeShape, dtype_label, 
 from vidllm_ext import ops, reference
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Budget, Column
-from vidllm_ext.contracts.token_merge import MergePlan, merge_schedule, video_segments
+from vidllm_ext.contracts.token_merge import MergePlan, frame_segment_offsets
 from vidllm_ext.ops._backend import C, dl, stream_of
 from vidllm_ext.reference.token_merge import (
     best_partner,
     chunk_mean_metric,
     cosine_similarity_matrix,
+    merge_schedule,
     plan_from_merges,
     rank_order,
 )
@@ -77,10 +78,14 @@ def merge_cost(row_tokens: list[int], row_merges: list[int], dim: int, element: 
     return Cost((tokens + outputs) * (dim * element + 12), 2 * tokens * dim + outputs * dim)
 
 
+def segment_lengths(shape: MergeShape) -> list[int]:
+    offsets = frame_segment_offsets(shape.frames, shape.tokens, shape.frames_per_segment)
+    return [end - first for first, end in zip(offsets, offsets[1:])]
+
+
 def rounds_of(shape: MergeShape) -> list[tuple[list[int], list[int]]]:
     """``(tokens per segment, merges per segment)`` of every round of the hierarchical merge."""
-    segments = video_segments(shape.frames, shape.tokens, shape.frames_per_segment)
-    lengths = [segments.tokens] * (segments.count - 1) + [segments.last_tokens]
+    lengths = segment_lengths(shape)
     schedules = [merge_schedule(length, shape.tokens_per_segment) for length in lengths]
     rounds = []
     for index in range(max(map(len, schedules), default=0)):
@@ -139,9 +144,9 @@ def reference_plan(partner: torch.Tensor, score: torch.Tensor, tokens: int, r: i
 
 def first_round_cases(shape: MergeShape, tokens: torch.Tensor) -> list[Case]:
     """The four stages of round 1 over the full segments, each kernel on preallocated buffers."""
-    segments = video_segments(shape.frames, shape.tokens, shape.frames_per_segment)
-    rows = segments.count - (segments.last_tokens != segments.tokens)
-    length, dim, chunks = segments.tokens, shape.dim, shape.metric_chunks
+    lengths = segment_lengths(shape)
+    length, dim, chunks = lengths[0], shape.dim, shape.metric_chunks
+    rows = lengths.count(length)  # the full segments
     x = tokens.reshape(-1, dim)[: rows * length].view(rows, length, dim)
     r = merge_schedule(length, shape.tokens_per_segment)[0]
     device, stream, long = x.device, stream_of(x), dict(dtype=torch.int64, device=x.device)

@@ -16,8 +16,7 @@ from support.patch_reference import language_model_inputs, reduce_inputs, refere
 
 import vidllm_ext
 from vidllm_ext import reference
-from vidllm_ext.contracts.token_merge import merge_schedule
-from vidllm_ext.reference.token_merge import chunk_mean_metric
+from vidllm_ext.reference.token_merge import chunk_mean_metric, merge_schedule
 
 pytest.importorskip("transformers")
 # Two steps per segment, five tokens kept of each segment's 32 (16 tokens per step).

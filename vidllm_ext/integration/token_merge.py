@@ -5,10 +5,9 @@ that reach the merge (all of them, or those DTD kept) are merged down to ``token
 A merged token is written at the column of its representative (the destination that survived
 every round), so the compaction that follows gives it the representative's position ids.
 
-A video with every token present is merged by the fused :func:`vidllm_ext.ops.hierarchical_merge`
-(one kernel call for all its segments). After DTD, segments hold different numbers of tokens:
-segments of equal length are batched, and each round of each batch is one matching and one merge
-launch (:func:`vidllm_ext.ops.bipartite_soft_matching`, :func:`vidllm_ext.ops.merge_wavg`).
+Every segment of every video of the batch, whole or thinned by DTD (segments of uneven lengths,
+some maybe empty), is merged by one call of :func:`vidllm_ext.ops.hierarchical_merge` with segment
+offsets: each segment on its own schedule, one kernel call for the batch.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from vidllm_ext import ops
-from vidllm_ext.contracts.token_merge import MergeConfig, merge_schedule
+from vidllm_ext.contracts.token_merge import MergeConfig
 from vidllm_ext.integration.sequence import VideoSegment
-from vidllm_ext.ops.token_merge import chunk_mean_metric
 
 
 @dataclass
@@ -48,14 +46,6 @@ class MergeStats:
         return 0.0 if before == 0 else 1.0 - self.video_tokens_after / before
 
 
-@dataclass
-class _Run:
-    """The tokens of one segment that reach the merge: their columns in one sample, ascending."""
-
-    sample: int
-    columns: torch.Tensor
-
-
 def merge_video_tokens(
     embeds: torch.Tensor, segments: list[VideoSegment], keep: torch.Tensor, config: MergeConfig
 ) -> tuple[torch.Tensor, torch.Tensor, MergeStats]:
@@ -74,77 +64,48 @@ def merge_video_tokens(
     stats = MergeStats(samples=[segment.sample for segment in segments])
     if not segments:
         return embeds, keep, stats
-    columns = [segment.columns.to(embeds.device) for segment in segments]
-    before = _video_counts(keep, segments, columns)
-    embeds, keep = embeds.clone(), keep.clone()
-    runs = []
-    for segment, video_columns, count in zip(segments, columns, before):
-        if count == video_columns.numel():  # every token present: the fused kernel
-            _merge_whole_video(embeds, keep, segment, video_columns, config)
-        else:
-            runs += _segment_runs(segment, video_columns, keep, config)
-        stats.segments += -(-segment.steps // config.frames_per_segment)
-    for length, group in _by_length(runs).items():
-        merged, kept_index = _merge_equal_runs(embeds, group, length, config)
-        for run, tokens, index in zip(group, merged, kept_index):
-            _write(embeds, keep, run.sample, run.columns, run.columns[index], tokens)
-    stats.tokens_per_video = _video_counts(keep, segments, columns)
-    stats.video_tokens_before = sum(before)
-    stats.video_tokens_after = sum(stats.tokens_per_video)
-    return embeds, keep, stats
-
-
-def _video_counts(keep: torch.Tensor, segments: list, columns: list) -> list[int]:
-    """Per video, its tokens still kept (one host transfer)."""
-    counts = [keep[segment.sample, video].sum() for segment, video in zip(segments, columns)]
-    return torch.stack(counts).tolist()
-
-
-def _merge_whole_video(embeds, keep, segment: VideoSegment, columns, config: MergeConfig):
-    frames = embeds[segment.sample, columns].view(segment.steps, segment.tokens, -1)
+    device = embeds.device
+    columns = torch.cat([segment.columns.to(device) for segment in segments])
+    samples = torch.cat(
+        [
+            torch.full_like(column, s.sample)
+            for s, column in zip(segments, [x.columns for x in segments])
+        ]
+    ).to(device)
+    # Segment of every video token, numbered over the batch (videos in order).
+    span = [config.frames_per_segment * segment.tokens for segment in segments]
+    per_video = [-(-segment.steps // config.frames_per_segment) for segment in segments]
+    first = [sum(per_video[:v]) for v in range(len(segments))]
+    segment_of = torch.cat(
+        [
+            first[v] + torch.arange(segment.columns.numel(), device=device) // max(span[v], 1)
+            for v, segment in enumerate(segments)
+        ]
+    )
+    present = keep[samples, columns]
+    counts = torch.bincount(segment_of[present], minlength=sum(per_video)).tolist()  # one sync
+    offsets = [0]
+    for count in counts:
+        offsets.append(offsets[-1] + count)
+    present_samples, present_columns = samples[present], columns[present]
     result = ops.hierarchical_merge(
-        frames,
-        frames_per_segment=config.frames_per_segment,
+        embeds[present_samples, present_columns],
+        segment_offsets=offsets,
         tokens_per_segment=config.tokens_per_segment,
         metric_chunks=config.metric_chunks,
     )
-    _write(embeds, keep, segment.sample, columns, columns[result.source_index], result.tokens)
-
-
-def _segment_runs(segment: VideoSegment, columns, keep, config: MergeConfig) -> list[_Run]:
-    """The present tokens of each segment of a video that lost some to DTD (empty ones left out)."""
-    present = keep[segment.sample, columns]
-    span = config.frames_per_segment * segment.tokens
-    runs = []
-    for start in range(0, columns.numel(), span):
-        run = columns[start : start + span][present[start : start + span]]
-        if run.numel():
-            runs.append(_Run(segment.sample, run))
-    return runs
-
-
-def _by_length(runs: list[_Run]) -> dict[int, list[_Run]]:
-    groups: dict[int, list[_Run]] = {}
-    for run in runs:
-        groups.setdefault(run.columns.numel(), []).append(run)
-    return groups
-
-
-def _merge_equal_runs(embeds, group: list[_Run], length: int, config: MergeConfig):
-    """Merges runs of equal length together: ``(tokens [G, M, D], kept_index [G, M])`` with
-    kept_index the position in its run of each merged token's representative."""
-    x = torch.stack([embeds[run.sample, run.columns] for run in group])
-    kept_index = torch.arange(length, device=x.device).expand(len(group), length)
-    size = None
-    for r in merge_schedule(length, config.tokens_per_segment):
-        plan = ops.bipartite_soft_matching(chunk_mean_metric(x, config.metric_chunks), r)
-        x, size = ops.merge_wavg(plan, x, size)
-        kept_index = kept_index.gather(1, plan.kept_index)
-    return x, kept_index
-
-
-def _write(embeds, keep, sample: int, columns, representatives, tokens) -> None:
-    """The merged tokens replace the video's (or segment's) tokens at their representatives."""
-    keep[sample, columns] = False
-    keep[sample, representatives] = True
-    embeds[sample, representatives] = tokens.to(embeds.dtype)
+    embeds, keep = embeds.clone(), keep.clone()
+    keep[samples, columns] = False
+    rep_samples = present_samples[result.source_index]
+    rep_columns = present_columns[result.source_index]
+    keep[rep_samples, rep_columns] = True
+    embeds[rep_samples, rep_columns] = result.tokens.to(embeds.dtype)
+    for v in range(len(segments)):
+        video_counts = counts[first[v] : first[v] + per_video[v]]
+        stats.video_tokens_before += sum(video_counts)
+        stats.tokens_per_video.append(
+            sum(min(count, config.tokens_per_segment) for count in video_counts)
+        )
+    stats.segments = sum(per_video)
+    stats.video_tokens_after = sum(stats.tokens_per_video)
+    return embeds, keep, stats
