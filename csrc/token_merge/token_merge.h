@@ -2,8 +2,9 @@
 //
 // Work comes in rows (the batch of the public ops, the segments of a hierarchical round), each a
 // sequence of tokens. Every row holds `tokens` tokens except the last, which may hold fewer
-// (`last_tokens`): a video's last segment may be shorter. Rows lie `row_stride` elements apart, so
-// a batch [B, T, D] and the segments of one flat video [total, D] are described alike.
+// (`last_tokens`); or, for the hierarchical merge, every row has its own length (UnevenRows) and
+// the buffers are padded to the longest. Rows lie `row_stride` elements apart, except the flat
+// input of a hierarchical merge's first round and its output, back to back at their offsets.
 //
 // Five stages, each a launcher with a CPU and a CUDA twin:
 //   metric:  features -> float32 metric [rows, tokens, dim / chunks], the mean of the channel

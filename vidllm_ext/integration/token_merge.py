@@ -64,26 +64,10 @@ def merge_video_tokens(
     stats = MergeStats(samples=[segment.sample for segment in segments])
     if not segments:
         return embeds, keep, stats
-    device = embeds.device
-    columns = torch.cat([segment.columns.to(device) for segment in segments])
-    samples = torch.cat(
-        [
-            torch.full_like(column, s.sample)
-            for s, column in zip(segments, [x.columns for x in segments])
-        ]
-    ).to(device)
-    # Segment of every video token, numbered over the batch (videos in order).
-    span = [config.frames_per_segment * segment.tokens for segment in segments]
-    per_video = [-(-segment.steps // config.frames_per_segment) for segment in segments]
-    first = [sum(per_video[:v]) for v in range(len(segments))]
-    segment_of = torch.cat(
-        [
-            first[v] + torch.arange(segment.columns.numel(), device=device) // max(span[v], 1)
-            for v, segment in enumerate(segments)
-        ]
-    )
+    samples, columns, segment_of, per_video = _video_layout(segments, config, embeds.device)
     present = keep[samples, columns]
-    counts = torch.bincount(segment_of[present], minlength=sum(per_video)).tolist()  # one sync
+    counts = torch.zeros(sum(per_video), dtype=torch.int64, device=embeds.device)
+    counts = counts.index_add_(0, segment_of, present.long()).tolist()  # one host transfer
     offsets = [0]
     for count in counts:
         offsets.append(offsets[-1] + count)
@@ -94,14 +78,17 @@ def merge_video_tokens(
         tokens_per_segment=config.tokens_per_segment,
         metric_chunks=config.metric_chunks,
     )
+    # The merged tokens replace the videos' tokens at their representatives.
     embeds, keep = embeds.clone(), keep.clone()
     keep[samples, columns] = False
-    rep_samples = present_samples[result.source_index]
-    rep_columns = present_columns[result.source_index]
-    keep[rep_samples, rep_columns] = True
-    embeds[rep_samples, rep_columns] = result.tokens.to(embeds.dtype)
-    for v in range(len(segments)):
-        video_counts = counts[first[v] : first[v] + per_video[v]]
+    rows = present_samples[result.source_index]
+    representatives = present_columns[result.source_index]
+    keep[rows, representatives] = True
+    embeds[rows, representatives] = result.tokens.to(embeds.dtype)
+    first = 0
+    for videos_segments in per_video:
+        video_counts = counts[first : first + videos_segments]
+        first += videos_segments
         stats.video_tokens_before += sum(video_counts)
         stats.tokens_per_video.append(
             sum(min(count, config.tokens_per_segment) for count in video_counts)
@@ -109,3 +96,19 @@ def merge_video_tokens(
     stats.segments = sum(per_video)
     stats.video_tokens_after = sum(stats.tokens_per_video)
     return embeds, keep, stats
+
+
+def _video_layout(segments: list[VideoSegment], config: MergeConfig, device):
+    """``(samples, columns, segment_of, per_video)``: every video token's batch row, column and
+    segment (numbered over the batch, video after video), and each video's segment count."""
+    samples, columns, segment_of, per_video = [], [], [], []
+    first = 0
+    for video in segments:
+        video_columns = video.columns.to(device)
+        span = max(config.frames_per_segment * video.tokens, 1)
+        columns.append(video_columns)
+        samples.append(torch.full_like(video_columns, video.sample))
+        segment_of.append(first + torch.arange(video_columns.numel(), device=device) // span)
+        per_video.append(-(-video.steps // config.frames_per_segment))
+        first += per_video[-1]
+    return torch.cat(samples), torch.cat(columns), torch.cat(segment_of), per_video
