@@ -29,8 +29,10 @@ def test_opcheck_matching_merge_unmerge(inputs):
 
 
 def test_opcheck_hierarchical():
-    tokens = video_tokens(7, 6, 8, seed=52)
-    torch.library.opcheck(torch.ops.vidllm.hierarchical_merge.default, (tokens, 3, 5, 2))
+    tokens = video_tokens(7, 6, 8, seed=52).reshape(42, 8)
+    op = torch.ops.vidllm.hierarchical_merge.default
+    torch.library.opcheck(op, (tokens, [0, 18, 36, 42], 5, 2))  # frames 3 per segment
+    torch.library.opcheck(op, (tokens, [0, 1, 1, 30, 35, 42], 5, 2))  # uneven segments
 
 
 def pipeline(metric, x):
@@ -53,6 +55,20 @@ def test_torch_compile_hierarchical():
 
     def merge(tokens):
         result = ops.hierarchical_merge(tokens, frames_per_segment=4, tokens_per_segment=6)
+        return result.tokens * result.sizes[:, None], result.source_index, result.segment
+
+    compiled = torch.compile(merge, fullgraph=True)
+    for actual, expected in zip(compiled(tokens), merge(tokens)):
+        assert torch.equal(actual, expected)
+
+
+def test_torch_compile_hierarchical_uneven():
+    torch._dynamo.reset()
+    tokens = video_tokens(1, 50, 16, seed=54)[0]
+
+    def merge(tokens):
+        offsets = [0, 20, 20, 23, 50]
+        result = ops.hierarchical_merge(tokens, segment_offsets=offsets, tokens_per_segment=6)
         return result.tokens * result.sizes[:, None], result.source_index, result.segment
 
     compiled = torch.compile(merge, fullgraph=True)

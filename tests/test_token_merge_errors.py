@@ -93,6 +93,44 @@ def test_bad_hierarchical_arguments(impl, kwargs, error, message):
         impl.hierarchical_merge(tokens, **args)
 
 
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (
+            dict(segment_offsets=[0, 5, 9]),
+            ValueError,
+            r"offsets from 0 to the 10 tokens, got 0 \.\. 9",
+        ),
+        (dict(segment_offsets=[1, 5, 10]), ValueError, "offsets from 0 to the 10 tokens, got 1"),
+        (dict(segment_offsets=[0, 6, 4, 10]), ValueError, "non-decreasing offsets, got 4 after 6"),
+        (dict(segment_offsets=[]), ValueError, "expected \\[segments \\+ 1\\] offsets"),
+        (dict(segment_offsets=[0, 5.0, 10]), TypeError, "segment_offsets: expected ints"),
+        (dict(segment_offsets=[0, True, 10]), TypeError, "segment_offsets: expected ints"),
+        (dict(segment_offsets="0,10"), TypeError, "segment_offsets: expected a CPU int64 tensor"),
+        (dict(segment_offsets=torch.tensor([0, 10], dtype=torch.int32)), TypeError, "int64"),
+        (dict(segment_offsets=torch.tensor([[0, 10]])), ValueError, "expected a 1-D tensor"),
+        (dict(tokens=torch.randn(2, 5, 16)), ValueError, "expected a 2-D tensor \\[total tokens"),
+        (dict(frames_per_segment=2), ValueError, "frames_per_segment: not used with"),
+        (dict(metric_chunks=3), ValueError, "metric_chunks: expected a divisor"),
+    ],
+)
+def test_bad_segment_offsets(impl, kwargs, error, message):
+    args = dict(tokens=torch.randn(10, 16), segment_offsets=[0, 4, 4, 10], metric_chunks=4)
+    args.update(kwargs)
+    tokens = args.pop("tokens")
+    with pytest.raises(error, match=message):
+        impl.hierarchical_merge(tokens, **args)
+
+
+@pytest.mark.cuda
+@gpu_only
+def test_cuda_segment_offsets_are_refused():
+    tokens = torch.randn(10, 16, device="cuda")
+    with pytest.raises(ValueError, match=r"segment_offsets: expected a CPU tensor .*\.cpu\(\)"):
+        ops.hierarchical_merge(tokens, segment_offsets=torch.tensor([0, 10], device="cuda"))
+
+
 @pytest.mark.cuda
 @gpu_only
 def test_device_mismatch_is_a_value_error():
@@ -212,25 +250,32 @@ def test_malformed_plan_cannot_reach_outside_its_rows(device, monkeypatch):
 
 
 def test_hierarchical_binding_checks_arguments_itself():
-    tokens = torch.randn(50, 8)  # segments of 20, 20 and 10 tokens
-    geometry = (3, 20, 10, 2, 6)
-    bytes_needed = _C.token_merge_hierarchical_workspace(tokens, *geometry)
+    tokens = torch.randn(50, 8)  # segments of 20, 0, 20 and 10 tokens
+    offsets = torch.tensor([0, 20, 20, 40, 50])
+    device_offsets = torch.stack([offsets, torch.tensor([0, 6, 6, 12, 18])])
+    knobs = (2, 6)
+    bytes_needed = _C.token_merge_hierarchical_workspace(tokens, offsets, *knobs)
     outputs = [torch.empty(18, 8), torch.empty(18), torch.empty(18, dtype=torch.int64)]
     workspace = torch.empty(bytes_needed, dtype=torch.uint8)
-    _C.token_merge_hierarchical(tokens, workspace, *outputs, *geometry)
+    _C.token_merge_hierarchical(tokens, offsets, device_offsets, workspace, *outputs, *knobs)
     assert torch.equal(outputs[1], reference.hierarchical_merge(
-        tokens.view(10, 5, 8), frames_per_segment=4, tokens_per_segment=6, metric_chunks=2
+        tokens, segment_offsets=offsets, tokens_per_segment=6, metric_chunks=2
     ).sizes)  # fmt: skip
+    run = lambda *args: _C.token_merge_hierarchical(tokens, *args, *knobs)  # noqa: E731
     with pytest.raises(ValueError, match=f"workspace: expected at least {bytes_needed} bytes"):
-        _C.token_merge_hierarchical(tokens, workspace[:-1], *outputs, *geometry)
+        run(offsets, device_offsets, workspace[:-1], *outputs)
     with pytest.raises(ValueError, match=r"out: expected 18 tokens"):
-        _C.token_merge_hierarchical(tokens, workspace, torch.empty(17, 8), *outputs[1:], *geometry)
-    with pytest.raises(ValueError, match=r"tokens: expected 51 tokens \(3 rows of 20 tokens"):
-        _C.token_merge_hierarchical_workspace(tokens, 3, 20, 11, 2, 6)
+        run(offsets, device_offsets, workspace, torch.empty(17, 8), *outputs[1:])
+    with pytest.raises(ValueError, match="device_offsets: expected segment_offsets and the"):
+        run(offsets, device_offsets.flip(0).contiguous(), workspace, *outputs)
+    with pytest.raises(ValueError, match="segment_offsets: expected offsets from 0 to the 50"):
+        _C.token_merge_hierarchical_workspace(tokens, offsets - 1, *knobs)
+    with pytest.raises(ValueError, match="segment_offsets: expected non-decreasing offsets"):
+        _C.token_merge_hierarchical_workspace(tokens, torch.tensor([0, 30, 20, 40, 50]), *knobs)
     with pytest.raises(ValueError, match="metric_chunks: expected a divisor"):
-        _C.token_merge_hierarchical_workspace(tokens, 3, 20, 10, 3, 6)
+        _C.token_merge_hierarchical_workspace(tokens, offsets, 3, 6)
     with pytest.raises(ValueError, match="tokens_per_segment: expected an int >= 1"):
-        _C.token_merge_hierarchical_workspace(tokens, 3, 20, 10, 2, 0)
+        _C.token_merge_hierarchical_workspace(tokens, offsets, 2, 0)
 
 
 def test_merge_binding_carries_flat_positions_without_an_index():

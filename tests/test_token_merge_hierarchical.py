@@ -7,8 +7,8 @@ import torch
 from conftest import DEVICES
 from support.token_merge import assert_features_close, bitwise, video_tokens
 
-from vidllm_ext import ops, reference
-from vidllm_ext.contracts.token_merge import merged_token_count, video_segments
+from vidllm_ext import ops
+from vidllm_ext.contracts.token_merge import frame_segment_offsets, merged_offsets
 from vidllm_ext.reference.token_merge import hierarchical_merge_with_assignment, merge_schedule
 
 # (frames, tokens per frame, dim, frames_per_segment, tokens_per_segment, metric_chunks)
@@ -63,8 +63,8 @@ def test_hierarchical_merge_matches_reference(device, case, dtype):
     frames, per_frame, dim, frames_per_segment, tokens_per_segment, chunks = CASES[case]
     tokens = video_tokens(frames, per_frame, dim, dtype, device, seed=frames + dim)
     result, expected, assignment = run_both(tokens, frames_per_segment, tokens_per_segment, chunks)
-    segments = video_segments(frames, per_frame, frames_per_segment)
-    count = merged_token_count(segments, tokens_per_segment)
+    offsets = frame_segment_offsets(frames, per_frame, frames_per_segment)
+    count = merged_offsets(offsets, tokens_per_segment)[-1]
     assert result.tokens.shape == (count, dim) and result.tokens.dtype == dtype
     assert result.sizes.dtype == torch.float32 and result.sizes.shape == (count,)
     assert result.source_index.dtype == result.segment.dtype == torch.int64
@@ -75,20 +75,75 @@ def test_hierarchical_merge_matches_reference(device, case, dtype):
     if count == 0:
         return
     # Every segment keeps min(tokens_per_segment, its tokens) tokens standing for all of them.
-    per_segment = torch.bincount(result.segment.cpu(), minlength=segments.count)
-    lengths = [segments.tokens] * (segments.count - 1) + [segments.last_tokens]
-    assert per_segment.tolist() == [min(tokens_per_segment, n) for n in lengths]
-    sizes = torch.zeros(segments.count).index_add_(0, result.segment.cpu(), result.sizes.cpu())
-    assert sizes.tolist() == lengths
-    # A representative lies in its segment and is a member of its own group.
-    first = result.segment.cpu() * segments.tokens
-    assert (
-        (result.source_index.cpu() >= first) & (result.source_index.cpu() < first + segments.tokens)
-    ).all()
+    check_segments(result, offsets, tokens_per_segment)
     assert torch.equal(assignment[result.source_index.cpu()], torch.arange(count))
     assert_features_close(
         result.tokens.cpu(), expected.tokens, group_means(tokens, assignment, count)
     )
+
+
+def check_segments(result, offsets, tokens_per_segment):
+    """Every segment keeps min(tokens_per_segment, its tokens) tokens standing for all of them;
+    a representative lies in its segment."""
+    segments = len(offsets) - 1
+    lengths = [end - first for first, end in zip(offsets, offsets[1:])]
+    per_segment = torch.bincount(result.segment.cpu(), minlength=segments)
+    assert per_segment.tolist() == [min(tokens_per_segment, n) for n in lengths]
+    sizes = torch.zeros(segments).index_add_(0, result.segment.cpu(), result.sizes.cpu())
+    assert sizes.tolist() == lengths
+    starts = torch.tensor(offsets)
+    first, end = starts[result.segment.cpu()], starts[result.segment.cpu() + 1]
+    assert ((result.source_index.cpu() >= first) & (result.source_index.cpu() < end)).all()
+
+
+def uneven_offsets(seed, target):
+    """Segment offsets of random lengths: 0, 1, below, at and above the target, and odd ones."""
+    generator = torch.Generator().manual_seed(seed)
+    choices = [0, 1, max(target - 1, 0), target, target + 1, 2 * target + 3, 37, 129]
+    picks = torch.randint(len(choices), (int(torch.randint(1, 9, (1,), generator=generator)),),
+                          generator=generator)  # fmt: skip
+    offsets = [0]
+    for pick in picks.tolist():
+        offsets.append(offsets[-1] + choices[pick])
+    return offsets
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(4))
+def test_uneven_segments_match_reference(device, dtype, seed):
+    target = [1, 5, 8, 30][seed]
+    offsets = uneven_offsets(seed, target)
+    dim, chunks = 12, 3
+    tokens = video_tokens(1, offsets[-1], dim, dtype, device, seed=seed)[0]
+    kwargs = dict(segment_offsets=offsets, tokens_per_segment=target, metric_chunks=chunks)
+    result = ops.hierarchical_merge(tokens, **kwargs)
+    expected, assignment = hierarchical_merge_with_assignment(tokens.cpu(), **kwargs)
+    count = merged_offsets(offsets, target)[-1]
+    assert result.tokens.shape == (count, dim) and result.tokens.dtype == dtype
+    assert torch.equal(result.segment.cpu(), expected.segment)
+    assert torch.equal(result.sizes.cpu(), expected.sizes)
+    assert torch.equal(result.source_index.cpu(), expected.source_index)
+    check_segments(result, offsets, target)
+    if count:
+        oracle = group_means(tokens[None], assignment, count)
+        assert_features_close(result.tokens.cpu(), expected.tokens, oracle)
+    # A CPU tensor of offsets is the same request.
+    again = ops.hierarchical_merge(tokens, **{**kwargs, "segment_offsets": torch.tensor(offsets)})
+    for a, b in zip(again, result):
+        assert torch.equal(bitwise(a), bitwise(b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_frames_are_segment_offsets(device):
+    tokens = video_tokens(25, 16, 32, torch.float16, device, seed=3)
+    by_frames = ops.hierarchical_merge(tokens, frames_per_segment=10, metric_chunks=4)
+    offsets = frame_segment_offsets(25, 16, 10)
+    by_offsets = ops.hierarchical_merge(
+        tokens.reshape(-1, 32), segment_offsets=offsets, metric_chunks=4
+    )
+    for a, b in zip(by_frames, by_offsets):
+        assert torch.equal(bitwise(a), bitwise(b))
 
 
 def static_videos(dtype, device):
@@ -122,9 +177,10 @@ def test_longvlm_schedules():
     assert merge_schedule(2560, 64) == [1280, 640, 320, 160, 80, 16]
     assert merge_schedule(1024, 64) == [512, 256, 128, 64]
     assert merge_schedule(30, 30) == [] and merge_schedule(12, 30) == []
-    assert video_segments(100, 256, 10) == (10, 2560, 2560)
-    assert video_segments(64, 256, 10) == (7, 2560, 1024)
-    assert merged_token_count(video_segments(64, 256, 10), 64) == 7 * 64
+    assert frame_segment_offsets(100, 256, 10) == [2560 * s for s in range(11)]
+    assert frame_segment_offsets(64, 256, 10) == [2560 * s for s in range(7)] + [64 * 256]
+    assert merged_offsets(frame_segment_offsets(64, 256, 10), 64)[-1] == 7 * 64
+    assert merged_offsets([0, 0, 3, 40, 40], 5) == [0, 0, 3, 8, 8]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -152,86 +208,3 @@ def test_hierarchical_merge_non_contiguous(device, layout):
     expected = ops.hierarchical_merge(tokens.contiguous(), **kwargs)
     for a, b in zip(actual, expected):
         assert torch.equal(bitwise(a), bitwise(b)), "strides changed the result"
-
-
-# ---- uneven segments (segment_offsets): each segment merged on its own -----------------------
-
-UNEVEN = {
-    "after-dtd": [37, 40, 12, 0, 29, 40],  # a video thinned by frame drop, one segment emptied
-    "all-lengths": [0, 1, 2, 5, 6, 7, 13],  # below, at and above the target
-    "one-segment": [90],
-    "only-empty": [0, 0],
-}
-
-
-def offsets_of(lengths):
-    offsets = [0]
-    for length in lengths:
-        offsets.append(offsets[-1] + length)
-    return offsets
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", UNEVEN)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_uneven_segments_match_the_reference(device, case, dtype):
-    lengths, target, chunks = UNEVEN[case], 6, 4
-    tokens = video_tokens(1, sum(lengths), 16, dtype, device, seed=len(lengths))[0]
-    offsets = offsets_of(lengths)
-    kwargs = dict(segment_offsets=offsets, tokens_per_segment=target, metric_chunks=chunks)
-    result = ops.hierarchical_merge(tokens, **kwargs)
-    expected = reference.hierarchical_merge(tokens.cpu(), **kwargs)
-    count = sum(min(n, target) for n in lengths)
-    assert result.tokens.shape == (count, 16) and result.tokens.dtype == dtype
-    assert torch.equal(result.segment.cpu(), expected.segment)
-    assert torch.equal(result.sizes.cpu(), expected.sizes)
-    assert torch.equal(result.source_index.cpu(), expected.source_index)
-    per_segment = torch.bincount(result.segment.cpu(), minlength=len(lengths)).tolist()
-    assert per_segment == [min(n, target) for n in lengths]
-    sizes = torch.zeros(len(lengths)).index_add_(0, result.segment.cpu(), result.sizes.cpu())
-    assert sizes.tolist() == lengths
-    first = torch.tensor(offsets[:-1])[result.segment.cpu()]
-    last = torch.tensor(offsets[1:])[result.segment.cpu()]
-    source = result.source_index.cpu()
-    assert ((source >= first) & (source < last)).all(), "a representative left its segment"
-    if count:
-        assert_features_close(result.tokens.cpu(), expected.tokens, expected.tokens.double())
-
-
-def test_equal_segments_given_as_offsets_are_the_frames_form():
-    video = video_tokens(12, 40, 32, seed=3)
-    frames_form = ops.hierarchical_merge(
-        video, frames_per_segment=4, tokens_per_segment=7, metric_chunks=4
-    )
-    offsets_form = ops.hierarchical_merge(
-        video.reshape(-1, 32),
-        segment_offsets=torch.tensor([0, 160, 320, 480]),
-        tokens_per_segment=7,
-        metric_chunks=4,
-    )
-    for a, b in zip(frames_form, offsets_form):
-        assert torch.equal(bitwise(a), bitwise(b))
-
-
-@pytest.mark.parametrize("impl", [ops, reference], ids=["ops", "reference"])
-@pytest.mark.parametrize(
-    "kwargs,error,message",
-    [
-        (dict(segment_offsets=[0, 5, 3, 10]), ValueError, r"segment_offsets\[1\] = 5 > 3"),
-        (dict(segment_offsets=[1, 10]), ValueError, "from 0 to 10"),
-        (dict(segment_offsets=[0, 9]), ValueError, "from 0 to 10"),
-        (dict(segment_offsets=[]), ValueError, "from 0 to 10"),
-        (dict(segment_offsets=torch.tensor([0, 10.0])), ValueError, "an int64 tensor"),
-        (dict(segment_offsets=[0, 2.5, 10]), TypeError, "expected an int"),
-        (dict(segment_offsets=[0, 10], frames_per_segment=2), ValueError, "not both"),
-        (dict(segment_offsets=[0, 10], metric_chunks=3), ValueError, "metric_chunks"),
-    ],
-)
-def test_bad_segment_offsets(impl, kwargs, error, message):
-    with pytest.raises(error, match=message):
-        impl.hierarchical_merge(torch.randn(10, 8), **kwargs)
-
-
-def test_uneven_segments_need_flat_tokens():
-    with pytest.raises(ValueError, match=r"a 2-D tensor \[tokens, dim\]"):
-        ops.hierarchical_merge(torch.randn(2, 5, 8), segment_offsets=[0, 10])

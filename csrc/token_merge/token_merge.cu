@@ -53,8 +53,10 @@ __global__ void __launch_bounds__(kMetricThreads) metric_kernel(const MetricPara
     const int64_t token = (item - row * per_row) / channels;
     const int64_t channel = item - row * per_row - token * channels;
     if (token >= tokens_of(params.rows, row)) continue;
-    const T* x = static_cast<const T*>(params.x) + row * params.x_row_stride +
-                 token * params.x_token_stride + channel;
+    const T* x =
+        static_cast<const T*>(params.x) +
+        row_start(params.rows, params.x_flat, row, params.x_row_stride, params.x_token_stride) +
+        token * params.x_token_stride + channel;
     float sum = 0.0f;
     for (int64_t h = 0; h < params.chunks; ++h) sum = add_rn(sum, to_float(x[h * channels]));
     params.metric[item] = div_rn(sum, chunks);
@@ -221,29 +223,32 @@ __global__ void __launch_bounds__(kRowThreads) merge_kernel(const MergeParams pa
     const int64_t tokens = tokens_of(rows, row);
     const int64_t merges = merges_of(rows, row);
     if (out_slot >= tokens - merges) continue;  // the last row may keep fewer
+    const int64_t position = output_position(params, row, out_slot);
+    if (position < 0) continue;
     const int64_t kept = clamp_index(params.kept_index[item], tokens);
     const int64_t* offsets = params.source_offsets + row * (out_capacity + 1) + out_slot;
     const int64_t begin = clamp_index(offsets[0], merges + 1);
     const int64_t last = clamp_index(offsets[1], merges + 1);
     const int64_t end = last > begin ? last : begin;
     const int64_t* sources = params.source_index + row * rows.merges;
-    const T* x = static_cast<const T*>(params.x) + row * params.x_row_stride;
+    const T* x = static_cast<const T*>(params.x) +
+                 row_start(rows, params.x_flat, row, params.x_row_stride, params.x_token_stride);
     const float* size =
         params.size == nullptr ? nullptr : params.size + row * params.size_row_stride;
     const float kept_size = size == nullptr ? 1.0f : size[kept];
-    T* out = static_cast<T*>(params.out) + item * params.dim;
+    T* out = static_cast<T*>(params.out) + position * params.dim;
     if (lane == 0 && params.index_out != nullptr)
-      params.index_out[item] = carried_index(params.index, params.index_row_stride, row, kept);
+      params.index_out[position] = carried_index(params, row, kept);
     const T* kept_row = x + kept * params.x_token_stride;
     if (begin == end) {  // nothing merged into this token: copied unchanged
       copy_row<T, VEC>(kept_row, out, params.dim, lane);
-      if (lane == 0) params.size_out[item] = kept_size;
+      if (lane == 0) params.size_out[position] = kept_size;
       continue;
     }
     float total = kept_size;
     for (int64_t k = begin; k < end; ++k)
       total = add_rn(total, size == nullptr ? 1.0f : size[clamp_index(sources[k], tokens)]);
-    if (lane == 0) params.size_out[item] = total;
+    if (lane == 0) params.size_out[position] = total;
     for (int64_t v = lane; v < params.dim / VEC; v += 32) {
       float acc[VEC];
       float values[VEC];

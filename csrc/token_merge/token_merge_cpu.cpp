@@ -116,28 +116,30 @@ void merge_output(const MergeParams& p, int64_t row, int64_t out_slot) {
   const int64_t merges = merges_of(rows, row);
   const int64_t out_capacity = rows.tokens - rows.merges;
   const int64_t plan_slot = row * out_capacity + out_slot;
+  const int64_t position = output_position(p, row, out_slot);
+  if (position < 0) return;
   const int64_t kept = clamp_index(p.kept_index[plan_slot], tokens);
   const int64_t* offsets = p.source_offsets + row * (out_capacity + 1) + out_slot;
   const int64_t begin = clamp_index(offsets[0], merges + 1);
   const int64_t end = std::max(begin, clamp_index(offsets[1], merges + 1));
   const int64_t* sources = p.source_index + row * rows.merges;
-  const T* x = static_cast<const T*>(p.x) + row * p.x_row_stride;
-  T* out = static_cast<T*>(p.out) + plan_slot * p.dim;
+  const T* x =
+      static_cast<const T*>(p.x) + row_start(rows, p.x_flat, row, p.x_row_stride, p.x_token_stride);
+  T* out = static_cast<T*>(p.out) + position * p.dim;
   const float* size = p.size == nullptr ? nullptr : p.size + row * p.size_row_stride;
   auto size_of = [&](int64_t token) { return size == nullptr ? 1.0f : size[token]; };
 
-  if (p.index_out != nullptr)
-    p.index_out[plan_slot] = carried_index(p.index, p.index_row_stride, row, kept);
+  if (p.index_out != nullptr) p.index_out[position] = carried_index(p, row, kept);
   const T* kept_row = x + kept * p.x_token_stride;
   if (begin == end) {  // nothing merged into this token: copied unchanged
     std::memcpy(out, kept_row, static_cast<size_t>(p.dim) * sizeof(T));
-    p.size_out[plan_slot] = size_of(kept);
+    p.size_out[position] = size_of(kept);
     return;
   }
   float total = size_of(kept);
   for (int64_t k = begin; k < end; ++k)
     total = add_rn(total, size_of(clamp_index(sources[k], tokens)));
-  p.size_out[plan_slot] = total;
+  p.size_out[position] = total;
   float acc[kMergeChunk];
   for (int64_t first = 0; first < p.dim; first += kMergeChunk) {
     const int64_t count = std::min(kMergeChunk, p.dim - first);
@@ -161,8 +163,9 @@ Status metric_cpu(const MetricParams& p) {
   VIDLLM_DISPATCH_FLOAT_TYPES(
       p.dtype, for_each_token(p.rows, p.rows.tokens, [&](int64_t row, int64_t token) {
         if (token >= tokens_of(p.rows, row)) return;
-        const scalar_t* x =
-            static_cast<const scalar_t*>(p.x) + row * p.x_row_stride + token * p.x_token_stride;
+        const scalar_t* x = static_cast<const scalar_t*>(p.x) +
+                            row_start(p.rows, p.x_flat, row, p.x_row_stride, p.x_token_stride) +
+                            token * p.x_token_stride;
         metric_token(x, p.metric + (row * p.rows.tokens + token) * channels, channels, p.chunks);
       }));
   return Status::ok();

@@ -1,8 +1,7 @@
-// The hierarchical merge's schedule and workspace layout, and its CPU entry point.
+// The hierarchical merge's rounds and workspace layout, and its CPU entry point.
 #include "token_merge/token_merge_hierarchical.h"
 
 #include <algorithm>
-#include <vector>
 
 #include "common/dtype.h"
 
@@ -11,21 +10,6 @@ namespace detail {
 namespace {
 
 constexpr int64_t kAlignment = 256;
-
-std::vector<int64_t> schedule(int64_t tokens, int64_t target) {
-  std::vector<int64_t> merges;
-  while (tokens > target) {
-    const int64_t r = std::min(tokens - target, tokens / 2);
-    merges.push_back(r);
-    tokens -= r;
-  }
-  return merges;
-}
-
-// Output tokens of a round over all segments.
-int64_t round_outputs(const HierarchicalParams& p, const Round& round) {
-  return (p.segments - 1) * (round.tokens - round.merges) + round.last_tokens - round.last_merges;
-}
 
 class Carver {
  public:
@@ -42,27 +26,30 @@ class Carver {
 
 }  // namespace
 
-std::vector<Round> hierarchical_rounds(const HierarchicalParams& p) {
-  if (p.segments <= 0 || p.segment_tokens <= 0) return {};
-  const std::vector<int64_t> full = schedule(p.segment_tokens, p.target);
-  const std::vector<int64_t> last = schedule(p.last_tokens, p.target);
-  if (full.empty()) return {Round{p.segment_tokens, p.last_tokens, 0, 0}};
-  std::vector<Round> rounds;
-  int64_t tokens = p.segment_tokens;
-  int64_t last_tokens = p.last_tokens;
-  for (size_t k = 0; k < full.size(); ++k) {
-    const int64_t last_merges = k < last.size() ? last[k] : 0;
-    rounds.push_back(Round{tokens, last_tokens, full[k], last_merges});
-    tokens -= full[k];
-    last_tokens -= last_merges;
-  }
-  return rounds;
+int64_t hierarchical_rounds(const HierarchicalParams& p) {
+  if (p.segments <= 0 || p.longest <= 0) return 0;
+  int64_t rounds = 0;
+  while (merge_round(p.longest, p.target, rounds).merges > 0) ++rounds;
+  return rounds > 0 ? rounds : 1;  // nothing to merge: one round that copies
 }
 
-WorkspaceLayout workspace_layout(const HierarchicalParams& p, const std::vector<Round>& rounds) {
+Rows round_rows(const HierarchicalParams& p, int64_t round) {
+  const MergeRound longest = merge_round(p.longest, p.target, round);
+  Rows rows{p.segments, longest.tokens, longest.tokens, 0, longest.merges, longest.merges};
+  rows.uneven.offsets = p.segment_offsets;
+  rows.uneven.merged_offsets = p.merged_offsets;
+  rows.uneven.total = p.total;
+  rows.uneven.merged = p.merged;
+  rows.uneven.longest = p.longest;
+  rows.uneven.target = p.target;
+  rows.uneven.round = round;
+  return rows;
+}
+
+WorkspaceLayout workspace_layout(const HierarchicalParams& p, int64_t rounds) {
   WorkspaceLayout layout;
-  if (rounds.empty()) return layout;
-  const Round& first = rounds.front();  // every plan buffer shrinks from round to round
+  if (rounds == 0) return layout;
+  const Rows first = round_rows(p, 0);  // every plan buffer shrinks from round to round
   const int64_t rows = p.segments;
   const int64_t a_size = set_a_size(first.tokens, 0);
   const int64_t outputs = first.tokens - first.merges;
@@ -75,11 +62,11 @@ WorkspaceLayout workspace_layout(const HierarchicalParams& p, const std::vector<
   layout.cursor = carver.take(rows * outputs * 8);
   layout.source_offsets = carver.take(rows * (outputs + 1) * 8);
   layout.source_index = carver.take(rows * first.merges * 8);
-  // Round k (all but the last) writes buffer k % 2; the outputs shrink, so rounds 1 and 2 size
-  // the two buffers.
+  // Round k (all but the last) writes buffer k % 2, padded rows of the round's output capacity;
+  // the outputs shrink, so rounds 1 and 2 size the two buffers.
   for (int buffer = 0; buffer < 2; ++buffer) {
-    const size_t k = static_cast<size_t>(buffer);
-    const int64_t tokens = k + 1 < rounds.size() ? round_outputs(p, rounds[k]) : 0;
+    const Rows round = round_rows(p, buffer);
+    const int64_t tokens = buffer + 1 < rounds ? rows * (round.tokens - round.merges) : 0;
     layout.x[buffer] = carver.take(tokens * p.dim * element_size(p.dtype));
     layout.size[buffer] = carver.take(tokens * 4);
     layout.index[buffer] = carver.take(tokens * 8);
@@ -89,12 +76,6 @@ WorkspaceLayout workspace_layout(const HierarchicalParams& p, const std::vector<
 }
 
 }  // namespace detail
-
-int64_t hierarchical_merged_tokens(const HierarchicalParams& p) {
-  if (p.segments <= 0) return 0;
-  return (p.segments - 1) * std::min(p.segment_tokens, p.target) +
-         std::min(p.last_tokens, p.target);
-}
 
 int64_t hierarchical_workspace_bytes(const HierarchicalParams& p) {
   return detail::workspace_layout(p, detail::hierarchical_rounds(p)).bytes;

@@ -3,24 +3,19 @@
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "common/status.h"
 #include "token_merge/token_merge.h"
 
 namespace vidllm::token_merge::detail {
 
-// One round over every segment: all but the last hold `tokens`, the last `last_tokens`.
-struct Round {
-  int64_t tokens = 0;
-  int64_t last_tokens = 0;
-  int64_t merges = 0;
-  int64_t last_merges = 0;
-};
+// The rounds the longest segment takes (merge_round); every other segment is done by then and
+// copies its tokens through the remaining rounds. Segments that need no merging get one round of
+// no merges, which copies; no tokens at all get none.
+int64_t hierarchical_rounds(const HierarchicalParams& params);
 
-// LongVLM's schedule; the last segment may finish earlier (merges 0 from then on). A video with
-// nothing to merge gets one round of no merges, which copies; an empty video gets none.
-std::vector<Round> hierarchical_rounds(const HierarchicalParams& params);
+// The rows of round `round`: capacities from the longest segment, lengths per segment.
+Rows round_rows(const HierarchicalParams& params, int64_t round);
 
 // Byte offsets into the workspace (multiples of 256, so buffers keep the base's alignment) and
 // the total. Plan buffers are sized
@@ -40,15 +35,14 @@ struct WorkspaceLayout {
   int64_t bytes = 0;
 };
 
-WorkspaceLayout workspace_layout(const HierarchicalParams& params,
-                                 const std::vector<Round>& rounds);
+WorkspaceLayout workspace_layout(const HierarchicalParams& params, int64_t rounds);
 
 // Runs every round through `stages` (metric, match, plan, merge: the CPU or CUDA launchers).
 template <typename Stages>
 Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
-  const std::vector<Round> rounds = hierarchical_rounds(p);
+  const int64_t rounds = hierarchical_rounds(p);
   const WorkspaceLayout layout = workspace_layout(p, rounds);
-  if (rounds.empty()) return Status::ok();
+  if (rounds == 0) return Status::ok();
   if (p.workspace_bytes < layout.bytes)
     return Status::invalid("hierarchical merge: the workspace is smaller than required");
   char* base = static_cast<char*>(p.workspace);
@@ -57,21 +51,22 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
 
   const void* x = p.tokens;
   int64_t token_stride = p.token_stride;
-  const float* size = nullptr;     // round 1: every size is 1
-  const int64_t* index = nullptr;  // round 1: the flat position
-  for (size_t k = 0; k < rounds.size(); ++k) {
-    const Round& round = rounds[k];
-    const bool last_round = k + 1 == rounds.size();
-    const Rows rows{p.segments, round.tokens, round.last_tokens,
-                    0,          round.merges, round.last_merges};
+  int64_t row_stride = token_stride;  // round 1: rows back to back at the segment offsets
+  const float* size = nullptr;        // round 1: every size is 1
+  const int64_t* index = nullptr;     // round 1: the flat position
+  for (int64_t k = 0; k < rounds; ++k) {
+    const Rows rows = round_rows(p, k);
+    const bool first_round = k == 0;
+    const bool last_round = k + 1 == rounds;
     float* metric = static_cast<float*>(at(layout.metric));
     int64_t* partner = static_cast<int64_t*>(at(layout.partner));
     float* score = static_cast<float*>(at(layout.score));
-    if (round.merges > 0) {
+    if (rows.merges > 0) {
       MetricParams metric_params;
       metric_params.x = x;
-      metric_params.x_row_stride = round.tokens * token_stride;
+      metric_params.x_row_stride = row_stride;
       metric_params.x_token_stride = token_stride;
+      metric_params.x_flat = first_round;
       metric_params.metric = metric;
       metric_params.dim = p.dim;
       metric_params.chunks = p.chunks;
@@ -81,7 +76,7 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
       if (const Status status = stages.metric(metric_params); !status.is_ok()) return status;
       MatchParams match_params;
       match_params.metric = metric;
-      match_params.metric_row_stride = round.tokens * channels;
+      match_params.metric_row_stride = rows.tokens * channels;
       match_params.metric_token_stride = channels;
       match_params.channels = channels;
       match_params.dtype = DType::kFloat32;
@@ -105,12 +100,14 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
 
     MergeParams merge;
     merge.x = x;
-    merge.x_row_stride = round.tokens * token_stride;
+    merge.x_row_stride = row_stride;
     merge.x_token_stride = token_stride;
+    merge.x_flat = first_round;
+    merge.out_flat = last_round;
     merge.size = size;
-    merge.size_row_stride = round.tokens;
+    merge.size_row_stride = rows.tokens;
     merge.index = index;
-    merge.index_row_stride = round.tokens;
+    merge.index_row_stride = rows.tokens;
     merge.kept_index = plan.kept_index;
     merge.source_offsets = plan.source_offsets;
     merge.source_index = plan.source_index;
@@ -124,6 +121,7 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
     if (const Status status = stages.wavg(merge); !status.is_ok()) return status;
     x = merge.out;
     token_stride = p.dim;
+    row_stride = (rows.tokens - rows.merges) * p.dim;
     size = merge.size_out;
     index = merge.index_out;
   }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import torch
 from hostile import FLOATS, Arg, Case
 from support.kv import keys_problem, values_problem
@@ -211,8 +212,6 @@ def unmerge(rng):
 
 @spec
 def hierarchical_merge(rng):
-    if rng.random() < 0.4:
-        return _hierarchical_merge_uneven(rng)
     # Metrics of at least 3 channels: with 1 or 2 every cosine is (nearly) +-1, and float32
     # rounding, not the pinned tie rule, then decides between the op and the float64 reference
     # (an open limit of the cosine fix, issue 15 defect 3; exact duplicates still tie exactly).
@@ -225,6 +224,11 @@ def hierarchical_merge(rng):
         tokens_per_segment=_int(rng, 1, 9),
         metric_chunks=chunks[_int(rng, 0, len(chunks) - 1)],
     )
+    # About a third of the cases cut uneven segments instead, from their own generator: the
+    # campaign's stream (and so every other case) stays what it was.
+    draws = (values["frames_per_segment"], values["tokens_per_segment"], dim, tokens.shape[1])
+    if sum(draws) % 3 == 0:
+        return _uneven_hierarchical_merge(np.random.default_rng(list(draws)), values)
     args = dict(
         tokens=Arg("data", huge=1),
         frames_per_segment=Arg("int", optional=True),  # None: the default, 10
@@ -235,21 +239,26 @@ def hierarchical_merge(rng):
     return _case(values, args, _call("hierarchical_merge", *names))
 
 
-def _hierarchical_merge_uneven(rng):
-    # Uneven segments of tokens [T, D] (a video thinned by frame drop); metrics of >= 3 channels
-    # as above.
-    dim = _int(rng, 3, 8)
-    chunks = [d for d in range(1, dim + 1) if dim % d == 0 and dim // d >= 3]
-    tokens = _floats(rng, (_int(rng, 0, 30), dim))
+def _uneven_hierarchical_merge(rng, frames_values):
+    """Segments of uneven lengths (empty ones too): tokens [T, D] and a list of offsets."""
+    tokens = frames_values["tokens"].reshape(-1, frames_values["tokens"].shape[2])
+    total = tokens.shape[0]
+    cuts = sorted(int(c) for c in rng.integers(0, total + 1, _int(rng, 0, 4)))
     values = dict(
         tokens=tokens,
-        segment_offsets=_offsets(rng, tokens.shape[0]),
-        tokens_per_segment=_int(rng, 1, 9),
-        metric_chunks=chunks[_int(rng, 0, len(chunks) - 1)],
+        segment_offsets=[0, *cuts, total],
+        tokens_per_segment=frames_values["tokens_per_segment"],
+        metric_chunks=frames_values["metric_chunks"],
     )
+    tamper = [
+        ("non-monotonic offsets", lambda offsets: [0, total + 1, *offsets[1:]]),
+        ("offsets past the end", lambda offsets: [*offsets[:-1], total + 1]),
+        ("offsets not from 0", lambda offsets: [1, *offsets[1:]] if total else [1]),
+        ("float offsets", lambda offsets: [float(o) for o in offsets]),
+    ]
     args = dict(
         tokens=Arg("data"),
-        segment_offsets=Arg("host_offsets"),
+        segment_offsets=Arg("structure", optional=False, tamper=tamper),
         tokens_per_segment=Arg("int"),
         metric_chunks=Arg("int"),
     )

@@ -24,7 +24,7 @@ from vidllm_ext.bench.shapes import (
     video_steps,
 )
 from vidllm_ext.bench.tables import Column
-from vidllm_ext.contracts.token_merge import MergePlan, video_segments
+from vidllm_ext.contracts.token_merge import MergePlan, frame_segment_offsets
 from vidllm_ext.ops._backend import C, dl, stream_of
 from vidllm_ext.reference.token_merge import (
     best_partner,
@@ -79,10 +79,14 @@ def merge_cost(row_tokens: list[int], row_merges: list[int], dim: int, element: 
     return Cost((tokens + outputs) * (dim * element + 12), 2 * tokens * dim + outputs * dim)
 
 
+def segment_lengths(shape: MergeShape) -> list[int]:
+    offsets = frame_segment_offsets(shape.frames, shape.tokens, shape.frames_per_segment)
+    return [end - first for first, end in zip(offsets, offsets[1:])]
+
+
 def rounds_of(shape: MergeShape) -> list[tuple[list[int], list[int]]]:
     """``(tokens per segment, merges per segment)`` of every round of the hierarchical merge."""
-    segments = video_segments(shape.frames, shape.tokens, shape.frames_per_segment)
-    lengths = [segments.tokens] * (segments.count - 1) + [segments.last_tokens]
+    lengths = segment_lengths(shape)
     schedules = [merge_schedule(length, shape.tokens_per_segment) for length in lengths]
     rounds = []
     for index in range(max(map(len, schedules), default=0)):
@@ -137,9 +141,10 @@ def reference_plan(partner: torch.Tensor, score: torch.Tensor, tokens: int, r: i
 
 def first_round_cases(shape: MergeShape, tokens: torch.Tensor) -> list[StageCase]:
     """The four stages of round 1 over the full segments, each kernel on preallocated buffers."""
-    segments = video_segments(shape.frames, shape.tokens, shape.frames_per_segment)
-    rows = segments.count - (segments.last_tokens != segments.tokens)
-    length, dim, chunks = segments.tokens, shape.dim, shape.metric_chunks
+    lengths = segment_lengths(shape)
+    length = lengths[0] if lengths else 0
+    rows = sum(1 for n in lengths if n == length)  # the full segments (the last may be shorter)
+    dim, chunks = shape.dim, shape.metric_chunks
     x = tokens.reshape(-1, dim)[: rows * length].view(rows, length, dim)
     r = merge_schedule(length, shape.tokens_per_segment)[0]
     device, stream, long = x.device, stream_of(x), dict(dtype=torch.int64, device=x.device)

@@ -1,5 +1,6 @@
 """Token merging's contract: configuration, plan and result types, argument checks and the
-host-side geometry of hierarchical merging (segments and merges per round).
+output-size arithmetic of hierarchical merging (segment offsets, merged tokens per segment; the
+merge schedule itself lives in the kernels, csrc/token_merge/token_merge.h ``merge_round``).
 """
 
 from __future__ import annotations
@@ -88,16 +89,19 @@ class MergePlan(NamedTuple):
 
 
 class MergeResult(NamedTuple):
-    """Outcome of :func:`~vidllm_ext.ops.hierarchical_merge` over ``tokens [F, N, D]``.
+    """Outcome of :func:`~vidllm_ext.ops.hierarchical_merge` over ``tokens [F, N, D]`` (or
+    ``[T, D]`` with segment offsets).
 
     Attributes:
-        tokens: ``[K, D]`` merged features in segment order, tokens' dtype; ``K = S * M`` when
-            every segment holds at least ``M = tokens_per_segment`` tokens.
+        tokens: ``[K, D]`` merged features in segment order, tokens' dtype; ``K`` is
+            ``min(n_s, M)`` summed over the segments, ``M = tokens_per_segment``.
         sizes: float32 ``[K]``, how many input tokens each merged token stands for.
-        source_index: int64 ``[K]``, the flat index ``f * N + n`` of each merged token's
-            representative (the destination that survived every round): take its position ids.
+        source_index: int64 ``[K]``, the flat index (``f * N + n``, or the row of ``[T, D]``) of
+            each merged token's representative (the destination that survived every round):
+            take its position ids.
         segment: int64 ``[K]``, the segment of each merged token (frames
-            ``[s * frames_per_segment, (s + 1) * frames_per_segment)``).
+            ``[s * frames_per_segment, (s + 1) * frames_per_segment)``, or tokens
+            ``[segment_offsets[s], segment_offsets[s + 1])``).
     """
 
     tokens: Tensor
@@ -106,7 +110,7 @@ class MergeResult(NamedTuple):
     segment: Tensor
 
 
-# ---- argument checks
+# --- from vidllm_ext/_merge_validation.py
 # Token counts index 32-bit lanes and rank keys in the kernels.
 MAX_TOKENS = 2**31 - 1
 
@@ -250,83 +254,50 @@ def _check_rows(tensor: torch.Tensor, name: str, batch: int, tokens: int, plan: 
 
 
 def check_hierarchical_args(
-    tokens: object, frames_per_segment: object, tokens_per_segment: object, metric_chunks: object
-):
-    """tokens float ``[F, N, D]``; positive ints; metric_chunks divides D."""
-    tokens = check_features(tokens, "tokens", "[frames, tokens per frame, dim]")
-    frames_per_segment = check_int(frames_per_segment, "frames_per_segment", 1)
+    tokens: object,
+    frames_per_segment: object,
+    tokens_per_segment: object,
+    metric_chunks: object,
+    segment_offsets: object = None,
+) -> tuple[Tensor, list[int], int, int]:
+    """``(flat tokens [T, D], segment offsets, tokens_per_segment, metric_chunks)``: tokens float
+    ``[F, N, D]`` cut by ``frames_per_segment`` (default 10), or ``[T, D]`` cut by
+    ``segment_offsets``; positive ints; metric_chunks divides D."""
     tokens_per_segment = check_int(tokens_per_segment, "tokens_per_segment", 1)
     metric_chunks = check_int(metric_chunks, "metric_chunks", 1)
-    dim = tokens.shape[2]
+    if segment_offsets is None:
+        tokens = check_features(tokens, "tokens", "[frames, tokens per frame, dim]")
+        frames_per_segment = check_int(
+            10 if frames_per_segment is None else frames_per_segment, "frames_per_segment", 1
+        )
+        frames, per_frame, dim = tokens.shape
+        if min(frames_per_segment, frames) * per_frame > MAX_TOKENS:
+            raise ValueError("tokens: a segment may hold at most 2^31 - 1 tokens")
+        offsets = frame_segment_offsets(frames, per_frame, frames_per_segment)
+        flat = tokens.reshape(frames * per_frame, dim)
+    else:
+        if frames_per_segment is not None:
+            raise ValueError(
+                "frames_per_segment: not used with segment_offsets (the offsets cut the segments)"
+            )
+        flat = check_tensor(tokens, "tokens")
+        if flat.dim() != 2:
+            raise ValueError(
+                f"tokens: expected a 2-D tensor [total tokens, dim] with segment_offsets, "
+                f"got shape {list(flat.shape)}"
+            )
+        check_float_dtype(flat, "tokens")
+        if flat.shape[1] < 1:
+            raise ValueError(
+                f"tokens: expected a non-empty feature dimension, got shape {list(flat.shape)}"
+            )
+        offsets = check_merge_segment_offsets(segment_offsets, flat.shape[0])
+    dim = flat.shape[1]
     if dim % metric_chunks != 0:
         raise ValueError(
             f"metric_chunks: expected a divisor of the feature dimension {dim}, got {metric_chunks}"
         )
-    if min(frames_per_segment, tokens.shape[0]) * tokens.shape[1] > MAX_TOKENS:
-        raise ValueError("tokens: a segment may hold at most 2^31 - 1 tokens")
-    return tokens, frames_per_segment, tokens_per_segment, metric_chunks
-
-
-def check_uneven_segments(
-    tokens: object,
-    segment_offsets: object,
-    frames_per_segment: object,
-    tokens_per_segment: object,
-    metric_chunks: object,
-) -> tuple[torch.Tensor, list[int], int, int]:
-    """hierarchical_merge with uneven segments: tokens float ``[T, D]``; segment_offsets a CPU
-    int64 tensor ``[S + 1]`` or a sequence of ints from 0 to T, not decreasing (segment s is
-    ``[o_s, o_{s+1})``, empty segments allowed); frames_per_segment None. The offsets are read on
-    the host, so the output size is known without a device synchronization."""
-    if frames_per_segment is not None:
-        raise ValueError(
-            "frames_per_segment: give either frames_per_segment (equal segments of a video "
-            "[F, N, D]) or segment_offsets (uneven segments of tokens [T, D]), not both"
-        )
-    tokens = check_tensor(tokens, "tokens")
-    if tokens.dim() != 2:
-        raise ValueError(
-            f"tokens: expected a 2-D tensor [tokens, dim] with segment_offsets, got shape "
-            f"{list(tokens.shape)}"
-        )
-    tokens = check_features(tokens[None], "tokens", "[tokens, dim]")[0]
-    if isinstance(segment_offsets, torch.Tensor):
-        if segment_offsets.dtype != torch.int64 or segment_offsets.dim() != 1:
-            raise ValueError(
-                f"segment_offsets: expected an int64 tensor [segments + 1], got "
-                f"{segment_offsets.dtype} of shape {list(segment_offsets.shape)}"
-            )
-        if segment_offsets.device.type != "cpu":
-            raise ValueError(
-                "segment_offsets: expected a CPU tensor or a sequence of ints (the output size "
-                f"is computed on the host without a device synchronization), got one on "
-                f"{segment_offsets.device}"
-            )
-        offsets = segment_offsets.tolist()
-    else:
-        try:
-            offsets = [check_int(o, "segment_offsets[i]", 0) for o in segment_offsets]
-        except TypeError as error:
-            raise TypeError(
-                f"segment_offsets: expected a CPU int64 tensor or ints: {error}"
-            ) from None
-    count = tokens.shape[0]
-    what = f"segment_offsets: expected offsets from 0 to {count} (the tokens) without decreasing"
-    if not offsets or offsets[0] != 0 or offsets[-1] != count:
-        raise ValueError(f"{what}, got {offsets[:3]}...{offsets[-2:]}" if offsets else what)
-    for s, (first, last) in enumerate(zip(offsets[:-1], offsets[1:])):
-        if last < first:
-            raise ValueError(f"{what}, got segment_offsets[{s}] = {first} > {last}")
-        if last - first > MAX_TOKENS:
-            raise ValueError("tokens: a segment may hold at most 2^31 - 1 tokens")
-    tokens_per_segment = check_int(tokens_per_segment, "tokens_per_segment", 1)
-    metric_chunks = check_int(metric_chunks, "metric_chunks", 1)
-    if tokens.shape[1] % metric_chunks != 0:
-        raise ValueError(
-            f"metric_chunks: expected a divisor of the feature dimension {tokens.shape[1]}, got "
-            f"{metric_chunks}"
-        )
-    return tokens, offsets, tokens_per_segment, metric_chunks
+    return flat, offsets, tokens_per_segment, metric_chunks
 
 
 def check_sizes(size: object) -> torch.Tensor:
@@ -354,49 +325,76 @@ def check_bias_dtype(dtype: object) -> torch.dtype | None:
     return dtype
 
 
-# ---- host-side geometry: segments of a video and the tokens merging leaves
-class Segments(NamedTuple):
-    """Frames ``[F, N]`` cut into segments of ``frames_per_segment`` consecutive frames.
-
-    Attributes:
-        count: S, the number of segments (0 for an empty video).
-        tokens: tokens of every segment but the last (``frames_per_segment * N``, or ``F * N``
-            when there is only one segment).
-        last_tokens: tokens of the last segment (``tokens`` unless it has fewer frames).
-    """
-
-    count: int
-    tokens: int
-    last_tokens: int
-
-
-def video_segments(frames: int, tokens_per_frame: int, frames_per_segment: int) -> Segments:
-    """Cuts ``frames`` frames of ``tokens_per_frame`` tokens into segments.
+def frame_segment_offsets(frames: int, tokens_per_frame: int, frames_per_segment: int) -> list[int]:
+    """Segment offsets of ``frames`` frames of ``tokens_per_frame`` tokens cut into segments of
+    ``frames_per_segment`` consecutive frames (the last may be shorter).
 
     Example:
-        >>> video_segments(25, 256, 10)
-        Segments(count=3, tokens=2560, last_tokens=1280)
+        >>> frame_segment_offsets(25, 256, 10)
+        [0, 2560, 5120, 6400]
     """
-    if frames == 0:
-        return Segments(0, 0, 0)
     count = -(-frames // frames_per_segment)
-    full_frames = min(frames, frames_per_segment)
-    last_frames = frames - (count - 1) * frames_per_segment
-    return Segments(count, full_frames * tokens_per_frame, last_frames * tokens_per_frame)
+    span = frames_per_segment * tokens_per_frame
+    return [min(s * span, frames * tokens_per_frame) for s in range(count + 1)]
 
 
-def merged_token_count(segments: Segments, tokens_per_segment: int) -> int:
-    """Tokens left after merging every segment down to ``tokens_per_segment`` (a segment that
-    holds fewer keeps them all).
+def merged_offsets(segment_offsets: list[int], tokens_per_segment: int) -> list[int]:
+    """Where each segment's merged tokens start: prefix sums of ``min(n_s, tokens_per_segment)``
+    (a segment holding fewer keeps them all); the last entry is the output size K.
 
     Example:
-        >>> merged_token_count(video_segments(25, 256, 10), 30)
-        90
+        >>> merged_offsets([0, 2560, 5120, 6400], 30)
+        [0, 30, 60, 90]
     """
-    if segments.count == 0:
-        return 0
-    full = min(segments.tokens, tokens_per_segment)
-    return (segments.count - 1) * full + min(segments.last_tokens, tokens_per_segment)
+    starts = [0]
+    for first, end in zip(segment_offsets, segment_offsets[1:]):
+        starts.append(starts[-1] + min(end - first, tokens_per_segment))
+    return starts
+
+
+def check_merge_segment_offsets(offsets: object, total: int) -> list[int]:
+    """segment_offsets of hierarchical_merge as Python ints: a CPU int64 tensor ``[S + 1]`` or a
+    sequence of ints, from 0 to ``total``, never decreasing. A CUDA tensor is refused: the output
+    size is computed from the offsets on the host, and reading them would synchronize."""
+    name = "segment_offsets"
+    if isinstance(offsets, torch.Tensor):
+        if offsets.device.type != "cpu":
+            raise ValueError(
+                f"{name}: expected a CPU tensor or a sequence of ints (the output size is computed "
+                f"on the host), got a tensor on {offsets.device}; pass {name}.cpu() (one sync)"
+            )
+        if offsets.dtype != torch.int64:
+            raise TypeError(f"{name}: expected an int64 tensor, got {offsets.dtype}")
+        if offsets.dim() != 1:
+            raise ValueError(
+                f"{name}: expected a 1-D tensor [segments + 1], got shape {list(offsets.shape)}"
+            )
+        values_list = offsets.tolist()
+    elif isinstance(offsets, (list, tuple)):
+        for value in offsets:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name}: expected ints, got {type(value).__name__} {value!r}")
+        values_list = list(offsets)
+    else:
+        raise TypeError(
+            f"{name}: expected a CPU int64 tensor or a sequence of ints, "
+            f"got {type(offsets).__name__}"
+        )
+    if not values_list:
+        raise ValueError(f"{name}: expected [segments + 1] offsets starting with 0, got none")
+    if values_list[0] != 0 or values_list[-1] != total:
+        raise ValueError(
+            f"{name}: expected offsets from 0 to the {total} tokens, "
+            f"got {values_list[0]} .. {values_list[-1]}"
+        )
+    for s, (first, end) in enumerate(zip(values_list, values_list[1:])):
+        if end < first:
+            raise ValueError(
+                f"{name}: expected non-decreasing offsets, got {end} after {first} (segment {s})"
+            )
+        if end - first > MAX_TOKENS:
+            raise ValueError(f"{name}: a segment may hold at most 2^31 - 1 tokens, segment {s}")
+    return values_list
 
 
 def set_sizes(tokens: int, protected: int) -> tuple[int, int]:

@@ -5,10 +5,9 @@ that reach the merge (all of them, or those DTD kept) are merged down to ``token
 A merged token is written at the column of its representative (the destination that survived
 every round), so the compaction that follows gives it the representative's position ids.
 
-A video with every token present is merged by the fused :func:`vidllm_ext.ops.hierarchical_merge`
-(one kernel call for all its segments). After DTD, segments hold different numbers of tokens:
-segments of equal length are batched, and each round of each batch is one matching and one merge
-launch (:func:`vidllm_ext.ops.bipartite_soft_matching`, :func:`vidllm_ext.ops.merge_wavg`).
+Every segment of every video of the batch, whole or thinned by DTD (segments of uneven lengths,
+some maybe empty), is merged by one call of :func:`vidllm_ext.ops.hierarchical_merge` with segment
+offsets: each segment on its own schedule, one kernel call for the batch.
 """
 
 from __future__ import annotations
@@ -65,50 +64,51 @@ def merge_video_tokens(
     stats = MergeStats(samples=[segment.sample for segment in segments])
     if not segments:
         return embeds, keep, stats
-    columns = [segment.columns.to(embeds.device) for segment in segments]
-    before = _video_counts(keep, segments, columns)
-    stats.segments = sum(-(-segment.steps // config.frames_per_segment) for segment in segments)
-    embeds, keep = embeds.clone(), keep.clone()
-    # Every segment's present tokens (DTD may have dropped some), every video of the batch in
-    # one call: ops.hierarchical_merge merges each segment on its own, by its own schedule.
-    samples = torch.cat(
-        [torch.full_like(video, segment.sample) for segment, video in zip(segments, columns)]
-    )
-    flat_columns = torch.cat(columns)
-    segment_of_token = torch.cat(_segment_ids(segments, columns, config))
-    present = keep[samples, flat_columns]
-    counts = torch.bincount(segment_of_token[present], minlength=stats.segments).tolist()
+    samples, columns, segment_of, per_video = _video_layout(segments, config, embeds.device)
+    present = keep[samples, columns]
+    counts = torch.zeros(sum(per_video), dtype=torch.int64, device=embeds.device)
+    counts = counts.index_add_(0, segment_of, present.long()).tolist()  # one host transfer
     offsets = [0]
     for count in counts:
         offsets.append(offsets[-1] + count)
-    kept_samples, kept_columns = samples[present], flat_columns[present]
+    present_samples, present_columns = samples[present], columns[present]
     result = ops.hierarchical_merge(
-        embeds[kept_samples, kept_columns],
+        embeds[present_samples, present_columns],
         segment_offsets=offsets,
         tokens_per_segment=config.tokens_per_segment,
         metric_chunks=config.metric_chunks,
     )
-    owners, representatives = kept_samples[result.source_index], kept_columns[result.source_index]
-    keep[samples, flat_columns] = False
-    keep[owners, representatives] = True
-    embeds[owners, representatives] = result.tokens.to(embeds.dtype)
-    stats.tokens_per_video = _video_counts(keep, segments, columns)
-    stats.video_tokens_before = sum(before)
+    # The merged tokens replace the videos' tokens at their representatives.
+    embeds, keep = embeds.clone(), keep.clone()
+    keep[samples, columns] = False
+    rows = present_samples[result.source_index]
+    representatives = present_columns[result.source_index]
+    keep[rows, representatives] = True
+    embeds[rows, representatives] = result.tokens.to(embeds.dtype)
+    first = 0
+    for videos_segments in per_video:
+        video_counts = counts[first : first + videos_segments]
+        first += videos_segments
+        stats.video_tokens_before += sum(video_counts)
+        stats.tokens_per_video.append(
+            sum(min(count, config.tokens_per_segment) for count in video_counts)
+        )
+    stats.segments = sum(per_video)
     stats.video_tokens_after = sum(stats.tokens_per_video)
     return embeds, keep, stats
 
 
-def _video_counts(keep: torch.Tensor, segments: list, columns: list) -> list[int]:
-    """Per video, its tokens still kept (one host transfer)."""
-    counts = [keep[segment.sample, video].sum() for segment, video in zip(segments, columns)]
-    return torch.stack(counts).tolist()
-
-
-def _segment_ids(segments: list[VideoSegment], columns: list, config: MergeConfig) -> list:
-    """Per video, the merge segment (numbered across the batch) of each of its tokens."""
-    ids, first = [], 0
-    for segment, video in zip(segments, columns):
-        span = config.frames_per_segment * segment.tokens
-        ids.append(first + torch.arange(video.numel(), device=video.device) // span)
-        first += -(-segment.steps // config.frames_per_segment)
-    return ids
+def _video_layout(segments: list[VideoSegment], config: MergeConfig, device):
+    """``(samples, columns, segment_of, per_video)``: every video token's batch row, column and
+    segment (numbered over the batch, video after video), and each video's segment count."""
+    samples, columns, segment_of, per_video = [], [], [], []
+    first = 0
+    for video in segments:
+        video_columns = video.columns.to(device)
+        span = max(config.frames_per_segment * video.tokens, 1)
+        columns.append(video_columns)
+        samples.append(torch.full_like(video_columns, video.sample))
+        segment_of.append(first + torch.arange(video_columns.numel(), device=device) // span)
+        per_video.append(-(-video.steps // config.frames_per_segment))
+        first += per_video[-1]
+    return torch.cat(samples), torch.cat(columns), torch.cat(segment_of), per_video

@@ -11,19 +11,14 @@ sources in ascending token order, so CPU and CUDA results are bitwise equal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from vidllm_ext.contracts import token_merge as check
-from vidllm_ext.contracts.token_merge import (
-    MergePlan,
-    MergeResult,
-    merged_token_count,
-    set_sizes,
-    video_segments,
-)
+from vidllm_ext.contracts.token_merge import MergePlan, MergeResult, merged_offsets, set_sizes
 from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
 
 # ---- custom ops (inputs validated by the public functions below) ----------------------------
@@ -168,37 +163,54 @@ def _unmerge_backward(ctx, grad):
 _unmerge_op.register_autograd(_unmerge_backward, setup_context=_unmerge_setup_context)
 
 
+def _device_offsets(segment_offsets: list[int], merged: list[int], device) -> Tensor:
+    """int64 ``[2, S + 1]`` (segment offsets, merged offsets) on ``device``: one copy from
+    pinned memory, which does not wait for the device."""
+    host = torch.tensor([segment_offsets, merged], dtype=torch.int64)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 @torch.library.custom_op("vidllm::hierarchical_merge", mutates_args=())
 def _hierarchical_op(
-    tokens: Tensor, frames_per_segment: int, tokens_per_segment: int, metric_chunks: int
+    tokens: Tensor, segment_offsets: list[int], tokens_per_segment: int, metric_chunks: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    frames, per_frame, dim = tokens.shape
-    segments = video_segments(frames, per_frame, frames_per_segment)
-    flat = rows_contiguous(tokens.reshape(frames * per_frame, dim))
-    device = tokens.device
-    total = merged_token_count(segments, tokens_per_segment)
+    flat = rows_contiguous(tokens)
+    device, dim = flat.device, flat.shape[1]
+    merged = merged_offsets(segment_offsets, tokens_per_segment)
+    total = merged[-1]
+    host_offsets = torch.tensor(segment_offsets, dtype=torch.int64)
+    device_offsets = _device_offsets(segment_offsets, merged, device)
     out = flat.new_empty((total, dim))
     sizes = torch.empty(total, dtype=torch.float32, device=device)
     source_index = torch.empty(total, dtype=torch.int64, device=device)
-    geometry = (*segments, metric_chunks, tokens_per_segment)
-    workspace_bytes = C.token_merge_hierarchical_workspace(dl(flat), *geometry)
+    knobs = (metric_chunks, tokens_per_segment)
+    workspace_bytes = C.token_merge_hierarchical_workspace(dl(flat), dl(host_offsets), *knobs)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
     C.token_merge_hierarchical(
-        dl(flat), dl(workspace), dl(out), dl(sizes), dl(source_index), *geometry, stream_of(flat)
+        dl(flat),
+        dl(host_offsets),
+        dl(device_offsets),
+        dl(workspace),
+        dl(out),
+        dl(sizes),
+        dl(source_index),
+        *knobs,
+        stream_of(flat),
     )
-    kept_per_segment = max(min(segments.tokens, tokens_per_segment), 1)
-    segment = torch.div(torch.arange(total, device=device), kept_per_segment, rounding_mode="floor")
+    segments = len(segment_offsets) - 1
+    segment = torch.repeat_interleave(
+        torch.arange(segments, device=device), device_offsets[1].diff(), output_size=total
+    )
     return out, sizes, source_index, segment
 
 
 @_hierarchical_op.register_fake
-def _(tokens, frames_per_segment, tokens_per_segment, metric_chunks):
-    frames, per_frame, dim = tokens.shape
-    total = merged_token_count(
-        video_segments(frames, per_frame, frames_per_segment), tokens_per_segment
-    )
+def _(tokens, segment_offsets, tokens_per_segment, metric_chunks):
+    total = merged_offsets(segment_offsets, tokens_per_segment)[-1]
     return (
-        tokens.new_empty((total, dim)),
+        tokens.new_empty((total, tokens.shape[1])),
         tokens.new_empty((total,), dtype=torch.float32),
         tokens.new_empty((total,), dtype=torch.int64),
         tokens.new_empty((total,), dtype=torch.int64),
@@ -292,86 +304,56 @@ def hierarchical_merge(
     frames_per_segment: Optional[int] = None,
     tokens_per_segment: int = 30,
     metric_chunks: int = 16,
-    segment_offsets=None,
+    segment_offsets: Optional[Tensor | Sequence[int]] = None,
 ) -> MergeResult:
-    """LongVLM's hierarchical merge of a video's tokens, segment by segment.
+    """LongVLM's hierarchical merge of one video's tokens (or several videos'), segment by
+    segment.
 
-    Frames are cut into segments of ``frames_per_segment`` consecutive frames (the last may be
-    shorter); a segment's tokens, flattened in (frame, position) order, are merged jointly across
-    space and time by rounds of bipartite soft matching with ``r_i = min(T_i - M, T_i // 2)``
-    until it holds ``M = tokens_per_segment`` tokens (a segment holding fewer keeps them all).
-    Each round's metric is the features' mean over ``metric_chunks`` equal channel chunks (LongVLM
-    uses 16); sizes carry across rounds. All segments of a round run in one launch per stage (one
-    call into the kernels for the whole merge), and the schedule is computed on the host from the
-    shapes: no host synchronization.
-
-    Uneven segments (a video thinned by frame drop, or several videos at once): give ``tokens``
-    as ``[T, D]`` and ``segment_offsets``; segment s, tokens ``[o_s, o_{s+1})``, is merged on its
-    own to ``min(n_s, M)`` tokens by the same schedule (empty segments give none). Segments of
-    equal length share one call into the kernels (one per distinct length), each running every
-    round of the schedule in C++: no Python round loop.
+    Segments are either frames: ``tokens [F, N, D]`` cut into segments of ``frames_per_segment``
+    consecutive frames (default 10; the last may be shorter), each flattened in (frame, position)
+    order; or given: ``tokens [T, D]`` with ``segment_offsets``, segment ``s`` being tokens
+    ``[segment_offsets[s], segment_offsets[s + 1])`` (segments of any lengths, e.g. what frame
+    drop kept; an empty segment gives no tokens). Each segment is merged independently, jointly
+    across space and time, by rounds of bipartite soft matching with ``r_i = min(T_i - M, T_i //
+    2)`` until it holds ``M = tokens_per_segment`` tokens (a segment holding fewer keeps them
+    all). Each round's metric is the features' mean over ``metric_chunks`` equal channel chunks
+    (LongVLM uses 16); sizes carry across rounds. All segments of a round run in one launch per
+    stage (one call into the kernels for the whole merge), each on its own schedule, which the
+    kernels compute (csrc/token_merge/token_merge.h ``merge_round``): no host synchronization.
 
     Args:
-        tokens: ``[F, N, D]`` float32/float16/bfloat16, CPU or CUDA: F frames of N tokens; or
-            ``[T, D]`` with ``segment_offsets``.
+        tokens: ``[F, N, D]`` (F frames of N tokens) or, with ``segment_offsets``, ``[T, D]``;
+            float32/float16/bfloat16, CPU or CUDA.
         frames_per_segment: positive int (default 10); not with ``segment_offsets``.
-        tokens_per_segment: positive int, M.
+        tokens_per_segment: positive int.
         metric_chunks: positive divisor of D.
-        segment_offsets: a CPU int64 tensor ``[S + 1]`` or a sequence of ints, from 0 to T,
-            not decreasing. It is read on the host (a CUDA tensor is refused: the output size
-            would need a device synchronization).
+        segment_offsets: int64 ``[S + 1]`` from 0 to T, never decreasing, as a CPU tensor or a
+            sequence of ints: the output size is computed from it on the host, so a CUDA tensor
+            is refused (ValueError; pass ``.cpu()``, which synchronizes once). On a GPU the
+            offsets reach the device by one copy from pinned memory, which does not wait.
 
     Returns:
-        :class:`~vidllm_ext.contracts.token_merge.MergeResult` ``(tokens [K, D], sizes float32
-        [K], source_index int64 [K], segment int64 [K])``, segment-major, with ``K = sum_s
-        min(n_s, M)``; ``source_index`` is the flat index (``f * N + n``, or the row of
-        ``[T, D]``) of each merged token's representative, so the caller can take its position
-        ids.
+        :class:`~vidllm_ext.contracts.token_merge.MergeResult` ``(tokens [K, D], sizes float32 [K],
+        source_index int64 [K], segment int64 [K])``, segment after segment, each segment's
+        tokens in ascending order of their representatives, ``K = sum_s min(n_s, M)``;
+        ``source_index`` is the flat index (``f * N + n``, or the row of ``[T, D]``) of each
+        merged token's representative, so the caller can take its position ids.
 
     Example:
         >>> video = torch.randn(100, 256, 1024)
         >>> result = vidllm_ext.ops.hierarchical_merge(video)  # 10 segments of 30 tokens
         >>> result.tokens.shape, int(result.sizes.sum())
         (torch.Size([300, 1024]), 25600)
+        >>> kept = torch.randn(700, 1024)  # segments of 500, 0, 20 and 180 tokens
+        >>> offsets = [0, 500, 500, 520, 700]
+        >>> result = vidllm_ext.ops.hierarchical_merge(kept, segment_offsets=offsets)
+        >>> result.tokens.shape, result.segment.bincount().tolist()
+        (torch.Size([80, 1024]), [30, 0, 20, 30])
     """
-    if segment_offsets is not None:
-        tokens, offsets, tokens_per_segment, metric_chunks = check.check_uneven_segments(
-            tokens, segment_offsets, frames_per_segment, tokens_per_segment, metric_chunks
-        )
-        return _merge_uneven_segments(tokens, offsets, tokens_per_segment, metric_chunks)
-    frames_per_segment = 10 if frames_per_segment is None else frames_per_segment
-    tokens, frames_per_segment, tokens_per_segment, metric_chunks = check.check_hierarchical_args(
-        tokens, frames_per_segment, tokens_per_segment, metric_chunks
+    flat, offsets, tokens_per_segment, metric_chunks = check.check_hierarchical_args(
+        tokens, frames_per_segment, tokens_per_segment, metric_chunks, segment_offsets
     )
-    return MergeResult(
-        *_hierarchical_op(tokens, frames_per_segment, tokens_per_segment, metric_chunks)
-    )
-
-
-def _merge_uneven_segments(
-    tokens: Tensor, offsets: list[int], tokens_per_segment: int, metric_chunks: int
-) -> MergeResult:
-    """Segments of equal length go to the kernels together, as the rows ``[G, L, D]`` of a video
-    of one-frame segments; the results are put back in segment order."""
-    device, dim = tokens.device, tokens.shape[1]
-    by_length: dict[int, list[int]] = {}
-    for segment, (first, last) in enumerate(zip(offsets[:-1], offsets[1:])):
-        if last > first:
-            by_length.setdefault(last - first, []).append(segment)
-    pieces = []
-    for length, segments in by_length.items():
-        starts = torch.tensor([offsets[s] for s in segments], dtype=torch.int64)
-        rows = (starts[:, None] + torch.arange(length)).flatten().to(device)
-        x = tokens.index_select(0, rows).view(len(segments), length, dim)
-        merged, sizes, source, row = _hierarchical_op(x, 1, tokens_per_segment, metric_chunks)
-        segment = torch.tensor(segments, dtype=torch.int64, device=device)[row]
-        pieces.append((merged, sizes, rows[source], segment))
-    if not pieces:
-        empty = torch.empty(0, dtype=torch.int64, device=device)
-        return MergeResult(tokens.new_empty((0, dim)), empty.float(), empty, empty)
-    merged, sizes, source, segment = (torch.cat(parts) for parts in zip(*pieces))
-    order = torch.sort(segment, stable=True).indices
-    return MergeResult(merged[order], sizes[order], source[order], segment[order])
+    return MergeResult(*_hierarchical_op(flat, offsets, tokens_per_segment, metric_chunks))
 
 
 def proportional_attention_bias(size: Tensor, *, dtype: Optional[torch.dtype] = None) -> Tensor:

@@ -16,32 +16,8 @@ import math
 import torch
 
 from vidllm_ext.contracts import token_merge as check
-from vidllm_ext.contracts.token_merge import (
-    MergePlan,
-    MergeResult,
-    merged_token_count,
-    set_sizes,
-    video_segments,
-)
+from vidllm_ext.contracts.token_merge import MergePlan, MergeResult, set_sizes
 from vidllm_ext.reference.cosine import cosine_similarity_matrix
-
-
-# The oracle's own statement of LongVLM's schedule (production computes it in C++ only,
-# csrc/token_merge/token_merge_hierarchical.cpp).
-def merge_schedule(tokens: int, target: int) -> list[int]:
-    """Merges per round that take ``tokens`` down to ``target`` (LongVLM): each round merges
-    ``min(T_i - target, T_i // 2)``; none when ``tokens <= target``.
-
-    Example:
-        >>> merge_schedule(2560, 30)
-        [1280, 640, 320, 160, 80, 40, 10]
-    """
-    rounds = []
-    while tokens > target:
-        merges = min(tokens - target, tokens // 2)
-        rounds.append(merges)
-        tokens -= merges
-    return rounds
 
 
 def best_partner(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +136,22 @@ def chunk_mean_metric(x: torch.Tensor, chunks: int) -> torch.Tensor:
     return x.float().unflatten(-1, (chunks, x.shape[-1] // chunks)).mean(-2)
 
 
+def merge_schedule(tokens: int, target: int) -> list[int]:
+    """Merges per round that take ``tokens`` down to ``target`` (LongVLM): each round merges
+    ``min(T_i - target, T_i // 2)``; none when ``tokens <= target``.
+
+    Example:
+        >>> merge_schedule(2560, 30)
+        [1280, 640, 320, 160, 80, 40, 10]
+    """
+    rounds = []
+    while tokens > target:
+        merges = min(tokens - target, tokens // 2)
+        rounds.append(merges)
+        tokens -= merges
+    return rounds
+
+
 def hierarchical_merge(
     tokens: torch.Tensor,
     *,
@@ -168,94 +160,76 @@ def hierarchical_merge(
     metric_chunks: int = 16,
     segment_offsets=None,
 ) -> MergeResult:
-    """LongVLM's hierarchical merge of ``tokens [F, N, D]``, or of uneven segments of
-    ``tokens [T, D]`` given ``segment_offsets`` (see :func:`vidllm_ext.ops.hierarchical_merge`).
-    Uneven segments are merged one at a time."""
-    if segment_offsets is not None:
-        tokens, offsets, target, chunks = check.check_uneven_segments(
-            tokens, segment_offsets, frames_per_segment, tokens_per_segment, metric_chunks
-        )
-        pieces = []
-        for s, (first, last) in enumerate(zip(offsets[:-1], offsets[1:])):
-            if last > first:
-                x, size, index, segment, _ = _merge_segments(
-                    tokens[first:last][None], s, 0, target, chunks
-                )
-                pieces.append((x, size, index + first, segment))
-        if not pieces:
-            empty = torch.empty(0, dtype=torch.int64, device=tokens.device)
-            return MergeResult(tokens.new_empty((0, tokens.shape[1])), empty.float(), empty, empty)
-        return MergeResult(*(torch.cat(parts) for parts in zip(*pieces)))
-    frames_per_segment = 10 if frames_per_segment is None else frames_per_segment
+    """LongVLM's hierarchical merge of ``tokens [F, N, D]`` (or ``[T, D]`` cut by
+    ``segment_offsets``; see :func:`vidllm_ext.ops.hierarchical_merge`)."""
     return hierarchical_merge_with_assignment(
         tokens,
         frames_per_segment=frames_per_segment,
         tokens_per_segment=tokens_per_segment,
         metric_chunks=metric_chunks,
+        segment_offsets=segment_offsets,
     )[0]
 
 
 def hierarchical_merge_with_assignment(
     tokens: torch.Tensor,
     *,
-    frames_per_segment: int = 10,
+    frames_per_segment: int | None = None,
     tokens_per_segment: int = 30,
     metric_chunks: int = 16,
+    segment_offsets=None,
 ) -> tuple[MergeResult, torch.Tensor]:
-    """:func:`hierarchical_merge` and int64 ``[F * N]``, the merged token each input token ended
+    """:func:`hierarchical_merge` and int64 ``[T]``, the merged token each input token ended
     in: a merged token is the size-weighted mean, i.e. the plain mean, of the tokens assigned to
-    it (what the tests measure features against)."""
-    tokens, frames_per_segment, tokens_per_segment, metric_chunks = check.check_hierarchical_args(
-        tokens, frames_per_segment, tokens_per_segment, metric_chunks
+    it (what the tests measure features against). Segments of equal length merge together."""
+    flat, offsets, target, chunks = check.check_hierarchical_args(
+        tokens, frames_per_segment, tokens_per_segment, metric_chunks, segment_offsets
     )
-    frames, per_frame, dim = tokens.shape
-    segments = video_segments(frames, per_frame, frames_per_segment)
-    flat = tokens.reshape(frames * per_frame, dim)
-    # At most two groups of equally long segments: the full ones, then a shorter last one.
-    short_last = int(segments.count > 0 and segments.last_tokens != segments.tokens)
-    full = segments.count - short_last
-    groups = [flat[: full * segments.tokens].view(full, segments.tokens, dim)]
-    if short_last:
-        groups.append(flat[full * segments.tokens :][None])
-    pieces = []
-    first_segment = 0
-    for group in groups:
-        pieces.append(
-            _merge_segments(
-                group, first_segment, segments.tokens, tokens_per_segment, metric_chunks
-            )
-        )
-        first_segment += group.shape[0]
-    offsets = [0]
-    for piece in pieces[:-1]:
-        offsets.append(offsets[-1] + piece[0].shape[0])
-    x, size, index, segment = (torch.cat([piece[i] for piece in pieces]) for i in range(4))
-    assignment = torch.cat([piece[4] + offset for piece, offset in zip(pieces, offsets)])
-    assert x.shape[0] == merged_token_count(segments, tokens_per_segment)
+    dim, device = flat.shape[1], flat.device
+    lengths = [end - first for first, end in zip(offsets, offsets[1:])]
+    out_starts = [0]
+    for length in lengths:
+        out_starts.append(out_starts[-1] + min(length, target))
+    merged = out_starts[-1]
+    x = flat.new_empty((merged, dim))
+    size = torch.empty(merged, device=device)
+    index = torch.empty(merged, dtype=torch.int64, device=device)
+    segment = torch.empty(merged, dtype=torch.int64, device=device)
+    assignment = torch.empty(flat.shape[0], dtype=torch.int64, device=device)
+    groups: dict[int, list[int]] = {}
+    for s, length in enumerate(lengths):
+        if length:
+            groups.setdefault(length, []).append(s)
+    for length, group in groups.items():
+        members = torch.tensor(group, device=device)
+        rows = torch.tensor([offsets[s] for s in group], device=device)[:, None]
+        rows = rows + torch.arange(length, device=device)
+        group_x, group_size, group_index, slot = _merge_segments(flat[rows], rows, target, chunks)
+        outputs = torch.tensor([out_starts[s] for s in group], device=device)[:, None]
+        outputs = outputs + torch.arange(group_x.shape[1], device=device)
+        x[outputs] = group_x
+        size[outputs] = group_size
+        index[outputs] = group_index
+        segment[outputs] = members[:, None].expand_as(outputs)
+        assignment[rows] = outputs.gather(1, slot)
     return MergeResult(x, size, index, segment), assignment
 
 
 def _merge_segments(
-    x: torch.Tensor, first_segment: int, segment_stride: int, target: int, chunks: int
+    x: torch.Tensor, index: torch.Tensor, target: int, chunks: int
 ) -> tuple[torch.Tensor, ...]:
-    """Merges every segment (row) of ``x [S, L, D]`` down to min(target, L) tokens. Returns
-    flat ``(x, size, source_index, segment, assignment)``; assignment ``[S * L]`` counts from
-    this group's first output token."""
-    count, length, dim = x.shape
-    device = x.device
-    size = torch.ones(count, length, device=device)
-    first_token = first_segment * segment_stride
-    index = first_token + torch.arange(count * length, device=device).view(count, length)
-    assignment = torch.arange(length, device=device).expand(count, length)
+    """Merges every segment (row) of ``x [G, L, D]`` down to min(target, L) tokens; ``index
+    [G, L]`` is carried to each output's representative. Returns ``(x [G, m, D], size [G, m],
+    index [G, m], slot [G, L])``, slot the output each input token ended in."""
+    count, length, _ = x.shape
+    size = torch.ones(count, length, device=x.device)
+    slot = torch.arange(length, device=x.device).expand(count, length)
     for r in merge_schedule(length, target):
         plan = bipartite_soft_matching(chunk_mean_metric(x, chunks), r)
         x, size = merge_wavg(plan, x, size)
         index = index.gather(1, plan.kept_index)
-        assignment = plan.slot.gather(1, assignment)
-    kept = x.shape[1]
-    segment = (first_segment + torch.arange(count, device=device)).repeat_interleave(kept)
-    assignment = assignment + kept * torch.arange(count, device=device)[:, None]
-    return x.reshape(-1, dim), size.flatten(), index.flatten(), segment, assignment.flatten()
+        slot = plan.slot.gather(1, slot)
+    return x, size, index, slot
 
 
 def proportional_attention_bias(
