@@ -140,8 +140,7 @@ def tensor_mutations(rng, arg: Arg, t: torch.Tensor):
     none_expect = "either" if arg.optional else "error"
     options = [
         ("None", lambda: None, none_expect),
-        # host_offsets: offsets read on the host, where a list of ints is valid too
-        ("list", lambda: t.tolist(), "either" if arg.kind == "host_offsets" else "error"),
+        ("list", lambda: t.tolist(), "error"),
         ("numpy", lambda: _numpy(t), "error"),
         ("python float", lambda: 1.5, "error"),
         ("rank + 1", lambda: t.unsqueeze(0), "either"),
@@ -170,7 +169,7 @@ def tensor_mutations(rng, arg: Arg, t: torch.Tensor):
             ("index out of range", lambda: t + 10**6, "error"),
             ("negative index", lambda: t - 10**6, "error"),
         ]
-    if arg.kind in ("offsets", "host_offsets") and t.numel() > 1:
+    if arg.kind == "offsets" and t.numel() > 1:
         options += [
             ("non-monotonic offsets", lambda: t.flip(0) + 1, "error"),
             ("offsets past the end", lambda: t + 10**6, "error"),
