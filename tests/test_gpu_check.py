@@ -67,7 +67,7 @@ def copy_tree(tmp_path: Path) -> Path:
         ("option", "option --layers is not declared"),
         ("shape", "--shapes timechat-online is not declared"),
         ("unplanned", "benchmarks/e2e_new.py: a GPU benchmark missing from the plan"),
-        ("family", "vidllm_ext/bench/new.py: family new_family missing from the plan"),
+        ("family", "vidllm_ext/bench/new.py: family new missing from the plan"),
     ],
 )
 def test_dry_run_fails_on_a_broken_plan(tmp_path, breakage, message):
@@ -86,7 +86,7 @@ def test_dry_run_fails_on_a_broken_plan(tmp_path, breakage, message):
     elif breakage == "unplanned":
         (root / "benchmarks" / "e2e_new.py").write_text("print('new')\n")
     else:
-        (bench / "new.py").write_text("FAMILY = harness.Family(name='new_family')\n")
+        (bench / "new.py").write_text("TITLE = 'A new benchmark family'\n")
     result = run_check(root, "--dry-run")
     assert result.returncode == 1
     assert message in result.stderr

@@ -16,14 +16,12 @@ from vidllm_ext import ops, reference
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Baseline, Measured
 from vidllm_ext.bench.shapes import (
-    FRAME_DROP_DEFAULT_SHAPES,
-    FRAME_DROP_SHAPES,
     FrameShape,
     dtype_label,
     dtype_size,
     video_frames,
 )
-from vidllm_ext.bench.tables import Column
+from vidllm_ext.bench.tables import number_columns, text_columns
 
 CPU_SPEEDUP_TARGET = 1.5  # CPU op vs reference at the cpu shape
 GPU_COPY_FRACTION_TARGET = 0.8  # GPU feature/absolute path vs the measured copy bandwidth
@@ -216,19 +214,6 @@ def _where(item: Measured) -> str:
     return f"{item.shape.name} {item.spec.op} {item.spec.label}"
 
 
-FAMILY = harness.Family(
-    name="frame_drop",
-    title="Frame-difference token drop benchmark",
-    shapes=FRAME_DROP_SHAPES,
-    default_shapes=FRAME_DROP_DEFAULT_SHAPES,
-    columns=(
-        Column("shape", numeric=False),
-        Column("dtype", numeric=False),
-        Column("op", numeric=False),
-        Column("method/mode", numeric=False),
-        Column("threshold"),
-        Column("dropped"),
-    ),
-    cases=cases,
-    targets=targets,
-)
+TITLE = "Frame-difference token drop benchmark"
+COLUMNS = text_columns("shape", "dtype", "op", "method/mode")
+COLUMNS += number_columns("threshold", "dropped")

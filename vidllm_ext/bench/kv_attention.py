@@ -38,12 +38,10 @@ from vidllm_ext import KVQuantConfig, PackedKVCache, ops
 from vidllm_ext.bench import harness, timing
 from vidllm_ext.bench.harness import Baseline, Measured
 from vidllm_ext.bench.shapes import (
-    KV_ATTENTION_DEFAULT_SHAPES,
-    KV_ATTENTION_SHAPES,
     DecodeShape,
     outlier_channels,
 )
-from vidllm_ext.bench.tables import Column
+from vidllm_ext.bench.tables import number_columns, text_columns
 
 DTYPE = torch.bfloat16
 # Qwen2.5-VL-7B attention: 28 query heads, 4 KV heads, head_dim 128.
@@ -296,19 +294,5 @@ def facts(shapes: list[DecodeShape]) -> list[tuple[str, str]]:
     ]
 
 
-FAMILY = harness.Family(
-    name="kv_attention",
-    title="Packed attention decode benchmark",
-    shapes=KV_ATTENTION_SHAPES,
-    default_shapes=KV_ATTENTION_DEFAULT_SHAPES,
-    columns=(
-        Column("config", numeric=False),
-        Column("B"),
-        Column("T"),
-        Column("bf16 MB"),
-        Column("min cos vs deq"),
-    ),
-    cases=cases,
-    targets=targets,
-    facts=facts,
-)
+TITLE = "Packed attention decode benchmark"
+COLUMNS = text_columns("config") + number_columns("B", "T", "bf16 MB", "min cos vs deq")

@@ -27,13 +27,11 @@ from vidllm_ext import ops
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Baseline, Measured
 from vidllm_ext.bench.shapes import (
-    KV_QUANT_DEFAULT_SHAPES,
-    KV_QUANT_SHAPES,
     KVShape,
     dtype_label,
     outlier_channels,
 )
-from vidllm_ext.bench.tables import Column
+from vidllm_ext.bench.tables import text_columns
 from vidllm_ext.ops import kv_quant_pack as kv_ops
 from vidllm_ext.reference import kv_quant_pack as kv_ref
 
@@ -199,16 +197,5 @@ def targets(
     return ["target: none set for kv_quant (benchmarks/README.md); compare the columns"]
 
 
-FAMILY = harness.Family(
-    name="kv_quant",
-    title="KV packing and group quantization benchmark",
-    shapes=KV_QUANT_SHAPES,
-    default_shapes=KV_QUANT_DEFAULT_SHAPES,
-    columns=(
-        Column("rows x tokens x dim", numeric=False),
-        Column("dtype", numeric=False),
-        Column("op", numeric=False),
-    ),
-    cases=cases,
-    targets=targets,
-)
+TITLE = "KV packing and group quantization benchmark"
+COLUMNS = text_columns("rows x tokens x dim", "dtype", "op")

@@ -30,13 +30,11 @@ from vidllm_ext import ops, reference
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Baseline, Measured
 from vidllm_ext.bench.shapes import (
-    ROUTING_DEFAULT_SHAPES,
-    ROUTING_SHAPES,
     RoutingShape,
     dtype_label,
     dtype_size,
 )
-from vidllm_ext.bench.tables import Column
+from vidllm_ext.bench.tables import number_columns, text_columns
 
 CASES = (
     "topk",
@@ -227,17 +225,5 @@ def targets(
     return lines or [f"{title}: not measured in this run (needs the {GPU_TARGET_SHAPE} shape)"]
 
 
-FAMILY = harness.Family(
-    name="routing",
-    title="Layer-skip routing op benchmark",
-    shapes=ROUTING_SHAPES,
-    default_shapes=ROUTING_DEFAULT_SHAPES,
-    columns=(
-        Column("tokens x dim", numeric=False),
-        Column("dtype", numeric=False),
-        Column("op", numeric=False),
-        Column("rows K"),
-    ),
-    cases=cases,
-    targets=targets,
-)
+TITLE = "Layer-skip routing op benchmark"
+COLUMNS = text_columns("tokens x dim", "dtype", "op") + number_columns("rows K")

@@ -412,3 +412,20 @@ KV_ATTENTION_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
     "cpu": ("4k", "32k"),
     "cuda": ("4k", "32k", "128k", "4k-b8", "32k-b8", "128k-b8"),
 }
+
+# ---- every family, by technique name -------------------------------------------------------
+
+SHAPES: dict[str, dict] = {
+    "frame_drop": FRAME_DROP_SHAPES,
+    "token_merge": TOKEN_MERGE_SHAPES,
+    "routing": ROUTING_SHAPES,
+    "kv_quant": KV_QUANT_SHAPES,
+    "kv_attention": KV_ATTENTION_SHAPES,
+}
+DEFAULT_SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "frame_drop": FRAME_DROP_DEFAULT_SHAPES,
+    "token_merge": TOKEN_MERGE_DEFAULT_SHAPES,
+    "routing": ROUTING_DEFAULT_SHAPES,
+    "kv_quant": KV_QUANT_DEFAULT_SHAPES,
+    "kv_attention": KV_ATTENTION_DEFAULT_SHAPES,
+}

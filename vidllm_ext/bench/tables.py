@@ -18,6 +18,16 @@ class Column:
     numeric: bool = True
 
 
+def text_columns(*titles: str) -> tuple[Column, ...]:
+    """Left-aligned columns of words (a shape label, a dtype, an op name)."""
+    return tuple(Column(title, numeric=False) for title in titles)
+
+
+def number_columns(*titles: str) -> tuple[Column, ...]:
+    """Right-aligned columns of numbers."""
+    return tuple(Column(title) for title in titles)
+
+
 def text_table(columns: list[Column], rows: list[list[str]]) -> str:
     """A plain table, columns padded to their widest cell.
 

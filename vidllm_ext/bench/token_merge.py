@@ -16,14 +16,12 @@ from vidllm_ext import ops, reference
 from vidllm_ext.bench import harness
 from vidllm_ext.bench.harness import Baseline, Measured
 from vidllm_ext.bench.shapes import (
-    TOKEN_MERGE_DEFAULT_SHAPES,
-    TOKEN_MERGE_SHAPES,
     MergeShape,
     dtype_label,
     dtype_size,
     video_steps,
 )
-from vidllm_ext.bench.tables import Column
+from vidllm_ext.bench.tables import text_columns
 from vidllm_ext.contracts.token_merge import MergePlan, frame_segment_offsets
 from vidllm_ext.ops._backend import C, dl, stream_of
 from vidllm_ext.reference.token_merge import (
@@ -245,16 +243,5 @@ def targets(
     return lines
 
 
-FAMILY = harness.Family(
-    name="token_merge",
-    title="Token merging benchmark",
-    shapes=TOKEN_MERGE_SHAPES,
-    default_shapes=TOKEN_MERGE_DEFAULT_SHAPES,
-    columns=(
-        Column("shape", numeric=False),
-        Column("dtype", numeric=False),
-        Column("stage", numeric=False),
-    ),
-    cases=cases,
-    targets=targets,
-)
+TITLE = "Token merging benchmark"
+COLUMNS = text_columns("shape", "dtype", "stage")
