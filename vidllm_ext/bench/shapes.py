@@ -41,11 +41,32 @@ def dtype_label(dtype: torch.dtype) -> str:
     return {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[dtype]
 
 
+class Sized:
+    """A shape's table label and size, from ``sizes``: the sizes of the tensor it benchmarks."""
+
+    sizes: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        """The sizes joined by ``x``, e.g. ``"64x256x1024"``."""
+        return "x".join(map(str, self.sizes))
+
+    @property
+    def elements(self) -> int:
+        """Elements of the benchmarked tensor (what ``--quick`` orders shapes by)."""
+        return math.prod(self.sizes)
+
+
+def by_name(*shapes):
+    """The shapes keyed by their names."""
+    return {shape.name: shape for shape in shapes}
+
+
 # ---- frame_drop ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class FrameShape:
+class FrameShape(Sized):
     """Frames ``[steps, tokens, dim]`` of ``dtype``, as one model at one scale produces them."""
 
     name: str
@@ -56,33 +77,25 @@ class FrameShape:
     about: str
 
     @property
-    def label(self) -> str:
-        """``"steps x tokens x dim"``, e.g. ``"64x256x1024"``."""
-        return f"{self.steps}x{self.tokens}x{self.dim}"
-
-    @property
-    def elements(self) -> int:
-        """Elements of the frames tensor (what ``--quick`` orders shapes by)."""
-        return self.steps * self.tokens * self.dim
+    def sizes(self) -> tuple[int, int, int]:
+        """The frames tensor: ``(steps, tokens, dim)``."""
+        return (self.steps, self.tokens, self.dim)
 
 
-FRAME_DROP_SHAPES: dict[str, FrameShape] = {
-    shape.name: shape
-    for shape in (
-        FrameShape(
-            "timechat-online",
-            508,
-            256,
-            3584,
-            torch.bfloat16,
-            "TimeChat-Online scale: 1016 frames at 1 fps on Qwen2.5-VL-7B, two frames per "
-            "temporal step, LLM width",
-        ),
-        FrameShape("vision-tower", 64, 256, 1280, torch.bfloat16, "Qwen2.5-VL vision-tower width"),
-        FrameShape("cpu", 64, 256, 1024, torch.float32, "CPU-sized float32 features"),
-        FrameShape("tiny", 4, 64, 64, torch.float32, "smoke-test size, not a realistic shape"),
-    )
-}
+FRAME_DROP_SHAPES: dict[str, FrameShape] = by_name(
+    FrameShape(
+        "timechat-online",
+        508,
+        256,
+        3584,
+        torch.bfloat16,
+        "TimeChat-Online scale: 1016 frames at 1 fps on Qwen2.5-VL-7B, two frames per "
+        "temporal step, LLM width",
+    ),
+    FrameShape("vision-tower", 64, 256, 1280, torch.bfloat16, "Qwen2.5-VL vision-tower width"),
+    FrameShape("cpu", 64, 256, 1024, torch.float32, "CPU-sized float32 features"),
+    FrameShape("tiny", 4, 64, 64, torch.float32, "smoke-test size, not a realistic shape"),
+)
 FRAME_DROP_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu",),
     "cuda": ("timechat-online", "vision-tower"),
@@ -155,7 +168,7 @@ def video_frames(
 
 
 @dataclass(frozen=True)
-class MergeShape:
+class MergeShape(Sized):
     """One video's tokens ``[frames, tokens, dim]`` of ``dtype`` and its hierarchical merge."""
 
     name: str
@@ -169,47 +182,37 @@ class MergeShape:
     about: str
 
     @property
-    def label(self) -> str:
-        """``"frames x tokens x dim"``, e.g. ``"100x256x1024"``."""
-        return f"{self.frames}x{self.tokens}x{self.dim}"
-
-    @property
-    def elements(self) -> int:
-        """Elements of the video's tokens (what ``--quick`` orders shapes by)."""
-        return self.frames * self.tokens * self.dim
+    def sizes(self) -> tuple[int, int, int]:
+        """The video's tokens: ``(frames, tokens, dim)``."""
+        return (self.frames, self.tokens, self.dim)
 
 
-TOKEN_MERGE_SHAPES: dict[str, MergeShape] = {
-    shape.name: shape
-    for shape in (
-        MergeShape(
-            "longvlm",
-            100,
-            256,
-            1024,
-            torch.float32,
-            10,
-            30,
-            16,
-            "LongVLM: 100 frames x 256 CLIP ViT-L tokens, 10-frame segments -> 30 tokens each",
-        ),
-        MergeShape(
-            "qwen2.5-vl-7b",
-            64,
-            256,
-            3584,
-            torch.bfloat16,
-            10,
-            64,
-            16,
-            "Qwen2.5-VL-7B: 64 temporal steps x 256 tokens at LLM width, 10-step segments -> "
-            "64 tokens each",
-        ),
-        MergeShape(
-            "tiny", 4, 32, 64, torch.float32, 2, 8, 4, "smoke-test size, not a realistic shape"
-        ),
-    )
-}
+TOKEN_MERGE_SHAPES: dict[str, MergeShape] = by_name(
+    MergeShape(
+        "longvlm",
+        100,
+        256,
+        1024,
+        torch.float32,
+        10,
+        30,
+        16,
+        "LongVLM: 100 frames x 256 CLIP ViT-L tokens, 10-frame segments -> 30 tokens each",
+    ),
+    MergeShape(
+        "qwen2.5-vl-7b",
+        64,
+        256,
+        3584,
+        torch.bfloat16,
+        10,
+        64,
+        16,
+        "Qwen2.5-VL-7B: 64 temporal steps x 256 tokens at LLM width, 10-step segments -> "
+        "64 tokens each",
+    ),
+    MergeShape("tiny", 4, 32, 64, torch.float32, 2, 8, 4, "smoke-test size, not a realistic shape"),
+)
 TOKEN_MERGE_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
     "cpu": ("longvlm",),
     "cuda": ("longvlm", "qwen2.5-vl-7b"),
@@ -221,7 +224,7 @@ TOKEN_MERGE_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class RoutingShape:
+class RoutingShape(Sized):
     """One sequence entering a routed decoder layer, and the fraction of vision tokens kept."""
 
     name: str
@@ -248,55 +251,47 @@ class RoutingShape:
         return self.text_tokens + self.steps * kept_per_step
 
     @property
-    def label(self) -> str:
-        """``"tokens x dim"``, e.g. ``"4224x3584"``."""
-        return f"{self.tokens}x{self.dim}"
-
-    @property
-    def elements(self) -> int:
-        """Elements of the hidden states (what ``--quick`` orders shapes by)."""
-        return self.tokens * self.dim
+    def sizes(self) -> tuple[int, int]:
+        """The hidden states: ``(tokens, dim)``."""
+        return (self.tokens, self.dim)
 
 
-ROUTING_SHAPES: dict[str, RoutingShape] = {
-    shape.name: shape
-    for shape in (
-        RoutingShape(
-            "qwen2.5-vl-7b",
-            16,
-            256,
-            128,
-            3584,
-            torch.bfloat16,
-            0.2,
-            "Qwen2.5-VL-7B LLM width, 16 temporal steps x 256 vision tokens + 128 text tokens "
-            "(issue 7's training shape), keep 0.2",
-        ),
-        RoutingShape(
-            "long-video",
-            256,
-            256,
-            128,
-            3584,
-            torch.bfloat16,
-            0.2,
-            "Qwen2.5-VL-7B LLM width, 256 temporal steps x 256 vision tokens + 128 text, keep 0.2",
-        ),
-        RoutingShape(
-            "cpu",
-            16,
-            256,
-            128,
-            1024,
-            torch.float32,
-            0.2,
-            "CPU-sized: 16 steps x 256 vision tokens + 128 text, float32, width 1024, keep 0.2",
-        ),
-        RoutingShape(
-            "tiny", 4, 64, 16, 64, torch.float32, 0.2, "smoke-test size, not a realistic shape"
-        ),
-    )
-}
+ROUTING_SHAPES: dict[str, RoutingShape] = by_name(
+    RoutingShape(
+        "qwen2.5-vl-7b",
+        16,
+        256,
+        128,
+        3584,
+        torch.bfloat16,
+        0.2,
+        "Qwen2.5-VL-7B LLM width, 16 temporal steps x 256 vision tokens + 128 text tokens "
+        "(issue 7's training shape), keep 0.2",
+    ),
+    RoutingShape(
+        "long-video",
+        256,
+        256,
+        128,
+        3584,
+        torch.bfloat16,
+        0.2,
+        "Qwen2.5-VL-7B LLM width, 256 temporal steps x 256 vision tokens + 128 text, keep 0.2",
+    ),
+    RoutingShape(
+        "cpu",
+        16,
+        256,
+        128,
+        1024,
+        torch.float32,
+        0.2,
+        "CPU-sized: 16 steps x 256 vision tokens + 128 text, float32, width 1024, keep 0.2",
+    ),
+    RoutingShape(
+        "tiny", 4, 64, 16, 64, torch.float32, 0.2, "smoke-test size, not a realistic shape"
+    ),
+)
 ROUTING_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu",),
     "cuda": ("qwen2.5-vl-7b", "long-video"),
@@ -325,7 +320,7 @@ def outlier_channels(
 
 
 @dataclass(frozen=True)
-class KVShape:
+class KVShape(Sized):
     """One layer's keys or values per call: ``[rows, tokens, head_dim]`` of ``dtype``."""
 
     name: str
@@ -337,33 +332,21 @@ class KVShape:
 
     @property
     def sizes(self) -> tuple[int, int, int]:
+        """Keys or values: ``(rows, tokens, head_dim)``."""
         return (self.rows, self.tokens, self.head_dim)
 
-    @property
-    def label(self) -> str:
-        """``"rows x tokens x head_dim"``, e.g. ``"4x4096x128"``."""
-        return "x".join(map(str, self.sizes))
 
-    @property
-    def elements(self) -> int:
-        """Elements of x (what ``--quick`` orders shapes by)."""
-        return self.rows * self.tokens * self.head_dim
-
-
-KV_QUANT_SHAPES: dict[str, KVShape] = {
-    shape.name: shape
-    for shape in (
-        KVShape(
-            "qwen2.5-vl-7b",
-            1 * 4,
-            4096,
-            128,
-            torch.bfloat16,
-            "Qwen2.5-VL-7B: batch 1 x 4 KV heads, 4096 tokens quantized per call, head_dim 128",
-        ),
-        KVShape("tiny", 2, 128, 32, torch.bfloat16, "smoke-test size, not a realistic shape"),
-    )
-}
+KV_QUANT_SHAPES: dict[str, KVShape] = by_name(
+    KVShape(
+        "qwen2.5-vl-7b",
+        1 * 4,
+        4096,
+        128,
+        torch.bfloat16,
+        "Qwen2.5-VL-7B: batch 1 x 4 KV heads, 4096 tokens quantized per call, head_dim 128",
+    ),
+    KVShape("tiny", 2, 128, 32, torch.bfloat16, "smoke-test size, not a realistic shape"),
+)
 KV_QUANT_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
     "cpu": ("qwen2.5-vl-7b",),
     "cuda": ("qwen2.5-vl-7b",),
@@ -393,21 +376,18 @@ class DecodeShape:
         return self.tokens * self.batch
 
 
-KV_ATTENTION_SHAPES: dict[str, DecodeShape] = {
-    shape.name: shape
-    for shape in (
-        *(
-            DecodeShape(f"{tokens // 1024}k{suffix}", tokens, batch, f"{about}, batch {batch}")
-            for batch, suffix in ((1, ""), (8, "-b8"))
-            for tokens, about in (
-                (4096, "a 4k-token cache"),
-                (32768, "a 32k-token cache"),
-                (131072, "a 128k-token cache (the GPU targets' length)"),
-            )
-        ),
-        DecodeShape("tiny", 256, 1, "smoke-test size, not a realistic shape"),
-    )
-}
+KV_ATTENTION_SHAPES: dict[str, DecodeShape] = by_name(
+    *(
+        DecodeShape(f"{tokens // 1024}k{suffix}", tokens, batch, f"{about}, batch {batch}")
+        for batch, suffix in ((1, ""), (8, "-b8"))
+        for tokens, about in (
+            (4096, "a 4k-token cache"),
+            (32768, "a 32k-token cache"),
+            (131072, "a 128k-token cache (the GPU targets' length)"),
+        )
+    ),
+    DecodeShape("tiny", 256, 1, "smoke-test size, not a realistic shape"),
+)
 KV_ATTENTION_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
     "cpu": ("4k", "32k"),
     "cuda": ("4k", "32k", "128k", "4k-b8", "32k-b8", "128k-b8"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.dlpack import to_dlpack
 
@@ -28,3 +30,20 @@ def rows_contiguous(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.shape[-1] <= 1 or tensor.stride(-1) == 1:
         return tensor
     return tensor.contiguous()
+
+
+def writes_into(name: str, mutates: tuple[str, ...]) -> Callable:
+    """Decorator: the function as the custom op ``vidllm::<name>``, which returns nothing and
+    only writes into its arguments ``mutates`` (buffers the caller allocated); its fake
+    implementation therefore does nothing."""
+
+    def define(function: Callable[..., None]):
+        op = torch.library.custom_op(f"vidllm::{name}", mutates_args=mutates)(function)
+        op.register_fake(_returns_nothing)
+        return op
+
+    return define
+
+
+def _returns_nothing(*args, **kwargs) -> None:
+    return None

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
+from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of, writes_into
 
 INDEX_OUT_OF_RANGE = 1  # status bits written by the gather and scatter kernels
 INDEX_REPEATED = 2
@@ -41,16 +41,11 @@ def _(scores, segment_offsets, keep_ratio):
     return scores.new_empty((selected,), dtype=torch.int64)
 
 
-@torch.library.custom_op("vidllm::topk_per_segment_into", mutates_args=("index", "total"))
+@writes_into("topk_per_segment_into", ("index", "total"))
 def topk_into_op(
     scores: Tensor, segment_offsets: Tensor, keep_ratio: float, index: Tensor, total: Tensor
 ) -> None:
     _topk(scores, segment_offsets, keep_ratio, index, total)
-
-
-@topk_into_op.register_fake
-def _(scores, segment_offsets, keep_ratio, index, total) -> None:
-    return None
 
 
 def _raise_if_flagged(status: Tensor, index: Tensor, rows: int, rows_name: str, unique: bool):

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vidllm_ext.contracts import frame_drop as check
 from vidllm_ext.contracts.frame_drop import DTDResult
-from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
+from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of, writes_into
 
 # ---- custom ops (inputs validated by the public functions below) ----------------------------
 
@@ -69,9 +69,7 @@ def _compact(frames, keep_mask, kept, kept_index, counts, total) -> None:
     )
 
 
-@torch.library.custom_op(
-    "vidllm::compact_tokens_into", mutates_args=("kept", "kept_index", "counts", "total")
-)
+@writes_into("compact_tokens_into", ("kept", "kept_index", "counts", "total"))
 def _compact_into_op(
     frames: Tensor,
     keep_mask: Tensor,
@@ -81,11 +79,6 @@ def _compact_into_op(
     total: Tensor,
 ) -> None:
     _compact(frames, keep_mask, kept, kept_index, counts, total)
-
-
-@_compact_into_op.register_fake
-def _(frames, keep_mask, kept, kept_index, counts, total) -> None:
-    return None
 
 
 @torch.library.custom_op("vidllm::compact_tokens", mutates_args=())

@@ -19,7 +19,7 @@ from torch import Tensor
 from vidllm_ext.contracts.checks import check_float_tensor
 from vidllm_ext.contracts.kv_attention import check_packed_layer
 from vidllm_ext.ops import _kv_attention_segments as seg
-from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
+from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of, writes_into
 
 _SCALE_TYPES = {
     torch.float32: "float32",
@@ -36,9 +36,7 @@ def _raw(stats: Optional[Tensor]) -> Optional[Tensor]:
     return stats
 
 
-@torch.library.custom_op(
-    "vidllm::packed_attention_segment_", mutates_args=("part_max", "part_sum", "part_acc")
-)
+@writes_into("packed_attention_segment_", ("part_max", "part_sum", "part_acc"))
 def _segment_op(
     q_full: Optional[Tensor],
     q_packed: Optional[Tensor],
@@ -100,11 +98,6 @@ def _segment_op(
         dl(part_acc),
         stream_of(part_max),
     )
-
-
-@_segment_op.register_fake
-def _(*args, **kwargs):
-    return None
 
 
 @torch.library.custom_op("vidllm::packed_attention_combine", mutates_args=())

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from vidllm_ext.contracts import kv_quant as check
-from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of
+from vidllm_ext.ops._backend import C, dl, rows_contiguous, stream_of, writes_into
 
 # ---- pack / unpack custom ops ----------------------------------------------------------------
 
@@ -200,9 +200,7 @@ def unpack_trits(packed: Tensor, n: int) -> Tensor:
 # (The mode argument is `quant_mode`: torch's functionalization machinery reserves `mode`.)
 
 
-@torch.library.custom_op(
-    "vidllm::quantize_channel_groups_out", mutates_args=("codes", "scale", "zero")
-)
+@writes_into("quantize_channel_groups_out", ("codes", "scale", "zero"))
 def _quantize_channel_groups_op(
     x: Tensor,
     quant_mode: str,
@@ -218,12 +216,7 @@ def _quantize_channel_groups_op(
     )
 
 
-@_quantize_channel_groups_op.register_fake
-def _(x, quant_mode, group_size, channels, codes, scale, zero) -> None:
-    return None
-
-
-@torch.library.custom_op("vidllm::dequantize_channel_groups_out", mutates_args=("out",))
+@writes_into("dequantize_channel_groups_out", ("out",))
 def _dequantize_channel_groups_op(
     codes: Tensor,
     scale: Tensor,
@@ -245,14 +238,7 @@ def _dequantize_channel_groups_op(
     )
 
 
-@_dequantize_channel_groups_op.register_fake
-def _(codes, scale, zero, quant_mode, group_size, channels, out) -> None:
-    return None
-
-
-@torch.library.custom_op(
-    "vidllm::quantize_token_groups_out", mutates_args=("codes", "scale", "zero")
-)
+@writes_into("quantize_token_groups_out", ("codes", "scale", "zero"))
 def _quantize_token_groups_op(
     x: Tensor, group_size: int, codes: Tensor, scale: Tensor, zero: Tensor
 ) -> None:
@@ -261,23 +247,13 @@ def _quantize_token_groups_op(
     )
 
 
-@_quantize_token_groups_op.register_fake
-def _(x, group_size, codes, scale, zero) -> None:
-    return None
-
-
-@torch.library.custom_op("vidllm::dequantize_token_groups_out", mutates_args=("out",))
+@writes_into("dequantize_token_groups_out", ("out",))
 def _dequantize_token_groups_op(
     codes: Tensor, scale: Tensor, zero: Tensor, group_size: int, out: Tensor
 ) -> None:
     C.kv_quant_dequantize_token_groups(
         dl(codes), dl(scale), dl(zero), dl(out), group_size, stream_of(out)
     )
-
-
-@_dequantize_token_groups_op.register_fake
-def _(codes, scale, zero, group_size, out) -> None:
-    return None
 
 
 # ---- group quantizers: public API ------------------------------------------------------------
