@@ -68,24 +68,18 @@ def _segment_op(
 ) -> None:
     if scale_type not in _SCALE_TYPES:
         raise ValueError(f"scale_type must be one of {list(_SCALE_TYPES)}, got {scale_type}")
+    key_tensors = (keys, codes2, _raw(scale2), _raw(zero2), codes1, _raw(alpha1))
+    value_tensors = (values, value_codes, _raw(value_scale), _raw(value_zero))
     C.kv_attention_segment(
         dl(q_full),
         dl(q_packed),
         query_start,
         key_format,
-        dl(keys),
-        dl(codes2),
-        dl(_raw(scale2)),
-        dl(_raw(zero2)),
-        dl(codes1),
-        dl(_raw(alpha1)),
+        *map(dl, key_tensors),
         key_group_size,
         key_position_start,
         value_format,
-        dl(values),
-        dl(value_codes),
-        dl(_raw(value_scale)),
-        dl(_raw(value_zero)),
+        *map(dl, value_tensors),
         value_group_size,
         _SCALE_TYPES[scale_type],
         dl(token_map),

@@ -167,6 +167,17 @@ def _heads(rows: Tensor, batch: int, heads: int) -> Tensor:
     return rows.reshape(batch, heads, *rows.shape[1:])
 
 
+def _dequantize_channel_groups(
+    codes: Tensor, stats: Tensor, zero: Tensor | None, mode: str, group: int, dim: int, **kwargs
+) -> Tensor:
+    """``kv_pack.dequantize_channel_groups`` of ``[B, H, ...]`` codes and statistics as they are
+    stored: rows ``B * H``, statistics read as float32."""
+    zero = None if zero is None else _rows(zero).float()
+    return kv_pack.dequantize_channel_groups(
+        _rows(codes), _rows(stats).float(), zero, mode, group, dim, **kwargs
+    )
+
+
 # ---- the scheme, composed over the group kernels of ops.kv_quant_pack ------------------------
 
 
@@ -204,10 +215,10 @@ def _dequantize_keys(packed: PackedKeys) -> Tensor:
     if heads == 0:  # no channel map to index with
         return _heads(out, batch, heads)
     if two_bit:
-        kv_pack.dequantize_channel_groups(
-            _rows(packed.codes2),
-            _rows(packed.scale2).float(),
-            _rows(packed.zero2).float(),
+        _dequantize_channel_groups(
+            packed.codes2,
+            packed.scale2,
+            packed.zero2,
             "minmax2",
             group,
             dim,
@@ -216,9 +227,7 @@ def _dequantize_keys(packed: PackedKeys) -> Tensor:
         )
     if not one_bit:
         return _heads(out, batch, heads)
-    signs = kv_pack.dequantize_channel_groups(
-        _rows(packed.codes1), _rows(packed.alpha1).float(), None, "sign1", group, one_bit
-    )
+    signs = _dequantize_channel_groups(packed.codes1, packed.alpha1, None, "sign1", group, one_bit)
     matrix = transform_matrix(packed.transform, one_bit, out.device)
     restored = (signs @ matrix).to(packed.dtype)
     out.scatter_(2, _row_index(packed.channels1, out), restored)
@@ -268,23 +277,26 @@ def _quantize_values(values: Tensor, config: KVQuantConfig, salient: Tensor | No
 def _dequantize_values(packed: PackedValues) -> Tensor:
     batch, heads, tokens, dim = packed.shape
     group = packed.group_size
-    zero = None if packed.zero is None else _rows(packed.zero).float()
-    codes, scale = _rows(packed.codes), _rows(packed.scale).float()
     if packed.mode == "token2":
         regular = kv_pack.dequantize_token_groups(
-            codes, scale, zero, group, dim, dtype=packed.dtype
+            _rows(packed.codes),
+            _rows(packed.scale).float(),
+            _rows(packed.zero).float(),
+            group,
+            dim,
+            dtype=packed.dtype,
         )
     else:
-        regular = kv_pack.dequantize_channel_groups(
-            codes, scale, zero, packed.mode, group, dim, dtype=packed.dtype
+        regular = _dequantize_channel_groups(
+            packed.codes, packed.scale, packed.zero, packed.mode, group, dim, dtype=packed.dtype
         )
     regular = _heads(regular, batch, heads)
     if packed.salient_index is None:
         return regular
-    salient = kv_pack.dequantize_channel_groups(
-        _rows(packed.salient_codes),
-        _rows(packed.salient_scale).float(),
-        _rows(packed.salient_zero).float(),
+    salient = _dequantize_channel_groups(
+        packed.salient_codes,
+        packed.salient_scale,
+        packed.salient_zero,
         "minmax2",
         group,
         dim,
