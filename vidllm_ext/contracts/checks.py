@@ -45,6 +45,21 @@ def check_float_tensor(
     return tensor
 
 
+def check_shape(tensor: torch.Tensor, name: str, shape: list[int], about: str = "") -> None:
+    """Raises ValueError unless ``tensor`` has ``shape``; ``about`` says where ``shape`` comes
+    from (e.g. "[steps, tokens] of frames")."""
+    if list(tensor.shape) != list(shape):
+        source = f" ({about})" if about else ""
+        raise ValueError(f"{name}: expected shape {list(shape)}{source}, got {list(tensor.shape)}")
+
+
+def check_device(tensor: torch.Tensor, name: str, device: torch.device, like: str = "") -> None:
+    """Raises ValueError unless ``tensor`` is on ``device`` (the device of ``like``, if named)."""
+    if tensor.device != device:
+        source = f" like {like}" if like else ""
+        raise ValueError(f"{name}: expected a tensor on {device}{source}, got {tensor.device}")
+
+
 def check_choice(value: object, choices: tuple, name: str) -> str:
     if value not in choices:
         expected = " or ".join(repr(c) for c in choices)

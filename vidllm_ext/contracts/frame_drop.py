@@ -10,7 +10,13 @@ from typing import NamedTuple
 
 import torch
 
-from vidllm_ext.contracts.checks import check_choice, check_float_tensor, check_tensor
+from vidllm_ext.contracts.checks import (
+    check_choice,
+    check_device,
+    check_float_tensor,
+    check_shape,
+    check_tensor,
+)
 
 DTD_METHODS = ("feature", "pixel")
 DTD_MODES = ("absolute", "relative")
@@ -91,10 +97,7 @@ def check_prev(prev: object, frames: torch.Tensor) -> torch.Tensor | None:
         )
     if prev.dtype != frames.dtype:
         raise TypeError(f"prev: expected dtype {frames.dtype} like frames, got {prev.dtype}")
-    if prev.device != frames.device:
-        raise ValueError(
-            f"prev: expected a tensor on {frames.device} like frames, got {prev.device}"
-        )
+    check_device(prev, "prev", frames.device, "frames")
     return prev
 
 
@@ -135,16 +138,8 @@ def check_keep_mask(keep_mask: object, frames: torch.Tensor) -> torch.Tensor:
     keep_mask = check_tensor(keep_mask, "keep_mask")
     if keep_mask.dtype != torch.bool:
         raise TypeError(f"keep_mask: expected dtype torch.bool, got {keep_mask.dtype}")
-    expected = list(frames.shape[:2])
-    if list(keep_mask.shape) != expected:
-        raise ValueError(
-            f"keep_mask: expected shape {expected} ([steps, tokens] of frames), "
-            f"got {list(keep_mask.shape)}"
-        )
-    if keep_mask.device != frames.device:
-        raise ValueError(
-            f"keep_mask: expected a tensor on {frames.device} like frames, got {keep_mask.device}"
-        )
+    check_shape(keep_mask, "keep_mask", frames.shape[:2], "[steps, tokens] of frames")
+    check_device(keep_mask, "keep_mask", frames.device, "frames")
     return keep_mask
 
 

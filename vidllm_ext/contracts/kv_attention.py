@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from vidllm_ext.contracts import structure as values
-from vidllm_ext.contracts.checks import FLOAT_DTYPES, ceil_div, check_int
+from vidllm_ext.contracts.checks import FLOAT_DTYPES, ceil_div, check_device, check_int, check_shape
 from vidllm_ext.contracts.kv_quant import KEY_TRANSFORMS, PackedKeys, PackedValues
 
 SCALE_DTYPES = (*FLOAT_DTYPES, torch.float8_e4m3fn)
@@ -26,10 +26,10 @@ def _tensor(value: object, name: str, shape: list[int] | None, dtypes, device) -
     if value.dtype not in dtypes:
         accepted = " or ".join(map(str, dtypes))
         raise TypeError(f"{name}: expected dtype {accepted}, got {value.dtype}")
-    if shape is not None and list(value.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {list(value.shape)}")
-    if device is not None and value.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got {value.device}")
+    if shape is not None:
+        check_shape(value, name, shape)
+    if device is not None:
+        check_device(value, name, device)
     return value
 
 

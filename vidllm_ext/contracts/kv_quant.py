@@ -13,9 +13,11 @@ from torch import Tensor
 
 from vidllm_ext.contracts.checks import (
     check_choice,
+    check_device,
     check_float_dtype,
     check_float_tensor,
     check_int,
+    check_shape,
     check_tensor,
 )
 
@@ -443,11 +445,6 @@ def check_channel_values(
             )
 
 
-def check_device(tensor: torch.Tensor, name: str, device: torch.device) -> None:
-    if tensor.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got {tensor.device}")
-
-
 def check_stats(
     stats: object, name: str, shape: tuple[int, int, int], device: torch.device
 ) -> torch.Tensor:
@@ -458,8 +455,7 @@ def check_stats(
             f"{name}: expected dtype torch.float32 (cast stored statistics with .float()), "
             f"got {stats.dtype}"
         )
-    if tuple(stats.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(stats.shape)}")
+    check_shape(stats, name, shape)
     check_device(stats, name, device)
     return stats
 
@@ -478,8 +474,7 @@ def check_group_codes(codes: object, bytes_per_token: int, what: str) -> torch.T
 def check_out(out: torch.Tensor, shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
     out = check_tensor(out, "out")
     check_float_dtype(out, "out")
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"out: expected shape {list(shape)}, got {list(out.shape)}")
+    check_shape(out, "out", shape)
     check_device(out, "out", device)
     return out
 

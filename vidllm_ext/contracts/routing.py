@@ -11,7 +11,9 @@ import torch
 from vidllm_ext.contracts.checks import (
     FLOAT_DTYPES,
     check_choice,
+    check_device,
     check_float_tensor,
+    check_shape,
     check_tensor,
 )
 
@@ -49,7 +51,7 @@ def check_segment_offsets(
             "segment_offsets: expected a 1-D tensor [segments + 1] with at least one entry, got "
             f"shape {list(offsets.shape)}"
         )
-    check_same_device(offsets, like, "segment_offsets", like_name)
+    check_device(offsets, "segment_offsets", like.device, like_name)
     return offsets
 
 
@@ -75,22 +77,17 @@ def check_index(index: object, x: torch.Tensor, x_name: str = "x") -> torch.Tens
         raise TypeError(f"index: expected dtype torch.int64, got {index.dtype}")
     if index.dim() != 1:
         raise ValueError(f"index: expected a 1-D tensor [count], got shape {list(index.shape)}")
-    check_same_device(index, x, "index", x_name)
+    check_device(index, "index", x.device, x_name)
     return index
 
 
 def check_delta(delta: object, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """delta: [count, dim] with x's dtype and device."""
     delta = check_rows(delta, "delta", "[count, dim]")
-    expected = [index.shape[0], x.shape[1]]
-    if list(delta.shape) != expected:
-        raise ValueError(
-            f"delta: expected shape {expected} ([count of index, dim of x]), "
-            f"got {list(delta.shape)}"
-        )
+    check_shape(delta, "delta", [index.shape[0], x.shape[1]], "count of index, dim of x")
     if delta.dtype != x.dtype:
         raise TypeError(f"delta: expected dtype {x.dtype} like x, got {delta.dtype}")
-    check_same_device(delta, x, "delta", "x")
+    check_device(delta, "delta", x.device, "x")
     return delta
 
 
@@ -103,12 +100,8 @@ def check_weight(weight: object, index: torch.Tensor) -> torch.Tensor | None:
         raise TypeError(
             f"weight: expected dtype float32, float16, bfloat16 or float64, got {weight.dtype}"
         )
-    if list(weight.shape) != [index.shape[0]]:
-        raise ValueError(
-            f"weight: expected shape [{index.shape[0]}] (one per index entry), "
-            f"got {list(weight.shape)}"
-        )
-    check_same_device(weight, index, "weight", "index")
+    check_shape(weight, "weight", [index.shape[0]], "one per index entry")
+    check_device(weight, "weight", index.device, "index")
     return weight
 
 
@@ -126,7 +119,7 @@ def check_int64_output(
         )
     if not tensor.is_contiguous():
         raise ValueError(f"{name}: expected a contiguous tensor (it is written in place)")
-    check_same_device(tensor, like, name, "scores")
+    check_device(tensor, name, like.device, "scores")
     return tensor
 
 
@@ -146,10 +139,7 @@ def check_selection_inputs(
     if tokens is None and scores.dim() != 1:
         raise ValueError(f"scores: expected a 1-D tensor [tokens], got shape {list(scores.shape)}")
     tokens = scores.shape[0] if tokens is None else tokens
-    if list(scores.shape) != [tokens]:
-        raise ValueError(
-            f"scores: expected shape [{tokens}] (one per token of hidden), got {list(scores.shape)}"
-        )
+    check_shape(scores, "scores", [tokens], "one per token of hidden")
     if scores.dtype not in ROW_DTYPES:
         raise TypeError(
             f"scores: expected dtype float32, float16, bfloat16 or float64, got {scores.dtype}"
@@ -157,11 +147,8 @@ def check_selection_inputs(
     is_video = check_tensor(is_video, "is_video")
     if is_video.dtype != torch.bool:
         raise TypeError(f"is_video: expected dtype torch.bool, got {is_video.dtype}")
-    if list(is_video.shape) != [tokens]:
-        raise ValueError(
-            f"is_video: expected shape [{tokens}] (one per token), got {list(is_video.shape)}"
-        )
-    check_same_device(is_video, scores, "is_video", "scores")
+    check_shape(is_video, "is_video", [tokens], "one per token")
+    check_device(is_video, "is_video", scores.device, "scores")
     return scores, is_video, check_segment_offsets(segment_offsets, scores)
 
 
@@ -174,15 +161,8 @@ def check_routed_inputs(
     scores, is_video, offsets = check_selection_inputs(
         scores, is_video, segment_offsets, hidden.shape[0]
     )
-    check_same_device(scores, hidden, "scores", "hidden")
+    check_device(scores, "scores", hidden.device, "hidden")
     return hidden, scores, is_video, offsets
-
-
-def check_same_device(tensor: torch.Tensor, like: torch.Tensor, name: str, like_name: str) -> None:
-    if tensor.device != like.device:
-        raise ValueError(
-            f"{name}: expected a tensor on {like.device} like {like_name}, got {tensor.device}"
-        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from vidllm_ext.contracts import structure as values
-from vidllm_ext.contracts.checks import check_float_dtype, check_int, check_tensor
+from vidllm_ext.contracts.checks import (
+    check_device,
+    check_float_dtype,
+    check_int,
+    check_shape,
+    check_tensor,
+)
 
 
 @dataclass(frozen=True)
@@ -159,15 +165,8 @@ def check_plan(plan: object) -> MergePlan:
     }
     for name, shape in expected.items():
         tensor = values.check_int_tensor(getattr(plan, name), f"plan.{name}", 2)
-        if list(tensor.shape) != shape:
-            raise ValueError(
-                f"plan.{name}: expected shape {shape} (plan.slot is {[batch, tokens]}, "
-                f"plan.r = {r}), got {list(tensor.shape)}"
-            )
-        if tensor.device != slot.device:
-            raise ValueError(
-                f"plan.{name}: expected a tensor on {slot.device}, got {tensor.device}"
-            )
+        check_shape(tensor, f"plan.{name}", shape, f"plan.slot is {[batch, tokens]}, plan.r = {r}")
+        check_device(tensor, f"plan.{name}", slot.device)
     if values.values_checked(slot):
         _check_plan_values(plan)
     return plan
@@ -220,12 +219,8 @@ def check_merge_input(plan: object, x: object, size: object):
     size = check_tensor(size, "size")
     check_float_dtype(size, "size")
     expected = [plan.slot.shape[0], plan.tokens]
-    if list(size.shape) != expected:
-        raise ValueError(
-            f"size: expected shape {expected} ([batch, tokens] of x), got {list(size.shape)}"
-        )
-    if size.device != x.device:
-        raise ValueError(f"size: expected a tensor on {x.device} like x, got {size.device}")
+    check_shape(size, "size", expected, "[batch, tokens] of x")
+    check_device(size, "size", x.device, "x")
     if size.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             "size: gradients with respect to sizes are not supported; pass size.detach()"
@@ -247,10 +242,7 @@ def _check_rows(tensor: torch.Tensor, name: str, batch: int, tokens: int, plan: 
             f"{name}: expected [batch, tokens] = {[batch, tokens]} as the plan has, "
             f"got shape {list(tensor.shape)}"
         )
-    if tensor.device != plan.slot.device:
-        raise ValueError(
-            f"{name}: expected a tensor on {plan.slot.device} like the plan, got {tensor.device}"
-        )
+    check_device(tensor, name, plan.slot.device, "the plan")
 
 
 def check_hierarchical_args(
