@@ -186,28 +186,20 @@ def _cpu_targets(device: torch.device, measured: list[Measured]) -> list[str]:
     for item in measured:
         speedup = item.speedup_over("ref")
         if device.type == "cpu" and item.shape.name == "cpu" and item.spec.op == "drop":
-            value = (
-                "not measured" if speedup is None else harness.verdict(speedup, CPU_SPEEDUP_TARGET)
-            )
-            lines.append(f"{title}, {_where(item)}: {value}")
+            lines.append(f"{title}, {_where(item)}: {harness.verdict(speedup, CPU_SPEEDUP_TARGET)}")
     return lines or [f"{title}: not measured in this run (needs --device cpu and the cpu shape)"]
 
 
 def _gpu_targets(measured: list[Measured], copy_bytes_per_s: float | None) -> list[str]:
     title = f"target GPU feature/absolute path >= {GPU_COPY_FRACTION_TARGET:.0%} of copy bandwidth"
-    if copy_bytes_per_s is None:
-        return [f"{title}: not measured in this run (needs --device cuda)"]
-    lines = []
-    for item in measured:
-        if item.spec.label == "feature/absolute" and item.spec.op in ("drop", "drop_into"):
-            fraction = item.copy_fraction(copy_bytes_per_s)
-            value = (
-                "not measured"
-                if fraction is None
-                else harness.verdict(fraction, GPU_COPY_FRACTION_TARGET, percent=True)
-            )
-            lines.append(f"{title}, {_where(item)}: {value}")
-    return lines
+    items = [
+        item
+        for item in measured
+        if item.spec.label == "feature/absolute" and item.spec.op in ("drop", "drop_into")
+    ]
+    return harness.copy_fraction_verdicts(
+        title, items, copy_bytes_per_s, GPU_COPY_FRACTION_TARGET, _where
+    )
 
 
 def _where(item: Measured) -> str:

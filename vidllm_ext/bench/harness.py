@@ -277,12 +277,33 @@ def _row(
     return [item.shape.name, *item.cells, *cost, *achieved, *copy, *times, *versus]
 
 
-def verdict(value: float, threshold: float, percent: bool = False) -> str:
-    """``"2.31x PASS"`` or ``"61.0% MISS"``: a measured ratio against its target.
+def copy_fraction_verdicts(
+    title: str,
+    items: list[Measured],
+    copy_bytes_per_s: float | None,
+    target: float,
+    where: Callable[[Measured], str],
+) -> list[str]:
+    """A line ``"<title>, <where(item)>: <verdict>"`` per item: its fraction of the measured copy
+    bandwidth against ``target``; one "not measured" line when the copy was not measured."""
+    if copy_bytes_per_s is None:
+        return [f"{title}: not measured in this run (needs --device cuda)"]
+    return [
+        f"{title}, {where(item)}: "
+        f"{verdict(item.copy_fraction(copy_bytes_per_s), target, percent=True)}"
+        for item in items
+    ]
+
+
+def verdict(value: float | None, threshold: float, percent: bool = False) -> str:
+    """``"2.31x PASS"`` or ``"61.0% MISS"``: a measured ratio against its target;
+    ``"not measured"`` for None.
 
     Example:
         >>> verdict(0.61, 0.8, percent=True)
         '61.0% MISS'
     """
+    if value is None:
+        return "not measured"
     shown = f"{value:.1%}" if percent else f"{value:.2f}x"
     return f"{shown} {'PASS' if value >= threshold else 'MISS'}"

@@ -248,7 +248,7 @@ def _gpu_targets(measured: list[Measured], copy_bytes_per_s: float | None) -> li
             value = (
                 item.copy_fraction(copy_bytes_per_s) if percent else item.speedup_over("bf16 SDPA")
             )
-            shown = "not measured" if value is None else harness.verdict(value, threshold, percent)
+            shown = harness.verdict(value, threshold, percent)
             lines.append(f"{title}, B={item.shape.batch}: {shown}")
     return lines
 
@@ -261,7 +261,7 @@ def _cpu_targets(measured: list[Measured]) -> list[str]:
     lines = []
     for item in rows:
         speedup = item.speedup_over("deq+SDPA")
-        shown = "not measured" if speedup is None else harness.verdict(speedup, CPU_TARGET[1])
+        shown = harness.verdict(speedup, CPU_TARGET[1])
         lines.append(f"{title}, {item.spec} B={item.shape.batch}: {shown}")
     return lines
 

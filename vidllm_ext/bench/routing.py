@@ -210,18 +210,14 @@ def targets(
         f"target GPU {', '.join(GPU_TARGET_CASES)} >= {GPU_COPY_FRACTION_TARGET:.0%} of copy "
         f"bandwidth ({GPU_TARGET_SHAPE} shape)"
     )
-    if copy_bytes_per_s is None:
-        return [f"{title}: not measured in this run (needs --device cuda)"]
-    lines = []
-    for item in measured:
-        if item.shape.name == GPU_TARGET_SHAPE and item.spec in GPU_TARGET_CASES:
-            fraction = item.copy_fraction(copy_bytes_per_s)
-            value = (
-                "not measured"
-                if fraction is None
-                else harness.verdict(fraction, GPU_COPY_FRACTION_TARGET, percent=True)
-            )
-            lines.append(f"{title}, {item.spec}: {value}")
+    items = [
+        item
+        for item in measured
+        if item.shape.name == GPU_TARGET_SHAPE and item.spec in GPU_TARGET_CASES
+    ]
+    lines = harness.copy_fraction_verdicts(
+        title, items, copy_bytes_per_s, GPU_COPY_FRACTION_TARGET, lambda item: item.spec
+    )
     return lines or [f"{title}: not measured in this run (needs the {GPU_TARGET_SHAPE} shape)"]
 
 

@@ -238,7 +238,7 @@ def targets(
     for item in measured:
         if item.spec.startswith(END_TO_END):
             speedup = item.speedup_over("ref")
-            value = "not measured" if speedup is None else harness.verdict(speedup, target)
+            value = harness.verdict(speedup, target)
             lines.append(f"{title}, {item.shape.name}: {value}")
     return lines
 
