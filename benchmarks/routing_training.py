@@ -105,7 +105,7 @@ def measure(name, model, inputs, mod, sequence, device, budget, lr, into=None) -
     try:
         step()  # allocates AdamW's state
         layers = len(model.model.language_model.layers)
-        tokens, routed = tokens_per_layer(model, layers, sequence.length, sequence.text_tokens)
+        tokens, routed = tokens_per_layer(model, layers, sequence.tokens, sequence.text_tokens)
         measured = into or Measured(name, tokens, routed)
         if into is None:
             measured.saved_bytes = saved_for_backward_bytes(model, inputs)

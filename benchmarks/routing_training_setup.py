@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vidllm_ext.bench.shapes import VideoSequence
+
 QWEN_VISION_IDS = dict(video=151656, start=151652, end=151653, image=151655)
 QWEN_TEXT_IDS = dict(bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
 PATCH, MERGE, TEMPORAL = 14, 2, 2
@@ -70,7 +72,7 @@ PRESETS = {
 
 
 @dataclass(frozen=True)
-class Sequence:
+class Sequence(VideoSequence):
     """One training sample: text, a video of ``steps`` x ``tokens_per_step`` tokens, text."""
 
     steps: int = 16
@@ -87,14 +89,6 @@ class Sequence:
         return (self.text_tokens - 2) // 2
 
     @property
-    def video_tokens(self) -> int:
-        return self.steps * self.tokens_per_step
-
-    @property
-    def length(self) -> int:
-        return self.video_tokens + self.text_tokens
-
-    @property
     def grid_side(self) -> int:
         """Patches per side of a square frame with ``tokens_per_step`` merged tokens."""
         side = round((self.tokens_per_step) ** 0.5)
@@ -106,7 +100,7 @@ class Sequence:
         return (
             f"batch 1: {self.prompt_tokens + 1} text tokens, {self.steps} temporal steps x "
             f"{self.tokens_per_step} video tokens, {self.caption_tokens + 1} text tokens "
-            f"({self.length} in all); labels on the last {self.caption_tokens} (the caption)"
+            f"({self.tokens} in all); labels on the last {self.caption_tokens} (the caption)"
         )
 
 

@@ -223,8 +223,26 @@ TOKEN_MERGE_DEFAULT_SHAPES: dict[str, tuple[str, ...]] = {
 # tokens each (the segments), `text_tokens` text tokens, hidden width `dim`.
 
 
+class VideoSequence:
+    """A sequence of ``steps`` temporal steps of ``tokens_per_step`` vision tokens each, and
+    ``text_tokens`` text tokens."""
+
+    steps: int
+    tokens_per_step: int
+    text_tokens: int
+
+    @property
+    def video_tokens(self) -> int:
+        return self.steps * self.tokens_per_step
+
+    @property
+    def tokens(self) -> int:
+        """Every token of the sequence, video and text."""
+        return self.video_tokens + self.text_tokens
+
+
 @dataclass(frozen=True)
-class RoutingShape(Sized):
+class RoutingShape(Sized, VideoSequence):
     """One sequence entering a routed decoder layer, and the fraction of vision tokens kept."""
 
     name: str
@@ -235,14 +253,6 @@ class RoutingShape(Sized):
     dtype: torch.dtype
     keep_ratio: float
     about: str
-
-    @property
-    def video_tokens(self) -> int:
-        return self.steps * self.tokens_per_step
-
-    @property
-    def tokens(self) -> int:
-        return self.video_tokens + self.text_tokens
 
     @property
     def selected(self) -> int:

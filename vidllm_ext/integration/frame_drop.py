@@ -9,11 +9,11 @@ import torch
 
 from vidllm_ext import ops
 from vidllm_ext.contracts.frame_drop import DTDConfig
-from vidllm_ext.integration.sequence import VideoSegment
+from vidllm_ext.integration.sequence import VideoSegment, VideoTokenStats
 
 
 @dataclass
-class DTDStats:
+class DTDStats(VideoTokenStats):
     """What frame-difference token drop did in the last forward that held video.
 
     Attributes:
@@ -24,16 +24,13 @@ class DTDStats:
         samples: the batch row of each entry of ``step_drop_ratios``.
     """
 
-    video_tokens_before: int = 0
-    video_tokens_after: int = 0
     step_drop_ratios: list = field(default_factory=list)
     samples: list = field(default_factory=list)
 
     @property
     def drop_ratio(self) -> float:
         """Fraction of all video tokens dropped."""
-        before = self.video_tokens_before
-        return 0.0 if before == 0 else 1.0 - self.video_tokens_after / before
+        return self.removed_fraction
 
 
 def drop_video_tokens(

@@ -39,6 +39,21 @@ class VideoSegment:
 
 
 @dataclass
+class VideoTokenStats:
+    """The video tokens of a batch before and after a stage that removes some (the base of
+    ``DTDStats`` and ``MergeStats``)."""
+
+    video_tokens_before: int = 0
+    video_tokens_after: int = 0
+
+    @property
+    def removed_fraction(self) -> float:
+        """Fraction of the video tokens the stage removed (0 when there were none)."""
+        before = self.video_tokens_before
+        return 0.0 if before == 0 else 1.0 - self.video_tokens_after / before
+
+
+@dataclass
 class CompactedLayout:
     """Where every column of the shortened batch comes from.
 

@@ -18,11 +18,11 @@ import torch
 
 from vidllm_ext import ops
 from vidllm_ext.contracts.token_merge import MergeConfig
-from vidllm_ext.integration.sequence import VideoSegment
+from vidllm_ext.integration.sequence import VideoSegment, VideoTokenStats
 
 
 @dataclass
-class MergeStats:
+class MergeStats(VideoTokenStats):
     """What hierarchical token merging did in the last forward that held video.
 
     Attributes:
@@ -33,8 +33,6 @@ class MergeStats:
         samples: the batch row of each entry of ``tokens_per_video``.
     """
 
-    video_tokens_before: int = 0
-    video_tokens_after: int = 0
     segments: int = 0
     tokens_per_video: list = field(default_factory=list)
     samples: list = field(default_factory=list)
@@ -42,8 +40,7 @@ class MergeStats:
     @property
     def merge_ratio(self) -> float:
         """Fraction of the tokens that reached the merge and were merged away."""
-        before = self.video_tokens_before
-        return 0.0 if before == 0 else 1.0 - self.video_tokens_after / before
+        return self.removed_fraction
 
 
 def merge_video_tokens(
