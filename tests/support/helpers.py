@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -65,3 +67,15 @@ def poison_like(tensor):
     if tensor.dtype == torch.bool:
         return torch.ones_like(tensor)
     return torch.full_like(tensor, -7)
+
+
+def leaves(result) -> list:
+    """An op's result flattened in order: tensors, None and other values, with the fields of
+    dataclasses and the items of tuples and lists expanded."""
+    if isinstance(result, torch.Tensor) or result is None:
+        return [result]
+    if dataclasses.is_dataclass(result):
+        return [x for f in dataclasses.fields(result) for x in leaves(getattr(result, f.name))]
+    if isinstance(result, (tuple, list)):
+        return [x for item in result for x in leaves(item)]
+    return [result]
