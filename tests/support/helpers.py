@@ -79,3 +79,14 @@ def leaves(result) -> list:
     if isinstance(result, (tuple, list)):
         return [x for item in result for x in leaves(item)]
     return [result]
+
+
+def strided_view(base, dim: int):
+    """A non-contiguous view of the 3-D ``base`` with ``dim`` strided: 1, every third entry of
+    dimension 1; 0, base's values in a transposed copy transposed back; -1, every second entry of
+    the last dimension (no longer unit-stride)."""
+    if dim == 1:
+        return base[:, ::3]
+    if dim == 0:
+        return base.transpose(0, 1).contiguous().transpose(0, 1)
+    return base[..., ::2]
