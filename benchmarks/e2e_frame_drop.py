@@ -32,14 +32,8 @@ import model_families
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_SPEEDUP = 1.76
 TEXT_7B = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
+    model_families.QWEN2_5_VL_7B_TEXT,
     max_position_embeddings=262144,
-    bos_token_id=151643,
-    eos_token_id=151645,
     pad_token_id=151643,
     rope_parameters={
         "rope_type": "default",
@@ -47,33 +41,15 @@ TEXT_7B = dict(
         "mrope_section": [16, 24, 24],
     },
 )
-VISION_7B = dict(
-    depth=32,
-    hidden_size=1280,
-    intermediate_size=3420,
-    num_heads=16,
-    out_hidden_size=3584,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31],
-    tokens_per_second=2,
-    in_chans=3,
-)
-IDS_7B = dict(
-    image_token_id=151655,
-    video_token_id=151656,
-    vision_start_token_id=151652,
-    vision_end_token_id=151653,
-)
 
 
 def model_7b(layers: int, device: str):
     import transformers
 
     config = transformers.Qwen2_5_VLConfig(
-        text_config=dict(TEXT_7B, num_hidden_layers=layers), vision_config=VISION_7B, **IDS_7B
+        text_config=dict(TEXT_7B, num_hidden_layers=layers),
+        vision_config=model_families.QWEN2_5_VL_7B_VISION,
+        **model_families.QWEN2_5_VL_7B_IDS,
     )
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)

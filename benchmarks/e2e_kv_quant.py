@@ -60,15 +60,9 @@ PREFILL_CHUNK = 8192
 WARMUP_TOKENS = 2
 # Qwen2.5-VL-7B's language model (text_config), as a plain Qwen2 decoder.
 TEXT_7B = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
+    model_families.QWEN2_5_VL_7B_TEXT,
     rms_norm_eps=1e-6,
     tie_word_embeddings=False,
-    bos_token_id=151643,
-    eos_token_id=151645,
     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
 )
 PACKED_CONFIG = KVQuantConfig(1.5, 1.58, group_size=32, residual_length=128)

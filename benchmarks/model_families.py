@@ -1,6 +1,7 @@
 """Model families of the end-to-end benchmarks (``--family``), random weights, layers reduced.
 
-- ``qwen2_5_vl``: the real Qwen2.5-VL-7B configuration (each script's own constants).
+- ``qwen2_5_vl``: the real Qwen2.5-VL-7B configuration (``QWEN2_5_VL_7B_*`` below; each script
+  adds what its model class needs).
 - ``qwen3_5``: transformers' default ``Qwen3_5Config`` / ``Qwen3_5TextConfig`` (the Qwen3.5-9B
   style configuration its docstring names: hidden 4096, 16 heads of 256, 4 KV heads, Gated
   DeltaNet layers with 16 key / 32 value heads of 128, three linear-attention layers to one full
@@ -14,6 +15,37 @@ import torch
 
 FAMILIES = ("qwen2_5_vl", "qwen3_5")
 HYBRID_INTERVAL = 4  # every fourth Qwen3.5 decoder layer is full attention
+# Qwen2.5-VL-7B: its language model's sizes and text token ids, its vision tower, its vision
+# token ids.
+QWEN2_5_VL_7B_TEXT = dict(
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    bos_token_id=151643,
+    eos_token_id=151645,
+)
+QWEN2_5_VL_7B_VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    out_hidden_size=3584,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+    in_chans=3,
+)
+QWEN2_5_VL_7B_IDS = dict(
+    image_token_id=151655,
+    video_token_id=151656,
+    vision_start_token_id=151652,
+    vision_end_token_id=151653,
+)
 
 
 def check_layers(family: str, layers: int) -> None:

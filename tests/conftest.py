@@ -33,6 +33,24 @@ CUDA_DEVICE = "cpu" if CUDA_TARGET == "emulator" else "cuda"
 _emulator = {"schedule": "forward", "seed": 0}
 
 
+# The emulator's integer command-line options: (option, environment variable, default, help).
+EMULATOR_OPTIONS = (
+    ("--emulator-seed", "VIDLLM_EMULATOR_SEED", 0, "seed of the emulator's random schedule"),
+    (
+        "--emulator-sample",
+        "VIDLLM_EMULATOR_SAMPLE",
+        1,
+        "on the emulator, run a fixed 1-in-N share of the CUDA tests (1: all)",
+    ),
+    (
+        "--emulator-share",
+        "VIDLLM_EMULATOR_SHARE",
+        0,
+        "which of the N shares of --emulator-sample N to run (0 to N - 1)",
+    ),
+)
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--emulator-schedule",
@@ -40,24 +58,10 @@ def pytest_addoption(parser):
         default=os.environ.get("VIDLLM_EMULATOR_SCHEDULE", "forward"),
         help="block and thread order of the CUDA emulator for the CUDA tests (no GPU)",
     )
-    parser.addoption(
-        "--emulator-seed",
-        type=int,
-        default=int(os.environ.get("VIDLLM_EMULATOR_SEED", "0")),
-        help="seed of the emulator's random schedule",
-    )
-    parser.addoption(
-        "--emulator-sample",
-        type=int,
-        default=int(os.environ.get("VIDLLM_EMULATOR_SAMPLE", "1")),
-        help="on the emulator, run a fixed 1-in-N share of the CUDA tests (1: all)",
-    )
-    parser.addoption(
-        "--emulator-share",
-        type=int,
-        default=int(os.environ.get("VIDLLM_EMULATOR_SHARE", "0")),
-        help="which of the N shares of --emulator-sample N to run (0 to N - 1)",
-    )
+    for option, variable, default, text in EMULATOR_OPTIONS:
+        parser.addoption(
+            option, type=int, default=int(os.environ.get(variable, str(default))), help=text
+        )
 
 
 def pytest_configure(config):

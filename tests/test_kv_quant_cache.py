@@ -3,26 +3,16 @@
 import pytest
 import torch
 import transformers
-from support.kv import assert_packed_equal, outlier_kv
+from support.kv import KV_CONFIGS, assert_packed_equal, outlier_kv
 
 from vidllm_ext import KVQuantConfig, PackedKVCache, cache_kwargs, ops
 from vidllm_ext.contracts.kv_quant import PackedKeys, PackedValues
 
+# The shared configurations, and 2-bit keys with ternary values, the default (fft) key transform.
 CONFIGS = {
-    "kivi-2/2-token": KVQuantConfig(2, 2, group_size=8, residual_length=16, value_axis="token"),
-    "2/2-channel": KVQuantConfig(2, 2, group_size=8, residual_length=16),
+    **KV_CONFIGS,
     "2/1.58": KVQuantConfig(2, 1.58, group_size=8, residual_length=16),
     "1.5/2-fft": KVQuantConfig(1.5, 2, group_size=8, residual_length=16),
-    "1.5/2-hadamard": KVQuantConfig(
-        1.5, 2, group_size=8, residual_length=16, key_transform="hadamard"
-    ),
-    "1.5/2-none": KVQuantConfig(1.5, 2, group_size=8, residual_length=16, key_transform="none"),
-    "1.5/1.58": KVQuantConfig(1.5, 1.58, group_size=8, residual_length=16),
-    "1.5/1.58-fp8": KVQuantConfig(
-        1.5, 1.58, group_size=8, residual_length=8, scale_dtype="float8_e4m3fn"
-    ),
-    "16/1.58": KVQuantConfig(16, 1.58, group_size=8, residual_length=16),
-    "1.5/16": KVQuantConfig(1.5, 16, group_size=8, residual_length=0),
 }
 
 

@@ -3,8 +3,9 @@ attention; issue 18, section 3)."""
 
 import pytest
 import torch
-from support.models import HYBRID_FAMILIES, SyntheticVideo, build_model, make_inputs
-from support.streaming import TIMESTAMP, feed
+from support.models import HYBRID_FAMILIES, SyntheticVideo, build_model
+from support.packed_models import SMALL, generate_into_packed_cache, two_videos
+from support.streaming import TIMESTAMP, answer_in_one_call, feed
 
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache
@@ -13,11 +14,6 @@ from vidllm_ext.integration.kv_quant_linear_states import is_linear_layer, layer
 
 pytest.importorskip("transformers")
 FULL_PRECISION = KVQuantConfig(key_bits=16, value_bits=16)
-SMALL = KVQuantConfig(1.5, 1.58, group_size=4, residual_length=8)
-
-
-def two_videos(family):
-    return make_inputs(family, [SyntheticVideo(), SyntheticVideo(seed=1, moving=(1, 2))], [3, 5])
 
 
 def linear_states(cache):
@@ -50,10 +46,7 @@ def test_full_precision_packed_cache_generates_what_the_default_cache_does(famil
 
 @pytest.mark.parametrize("family", HYBRID_FAMILIES)
 def test_nbytes_counts_the_states_and_bits_per_element_the_packed_kv_only(family):
-    model, inputs = build_model(family), two_videos(family)
-    vidllm_ext.patch(model, kv=SMALL)
-    cache = PackedKVCache(SMALL)
-    model.generate(**inputs, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
+    model, _, cache = generate_into_packed_cache(family, SMALL)
     full = cache.layers[3]
     assert full.quantized_length > 0
     states = sum(
@@ -91,10 +84,7 @@ def test_beam_search_reorders_the_packed_kv_and_the_states(family):
 def test_streaming_session_with_the_packed_cache(family):
     model = build_model(family)
     video = SyntheticVideo(steps=4)
-    inputs = make_inputs(family, [video], [0])
-    with torch.no_grad():
-        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    expected = expected[0, inputs["input_ids"].shape[1] :]
+    expected = answer_in_one_call(model, family, video)
     session = vidllm_ext.StreamingSession(
         model, dtd=None, kv=FULL_PRECISION, timestamp_ids=lambda step: TIMESTAMP
     )

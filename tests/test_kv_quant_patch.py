@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from support.models import FAMILIES, SyntheticVideo, build_model
-from support.packed_models import SMALL, two_videos
+from support.packed_models import SMALL, generate_into_packed_cache, two_videos
 from support.streaming import TIMESTAMP, feed
 
 import vidllm_ext
@@ -59,10 +59,7 @@ def test_generate_defaults_to_the_packed_cache_and_unpatch_restores(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_salient_video_tokens_are_marked_per_sample(family):
-    model, inputs = build_model(family), two_videos(family)
-    vidllm_ext.patch(model, kv=SALIENT)
-    cache = PackedKVCache(SALIENT)
-    model.generate(**inputs, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
+    model, inputs, cache = generate_into_packed_cache(family, SALIENT)
     ids = inputs["input_ids"]
     video = ids == model.config.video_token_id if family != "llava_onevision" else None
     if video is None:
@@ -77,10 +74,8 @@ def test_salient_video_tokens_are_marked_per_sample(family):
 
 def test_salient_tokens_follow_dtd():
     family = "qwen2_5_vl"
-    model, inputs = build_model(family), two_videos(family)
-    vidllm_ext.patch(model, kv=SALIENT, dtd=vidllm_ext.DTDConfig(threshold=0.9))
-    cache = PackedKVCache(SALIENT)
-    model.generate(**inputs, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
+    dtd = vidllm_ext.DTDConfig(threshold=0.9)
+    model, _, cache = generate_into_packed_cache(family, SALIENT, dtd=dtd)
     stats = vidllm_ext.last_stats(model)
     assert stats.video_tokens_after < stats.video_tokens_before
     tokens_per_step = SyntheticVideo().tokens_per_step

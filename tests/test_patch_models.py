@@ -9,27 +9,12 @@ from support.models import (
     build_model,
     dtd_for,
     make_inputs,
-    video_layout,
 )
-from support.patch_reference import language_model_inputs, reduce_inputs, reference_greedy
+from support.patch_reference import dtd_reduced_inputs, language_model_inputs, reference_greedy
 
 import vidllm_ext
-from vidllm_ext import reference
 
 pytest.importorskip("transformers")
-
-
-def reference_reduction(family, model, inputs):
-    """The spec: DTD's keep decision on each video's input embeddings (reference ops), then the
-    language model's inputs restricted to the kept columns, original position ids included.
-    Batch of one."""
-    captured = language_model_inputs(model, inputs)
-    embeds = captured["inputs_embeds"]
-    keep = torch.ones(embeds.shape[1], dtype=torch.bool)
-    video_columns, steps, tokens = video_layout(family, inputs)
-    frames = embeds[0, video_columns].reshape(steps, tokens, -1)
-    keep[video_columns] = reference.dtd_keep_mask(frames, FEATURE_THRESHOLD[family]).flatten()
-    return reduce_inputs(captured, keep)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -55,7 +40,7 @@ def test_dtd_equals_language_model_on_reduced_embeddings(family, method):
     inputs = make_inputs(family, [SyntheticVideo()], [5])
     threshold = FEATURE_THRESHOLD[family] if method == "feature" else 1e-6
     config = vidllm_ext.DTDConfig(threshold=threshold, method=method)
-    expected_inputs, _ = reference_reduction(family, model, inputs)
+    expected_inputs, _ = dtd_reduced_inputs(family, model, inputs)
     with torch.no_grad():
         expected = model.lm_head(model.model.language_model(**expected_inputs).last_hidden_state)
         actual = vidllm_ext.patch(model, dtd=config)(**inputs).logits
@@ -70,7 +55,7 @@ def test_dtd_equals_language_model_on_reduced_embeddings(family, method):
 def test_greedy_generate_matches_reference_decoding(family):
     model = build_model(family)
     inputs = make_inputs(family, [SyntheticVideo()], [5])
-    reduced, positions = reference_reduction(family, model, inputs)
+    reduced, positions = dtd_reduced_inputs(family, model, inputs)
     expected = reference_greedy(model, reduced, positions, 8)
     with torch.no_grad():
         output = vidllm_ext.patch(model, dtd=dtd_for(family)).generate(

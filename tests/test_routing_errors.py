@@ -9,6 +9,7 @@ from vidllm_ext import _C, ops, reference
 from vidllm_ext.ops._backend import dl
 
 IMPLS = [ops, reference]
+ops_and_reference = pytest.mark.parametrize("impl", IMPLS, ids=["ops", "reference"])
 SCORES = torch.randn(10)
 OFFSETS = torch.tensor([0, 4, 10])
 X = torch.randn(8, 5)
@@ -17,51 +18,55 @@ DELTA = torch.randn(3, 5)
 WEIGHT = torch.rand(3)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["ops", "reference"])
-@pytest.mark.parametrize(
-    "kwargs,error,message",
-    [
-        (dict(scores=torch.randn(2, 5)), ValueError, r"scores: expected a 1-D tensor \[tokens\]"),
-        (dict(scores=torch.arange(10)), TypeError, "scores: expected dtype float32, float16"),
-        (dict(scores=torch.randn(10).double()), TypeError, "scores: expected dtype float32"),
-        (dict(scores=[0.5, 0.2]), TypeError, "scores: expected a torch.Tensor"),
-        (dict(segment_offsets=OFFSETS.int()), TypeError, "segment_offsets: expected dtype"),
-        (dict(segment_offsets=OFFSETS[None]), ValueError, "segment_offsets: expected a 1-D"),
-        (dict(segment_offsets=OFFSETS[:0]), ValueError, "at least one entry"),
-        (dict(segment_offsets=[0, 10]), TypeError, "segment_offsets: expected a torch.Tensor"),
-        (dict(segment_offsets=torch.tensor([0, 6, 4, 10])), ValueError, r"\[1\] = 6 > .*\[2\] = 4"),
-        (dict(segment_offsets=torch.tensor([1, 4, 10])), ValueError, r"segment_offsets\[0\] = 1"),
-        (dict(segment_offsets=torch.tensor([0, 4, 9])), ValueError, r"segment_offsets\[2\] = 9"),
-        (dict(segment_offsets=torch.tensor([0, 4, 11])), ValueError, "run from 0 to 10"),
-        (dict(segment_offsets=torch.tensor([-2, 4, 10])), ValueError, "run from 0 to 10"),
-        (dict(keep_ratio=1.5), ValueError, r"keep_ratio: expected a fraction in \[0, 1\]"),
-        (dict(keep_ratio=-0.1), ValueError, r"keep_ratio: expected a fraction in \[0, 1\]"),
-        (dict(keep_ratio=float("nan")), ValueError, "keep_ratio: expected a fraction"),
-        (dict(keep_ratio="0.2"), TypeError, "keep_ratio: expected a Python float"),
-        (dict(keep_ratio=True), TypeError, "keep_ratio: expected a Python float"),
-    ],
+def bad_arguments(*cases):
+    """Parametrizes a test by (kwargs, error, message): arguments to override, what they raise."""
+    return pytest.mark.parametrize("kwargs,error,message", cases)
+
+
+def assert_rejects(function, args, kwargs, error, message):
+    """``function(**args)`` with ``kwargs`` overriding ``args`` raises ``error`` matching
+    ``message``."""
+    with pytest.raises(error, match=message):
+        function(**{**args, **kwargs})
+
+
+@ops_and_reference
+@bad_arguments(
+    (dict(scores=torch.randn(2, 5)), ValueError, r"scores: expected a 1-D tensor \[tokens\]"),
+    (dict(scores=torch.arange(10)), TypeError, "scores: expected dtype float32, float16"),
+    (dict(scores=torch.randn(10).double()), TypeError, "scores: expected dtype float32"),
+    (dict(scores=[0.5, 0.2]), TypeError, "scores: expected a torch.Tensor"),
+    (dict(segment_offsets=OFFSETS.int()), TypeError, "segment_offsets: expected dtype"),
+    (dict(segment_offsets=OFFSETS[None]), ValueError, "segment_offsets: expected a 1-D"),
+    (dict(segment_offsets=OFFSETS[:0]), ValueError, "at least one entry"),
+    (dict(segment_offsets=[0, 10]), TypeError, "segment_offsets: expected a torch.Tensor"),
+    (dict(segment_offsets=torch.tensor([0, 6, 4, 10])), ValueError, r"\[1\] = 6 > .*\[2\] = 4"),
+    (dict(segment_offsets=torch.tensor([1, 4, 10])), ValueError, r"segment_offsets\[0\] = 1"),
+    (dict(segment_offsets=torch.tensor([0, 4, 9])), ValueError, r"segment_offsets\[2\] = 9"),
+    (dict(segment_offsets=torch.tensor([0, 4, 11])), ValueError, "run from 0 to 10"),
+    (dict(segment_offsets=torch.tensor([-2, 4, 10])), ValueError, "run from 0 to 10"),
+    (dict(keep_ratio=1.5), ValueError, r"keep_ratio: expected a fraction in \[0, 1\]"),
+    (dict(keep_ratio=-0.1), ValueError, r"keep_ratio: expected a fraction in \[0, 1\]"),
+    (dict(keep_ratio=float("nan")), ValueError, "keep_ratio: expected a fraction"),
+    (dict(keep_ratio="0.2"), TypeError, "keep_ratio: expected a Python float"),
+    (dict(keep_ratio=True), TypeError, "keep_ratio: expected a Python float"),
 )
 def test_bad_topk_arguments(impl, kwargs, error, message):
     args = dict(scores=SCORES, segment_offsets=OFFSETS, keep_ratio=0.5)
-    args.update(kwargs)
-    with pytest.raises(error, match=message):
-        impl.topk_per_segment(**args)
+    assert_rejects(impl.topk_per_segment, args, kwargs, error, message)
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,message",
-    [
-        (dict(index=torch.empty(4, dtype=torch.int32)), TypeError, "index: expected dtype"),
-        (dict(index=torch.empty(2, 4, dtype=torch.int64)), ValueError, "index: expected a 1-D"),
-        (dict(index=torch.empty(8, dtype=torch.int64)[::2]), ValueError, "index: expected a cont"),
-        (
-            dict(total=torch.empty(2, dtype=torch.int64)),
-            ValueError,
-            r"total: expected a 1-D .*\[1\]",
-        ),
-        (dict(total=torch.empty(1)), TypeError, "total: expected dtype torch.int64"),
-        (dict(segment_offsets=torch.tensor([0, 6, 4, 10])), ValueError, "without decreasing"),
-    ],
+@bad_arguments(
+    (dict(index=torch.empty(4, dtype=torch.int32)), TypeError, "index: expected dtype"),
+    (dict(index=torch.empty(2, 4, dtype=torch.int64)), ValueError, "index: expected a 1-D"),
+    (dict(index=torch.empty(8, dtype=torch.int64)[::2]), ValueError, "index: expected a cont"),
+    (
+        dict(total=torch.empty(2, dtype=torch.int64)),
+        ValueError,
+        r"total: expected a 1-D .*\[1\]",
+    ),
+    (dict(total=torch.empty(1)), TypeError, "total: expected dtype torch.int64"),
+    (dict(segment_offsets=torch.tensor([0, 6, 4, 10])), ValueError, "without decreasing"),
 )
 def test_bad_topk_into_arguments(kwargs, error, message):
     args = dict(
@@ -71,73 +76,58 @@ def test_bad_topk_into_arguments(kwargs, error, message):
         index=torch.empty(4, dtype=torch.int64),
         total=None,
     )
-    args.update(kwargs)
-    with pytest.raises(error, match=message):
-        ops.topk_per_segment_into(**args)
+    assert_rejects(ops.topk_per_segment_into, args, kwargs, error, message)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["ops", "reference"])
-@pytest.mark.parametrize(
-    "kwargs,error,message",
-    [
-        (dict(x=torch.randn(8)), ValueError, r"x: expected a 2-D tensor \[rows, dim\]"),
-        (dict(x=torch.ones(8, 5, dtype=torch.int32)), TypeError, "x: expected dtype float32"),
-        (dict(x="rows"), TypeError, "x: expected a torch.Tensor"),
-        (dict(index=INDEX.int()), TypeError, "index: expected dtype torch.int64"),
-        (dict(index=INDEX[None]), ValueError, r"index: expected a 1-D tensor \[count\]"),
-        (dict(index=torch.tensor([1, 8, 3])), ValueError, r"index\[1\] = 8"),
-        (dict(index=torch.tensor([1, -1, 3])), ValueError, r"index\[1\] = -1"),
-        (dict(delta=torch.randn(2, 5)), ValueError, r"delta: expected shape \[3, 5\]"),
-        (dict(delta=torch.randn(3, 4)), ValueError, r"delta: expected shape \[3, 5\]"),
-        (dict(delta=torch.randn(3, 5).double()), TypeError, "delta: expected dtype torch.float32"),
-        (dict(delta=torch.randn(15)), ValueError, r"delta: expected a 2-D tensor"),
-        (dict(weight=torch.rand(4)), ValueError, r"weight: expected shape \[3\]"),
-        (dict(weight=torch.rand(3, 1)), ValueError, r"weight: expected shape \[3\]"),
-        (dict(weight=torch.ones(3, dtype=torch.int64)), TypeError, "weight: expected dtype"),
-        (dict(weight=[1.0, 1.0, 1.0]), TypeError, "weight: expected a torch.Tensor"),
-        (dict(check_index="yes"), TypeError, "check_index: expected a bool or None"),
-        (dict(index=torch.tensor([1, 3, 1]), check_index=True), ValueError, "at most once"),
-    ],
+@ops_and_reference
+@bad_arguments(
+    (dict(x=torch.randn(8)), ValueError, r"x: expected a 2-D tensor \[rows, dim\]"),
+    (dict(x=torch.ones(8, 5, dtype=torch.int32)), TypeError, "x: expected dtype float32"),
+    (dict(x="rows"), TypeError, "x: expected a torch.Tensor"),
+    (dict(index=INDEX.int()), TypeError, "index: expected dtype torch.int64"),
+    (dict(index=INDEX[None]), ValueError, r"index: expected a 1-D tensor \[count\]"),
+    (dict(index=torch.tensor([1, 8, 3])), ValueError, r"index\[1\] = 8"),
+    (dict(index=torch.tensor([1, -1, 3])), ValueError, r"index\[1\] = -1"),
+    (dict(delta=torch.randn(2, 5)), ValueError, r"delta: expected shape \[3, 5\]"),
+    (dict(delta=torch.randn(3, 4)), ValueError, r"delta: expected shape \[3, 5\]"),
+    (dict(delta=torch.randn(3, 5).double()), TypeError, "delta: expected dtype torch.float32"),
+    (dict(delta=torch.randn(15)), ValueError, r"delta: expected a 2-D tensor"),
+    (dict(weight=torch.rand(4)), ValueError, r"weight: expected shape \[3\]"),
+    (dict(weight=torch.rand(3, 1)), ValueError, r"weight: expected shape \[3\]"),
+    (dict(weight=torch.ones(3, dtype=torch.int64)), TypeError, "weight: expected dtype"),
+    (dict(weight=[1.0, 1.0, 1.0]), TypeError, "weight: expected a torch.Tensor"),
+    (dict(check_index="yes"), TypeError, "check_index: expected a bool or None"),
+    (dict(index=torch.tensor([1, 3, 1]), check_index=True), ValueError, "at most once"),
 )
 def test_bad_scatter_arguments(impl, kwargs, error, message):
     args = dict(x=X, index=INDEX, delta=DELTA, weight=WEIGHT, check_index=None)
-    args.update(kwargs)
-    with pytest.raises(error, match=message):
-        impl.scatter_add_rows(**args)
+    assert_rejects(impl.scatter_add_rows, args, kwargs, error, message)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["ops", "reference"])
-@pytest.mark.parametrize(
-    "kwargs,error,message",
-    [
-        (dict(x=torch.randn(8)), ValueError, r"x: expected a 2-D tensor \[rows, dim\]"),
-        (dict(x=torch.ones(8, 5, dtype=torch.bool)), TypeError, "x: expected dtype float32"),
-        (dict(index=INDEX.float()), TypeError, "index: expected dtype torch.int64"),
-        (dict(index=torch.tensor([0, 9])), ValueError, r"expected entries in \[0, 8\)"),
-        (dict(index=np.array([0, 1])), TypeError, "index: expected a torch.Tensor"),
-    ],
+@ops_and_reference
+@bad_arguments(
+    (dict(x=torch.randn(8)), ValueError, r"x: expected a 2-D tensor \[rows, dim\]"),
+    (dict(x=torch.ones(8, 5, dtype=torch.bool)), TypeError, "x: expected dtype float32"),
+    (dict(index=INDEX.float()), TypeError, "index: expected dtype torch.int64"),
+    (dict(index=torch.tensor([0, 9])), ValueError, r"expected entries in \[0, 8\)"),
+    (dict(index=np.array([0, 1])), TypeError, "index: expected a torch.Tensor"),
 )
 def test_bad_gather_arguments(impl, kwargs, error, message):
     args = dict(x=X, index=INDEX)
-    args.update(kwargs)
-    with pytest.raises(error, match=message):
-        impl.gather_rows(**args)
+    assert_rejects(impl.gather_rows, args, kwargs, error, message)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["ops", "reference"])
-@pytest.mark.parametrize(
-    "kwargs,error,message",
-    [
-        (dict(hidden=torch.randn(6)), ValueError, r"hidden: expected a 2-D tensor \[tokens, dim\]"),
-        (dict(scores=torch.randn(5)), ValueError, r"scores: expected shape \[6\]"),
-        (dict(scores=torch.ones(6, dtype=torch.int64)), TypeError, "scores: expected dtype"),
-        (dict(is_video=torch.ones(6)), TypeError, "is_video: expected dtype torch.bool"),
-        (dict(is_video=torch.ones(5, dtype=torch.bool)), ValueError, r"is_video: expected shape"),
-        (dict(segment_offsets=torch.tensor([0, 2])), ValueError, "run from 0 to 3"),
-        (dict(segment_offsets=torch.tensor([0, 2.0])), TypeError, "segment_offsets: expected dt"),
-        (dict(keep_ratio=2.0), ValueError, "keep_ratio: expected a fraction"),
-        (dict(gate="sigmoid"), ValueError, "gate: expected one of 'sigmoid2', 'raw', 'none'"),
-    ],
+@ops_and_reference
+@bad_arguments(
+    (dict(hidden=torch.randn(6)), ValueError, r"hidden: expected a 2-D tensor \[tokens, dim\]"),
+    (dict(scores=torch.randn(5)), ValueError, r"scores: expected shape \[6\]"),
+    (dict(scores=torch.ones(6, dtype=torch.int64)), TypeError, "scores: expected dtype"),
+    (dict(is_video=torch.ones(6)), TypeError, "is_video: expected dtype torch.bool"),
+    (dict(is_video=torch.ones(5, dtype=torch.bool)), ValueError, r"is_video: expected shape"),
+    (dict(segment_offsets=torch.tensor([0, 2])), ValueError, "run from 0 to 3"),
+    (dict(segment_offsets=torch.tensor([0, 2.0])), TypeError, "segment_offsets: expected dt"),
+    (dict(keep_ratio=2.0), ValueError, "keep_ratio: expected a fraction"),
+    (dict(gate="sigmoid"), ValueError, "gate: expected one of 'sigmoid2', 'raw', 'none'"),
 )
 def test_bad_routed_update_arguments(impl, kwargs, error, message):
     args = dict(
@@ -149,9 +139,7 @@ def test_bad_routed_update_arguments(impl, kwargs, error, message):
         layer_fn=lambda h, index: h * 2,
         gate="sigmoid2",
     )
-    args.update(kwargs)
-    with pytest.raises(error, match=message):
-        impl.routed_update(**args)
+    assert_rejects(impl.routed_update, args, kwargs, error, message)
 
 
 def test_binding_checks_arguments_itself():
@@ -193,63 +181,27 @@ def test_binding_checks_arguments_itself():
     y = torch.empty_like(X)
     row_source = torch.empty(8, dtype=torch.int64)
     next_update = torch.empty(3, dtype=torch.int64)
+
+    def scatter(x=X, index=INDEX, delta=DELTA, rows=row_source, updates=next_update, check=False):
+        """_C.routing_scatter into y with these arguments, the others valid."""
+        _C.routing_scatter(
+            dl(x), dl(index), dl(delta), None, dl(y), dl(rows), dl(updates), dl(status), check
+        )
+
     with pytest.raises(ValueError, match=r"row_source: expected size 8 in dimension 0"):
-        _C.routing_scatter(
-            dl(X),
-            dl(INDEX),
-            dl(DELTA),
-            None,
-            dl(y),
-            dl(row_source[:4]),
-            dl(next_update),
-            dl(status),
-            False,
-        )
+        scatter(rows=row_source[:4])
     with pytest.raises(ValueError, match=r"next_update: expected size 3 in dimension 0"):
-        _C.routing_scatter(
-            dl(X), dl(INDEX), dl(DELTA), None, dl(y), dl(row_source), dl(next_update[:2]),
-            dl(status), False,
-        )  # fmt: skip
+        scatter(updates=next_update[:2])
     with pytest.raises(ValueError, match=r"delta: expected size 3 in dimension 0"):
-        _C.routing_scatter(
-            dl(X),
-            dl(INDEX),
-            dl(DELTA[:2]),
-            None,
-            dl(y),
-            dl(row_source),
-            dl(next_update),
-            dl(status),
-            False,
-        )
+        scatter(delta=DELTA[:2])
     with pytest.raises(ValueError, match=r"index: expected every row at most once"):
         repeated = torch.tensor([1, 2, 1])
-        _C.routing_scatter(
-            dl(X),
-            dl(repeated),
-            dl(DELTA),
-            None,
-            dl(y),
-            dl(row_source),
-            dl(next_update),
-            dl(status),
-            True,
-        )
+        scatter(index=repeated, check=True)
     with pytest.raises(TypeError, match="x: expected dtype float32 like y, got float16"):
-        _C.routing_scatter(
-            dl(X.half()),
-            dl(INDEX),
-            dl(DELTA),
-            None,
-            dl(y),
-            dl(row_source),
-            dl(next_update),
-            dl(status),
-            False,
-        )
+        scatter(x=X.half())
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["ops", "reference"])
+@ops_and_reference
 def test_bad_selection_arguments(impl):
     is_video = torch.tensor([False, True, True, True])
     offsets = torch.tensor([0, 1, 3])

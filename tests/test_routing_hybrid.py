@@ -11,7 +11,7 @@ from support.gradcheck import gradcheck_in_directions
 from support.models import VIDEO, SyntheticVideo, build_model, make_inputs
 from support.routed_models import randomize_routers, two_videos
 from support.routing_oracle import routed_and_reference
-from support.streaming import TIMESTAMP, feed
+from support.streaming import TIMESTAMP, answer_in_one_call, feed
 
 import vidllm_ext
 from vidllm_ext.integration.compat import cache_kwargs, cache_parameter
@@ -228,12 +228,9 @@ def test_streaming_chunks_route_like_one_forward(family):
     only: the stream answers what one prefill of the whole video answers."""
     model = build_model(family)
     video = SyntheticVideo(steps=6, moving=(0, 5, 6, 11))
-    inputs = make_inputs(family, [video], [0])
     vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.25))
     randomize_routers(model)
-    with torch.no_grad():
-        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    expected = expected[0, inputs["input_ids"].shape[1] :]
+    expected = answer_in_one_call(model, family, video)
     session = vidllm_ext.StreamingSession(model, dtd=None, timestamp_ids=lambda step: TIMESTAMP)
     feed(session, video, [2, 1, 3])
     answer = session.ask([50, 51, 52], max_new_tokens=6)

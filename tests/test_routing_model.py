@@ -11,7 +11,7 @@ from support.gradcheck import gradcheck_in_directions
 from support.models import FAMILIES, VIDEO, SyntheticVideo, build_model, make_inputs
 from support.routed_models import ROUTER, randomize_routers, two_videos
 from support.routing_oracle import routed_and_reference
-from support.streaming import TIMESTAMP, feed
+from support.streaming import TIMESTAMP, answer_in_one_call, feed
 
 import vidllm_ext
 from vidllm_ext.integration.compat import cache_kwargs, output_cache, pop_cache
@@ -37,12 +37,23 @@ def kept_per_step(keep_ratio, tokens=TOKENS_PER_STEP):
     return min(tokens, math.ceil(keep_ratio * tokens))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_keep_everything_without_gate_equals_the_unpatched_model(family, attn_implementation):
+def every_family_and_attention(test):
+    """Parametrizes ``test(family, attn_implementation)``: every family, sdpa and eager."""
+    test = pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])(test)
+    return pytest.mark.parametrize("family", FAMILIES)(test)
+
+
+def model_and_batch(family, attn_implementation):
+    """A tiny ``family`` model and the left-padded two-video batch: (model, videos, prompt
+    lengths, inputs)."""
     model = build_model(family, attn_implementation)
     videos, prompts = two_videos(family)
-    inputs = make_inputs(family, videos, prompts)
+    return model, videos, prompts, make_inputs(family, videos, prompts)
+
+
+@every_family_and_attention
+def test_keep_everything_without_gate_equals_the_unpatched_model(family, attn_implementation):
+    model, videos, _, inputs = model_and_batch(family, attn_implementation)
     real = inputs["attention_mask"].bool()
     with torch.no_grad():
         expected = model(**inputs).logits
@@ -87,12 +98,9 @@ def test_routers_are_saved_loaded_and_trained_with_the_model(family):
     assert router.bias.grad is not None and router.bias.grad.abs() > 0
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@every_family_and_attention
 def test_padded_batch_generates_what_each_sample_generates_alone(family, attn_implementation):
-    model = build_model(family, attn_implementation)
-    videos, prompts = two_videos(family)
-    inputs = make_inputs(family, videos, prompts)
+    model, videos, prompts, inputs = model_and_batch(family, attn_implementation)
     with torch.no_grad():
         unrouted = model(**inputs).logits[:, -1]
     vidllm_ext.patch(model, mod=vidllm_ext.MoDConfig(keep_ratio=0.25))
@@ -299,14 +307,11 @@ def test_streaming_chunks_route_like_one_forward(family):
     prefill of the whole video, so it answers the same."""
     model = build_model(family)
     video = SyntheticVideo(steps=6, moving=(0, 5, 6, 11))
-    inputs = make_inputs(family, [video], [0])
     config = vidllm_ext.MoDConfig(keep_ratio=0.25)
     vidllm_ext.patch(model, mod=config)
     randomize_routers(model)
     routers = {k: v.clone() for k, v in model.state_dict().items() if ROUTER in k}
-    with torch.no_grad():
-        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    expected = expected[0, inputs["input_ids"].shape[1] :]
+    expected = answer_in_one_call(model, family, video)
     parameters = {id(p) for name, p in model.named_parameters() if ROUTER in name}
     # The session patches again (dtd, merge, kv) and keeps the routed layers with their routers.
     session = vidllm_ext.StreamingSession(model, dtd=None, timestamp_ids=lambda step: TIMESTAMP)

@@ -7,10 +7,11 @@ from support.caption_task import caption_batch, routers, tiny_model
 from support.training import (
     LAYERS,
     ROUTED_LAYERS,
-    ROUTER_NORM,
     assert_loss_falls,
+    assert_routed_fine_tuning_learns,
     fine_tune,
     one_thread,  # noqa: F401 (an autouse fixture: one torch thread in this module)
+    routed_tiny_model,
 )
 
 import vidllm_ext
@@ -22,24 +23,12 @@ FAMILIES = ["qwen2_5_vl", "llava_onevision"]
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_routed_fine_tuning_lowers_the_loss_and_trains_the_routers(family):
-    config = vidllm_ext.MoDConfig(keep_ratio=0.2)
-    model = vidllm_ext.patch(tiny_model(family, layers=LAYERS), mod=config)
+    model = routed_tiny_model(family)
     found = routers(model)
     prefix = next(iter(found)).rsplit(".layers.", 1)[0]
     assert sorted(found) == [f"{prefix}.layers.{i}.vidllm_router" for i in ROUTED_LAYERS]
     assert all(not router.weight.any() for router in found.values())  # zero-initialized
-
-    losses = fine_tune(model, family)
-
-    assert_loss_falls(losses)
-    for name, router in found.items():
-        weight = router.weight.detach()
-        assert weight.abs().min() > 0, f"{name}: some weights never moved off zero"
-        assert weight.norm() > ROUTER_NORM, f"{name}: moved only {weight.norm():.2e}"
-    stats = vidllm_ext.last_stats(model, "mod")
-    assert stats is not None
-    assert stats.routed_layers == ROUTED_LAYERS
-    assert all(0 < after < stats.video_tokens_before for after in stats.video_tokens_after)
+    assert_routed_fine_tuning_learns(model, family)
 
 
 def test_dense_fine_tuning_lowers_the_loss():

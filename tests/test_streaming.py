@@ -10,7 +10,7 @@ from support.models import (
     make_inputs,
     text_only_model,
 )
-from support.streaming import TIMESTAMP, feed
+from support.streaming import TIMESTAMP, answer_in_one_call, feed
 
 import vidllm_ext
 
@@ -24,11 +24,8 @@ QUESTION = [50, 51, 52]
 def test_chunked_session_matches_one_forward_with_the_same_drops(family, chunk_steps):
     model = build_model(family)
     video = SyntheticVideo(steps=6, moving=(0, 5, 6, 11))
-    inputs = make_inputs(family, [video], [0])  # [start, video, end, *QUESTION]
-    with torch.no_grad():
-        expected = vidllm_ext.patch(model, dtd=dtd_for(family)).generate(
-            **inputs, max_new_tokens=8, do_sample=False
-        )[0, inputs["input_ids"].shape[1] :]
+    patched = vidllm_ext.patch(model, dtd=dtd_for(family))
+    expected = answer_in_one_call(patched, family, video, max_new_tokens=8)
     expected_drops = vidllm_ext.last_stats(model).step_drop_ratios[0].tolist()
 
     session = vidllm_ext.StreamingSession(
@@ -49,13 +46,11 @@ def test_chunked_session_matches_one_forward_with_the_same_drops(family, chunk_s
 def test_session_without_dtd_matches_plain_generate(family):
     model = build_model(family)
     video = SyntheticVideo(steps=4)
-    inputs = make_inputs(family, [video], [0])
-    with torch.no_grad():
-        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = answer_in_one_call(model, family, video)
     session = vidllm_ext.StreamingSession(model, dtd=None, timestamp_ids=lambda step: TIMESTAMP)
     feed(session, video, [3, 1])
     answer = session.ask(QUESTION, max_new_tokens=6)
-    assert torch.equal(answer, expected[0, inputs["input_ids"].shape[1] :][: answer.numel()])
+    assert torch.equal(answer, expected[: answer.numel()])
 
 
 def test_more_frames_after_a_question_and_scene_changes():

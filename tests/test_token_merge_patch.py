@@ -3,53 +3,14 @@ Qwen2.5-VL, Qwen3-VL and LLaVA-OneVision models, alone and after DTD."""
 
 import pytest
 import torch
-from support.models import (
-    FAMILIES,
-    FEATURE_THRESHOLD,
-    SyntheticVideo,
-    build_model,
-    dtd_for,
-    make_inputs,
-    video_layout,
-)
-from support.patch_reference import language_model_inputs, reduce_inputs, reference_greedy
+from support.models import FAMILIES, SyntheticVideo, build_model, dtd_for, make_inputs
+from support.patch_reference import merged_reference_inputs, reference_greedy
 
 import vidllm_ext
-from vidllm_ext import reference
-from vidllm_ext.reference.token_merge import chunk_mean_metric, merge_schedule
 
 pytest.importorskip("transformers")
 # Two steps per segment, five tokens kept of each segment's 32 (16 tokens per step).
 MERGE = vidllm_ext.MergeConfig(frames_per_segment=2, tokens_per_segment=5, metric_chunks=4)
-
-
-def reference_merged_inputs(family, model, inputs, config, dtd=False):
-    """The spec, segment by segment with the reference ops (batch of one): DTD's keep decision
-    (when on), then each segment's surviving tokens merged by rounds of bipartite soft matching
-    down to tokens_per_segment; merged features at their representatives' columns, which keep
-    their position ids. Returns (language model inputs, full positions, kept columns)."""
-    captured = language_model_inputs(model, inputs)
-    embeds = captured["inputs_embeds"].clone()
-    keep = torch.ones(embeds.shape[1], dtype=torch.bool)
-    columns, steps, tokens = video_layout(family, inputs)
-    present = torch.ones(steps * tokens, dtype=torch.bool)
-    if dtd:
-        frames = embeds[0, columns].reshape(steps, tokens, -1)
-        present = reference.dtd_keep_mask(frames, FEATURE_THRESHOLD[family]).flatten()
-    keep[columns] = False
-    span = config.frames_per_segment * tokens
-    for start in range(0, columns.numel(), span):
-        segment = columns[start : start + span][present[start : start + span]]
-        x, size, kept = embeds[:, segment], None, torch.arange(segment.numel())
-        for r in merge_schedule(segment.numel(), config.tokens_per_segment):
-            metric = chunk_mean_metric(x, config.metric_chunks)
-            plan = reference.bipartite_soft_matching(metric, r)
-            x, size = reference.merge_wavg(plan, x, size)
-            kept = kept[plan.kept_index[0]]
-        keep[segment[kept]] = True
-        embeds[0, segment[kept]] = x[0]
-    reduced, positions = reduce_inputs(captured, keep, embeds)
-    return reduced, positions, keep.nonzero().flatten()
 
 
 def decoder_inputs(model, inputs):
@@ -70,7 +31,7 @@ def test_merge_equals_language_model_on_reference_merged_inputs(family, dtd):
     model = build_model(family)
     video = SyntheticVideo(steps=5, moving=(0, 5, 6, 9))  # a shorter last segment
     inputs = make_inputs(family, [video], [5])
-    expected_inputs, _, kept_columns = reference_merged_inputs(family, model, inputs, MERGE, dtd)
+    expected_inputs, _, kept_columns = merged_reference_inputs(family, model, inputs, MERGE, dtd)
     with torch.no_grad():
         hidden = model.model.language_model(**expected_inputs).last_hidden_state
         expected = model.lm_head(hidden)
@@ -99,7 +60,7 @@ def test_merge_equals_language_model_on_reference_merged_inputs(family, dtd):
 def test_greedy_generate_matches_reference_decoding(family):
     model = build_model(family)
     inputs = make_inputs(family, [SyntheticVideo(steps=4)], [5])
-    reduced, positions, _ = reference_merged_inputs(family, model, inputs, MERGE, dtd=True)
+    reduced, positions, _ = merged_reference_inputs(family, model, inputs, MERGE, dtd=True)
     expected = reference_greedy(model, reduced, positions, 8)
     with torch.no_grad():
         output = vidllm_ext.patch(model, dtd=dtd_for(family), merge=MERGE).generate(

@@ -4,10 +4,9 @@ Small enough to run under AddressSanitizer in CI (.ci/sanitize.sh runs tests/emu
 sanitized emulation build), so that every family's CUDA kernels, launchers and shared memory are
 instrumented at least once there; the full comparisons are the CUDA-marked op tests."""
 
-import dataclasses
-
 import pytest
 import torch
+from support.helpers import leaves
 
 import vidllm_ext
 from vidllm_ext import KVQuantConfig, PackedKVCache, ops, testing
@@ -19,16 +18,6 @@ pytestmark = pytest.mark.skipif(
 
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def leaves(result):
-    if isinstance(result, torch.Tensor) or result is None:
-        return [result]
-    if dataclasses.is_dataclass(result):
-        return [x for f in dataclasses.fields(result) for x in leaves(getattr(result, f.name))]
-    if isinstance(result, (tuple, list)):
-        return [x for item in result for x in leaves(item)]
-    return [result]
 
 
 def packed_layer():

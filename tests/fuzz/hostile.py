@@ -19,13 +19,13 @@ parent test reads the last input written to the progress file.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from support.helpers import leaves
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 BAD_DTYPES = (
@@ -257,16 +257,6 @@ def combine(first: str, second: str) -> str:
 # ---- the oracle -----------------------------------------------------------------------------
 
 
-def _leaves(result) -> list:
-    if isinstance(result, torch.Tensor) or result is None:
-        return [result]
-    if dataclasses.is_dataclass(result):
-        return [x for f in dataclasses.fields(result) for x in _leaves(getattr(result, f.name))]
-    if isinstance(result, (tuple, list)):
-        return [x for item in result for x in _leaves(item)]
-    return [result]
-
-
 def _tensor_equal(got: torch.Tensor, want: torch.Tensor) -> str | None:
     if got.shape != want.shape or got.dtype != want.dtype:
         return f"{got.dtype}{list(got.shape)} vs reference {want.dtype}{list(want.shape)}"
@@ -287,7 +277,7 @@ def _tensor_equal(got: torch.Tensor, want: torch.Tensor) -> str | None:
 
 
 def compare(result, expected) -> str | None:
-    got, want = _leaves(result), _leaves(expected)
+    got, want = leaves(result), leaves(expected)
     if len(got) != len(want):
         return f"{len(got)} outputs vs reference {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
@@ -343,12 +333,12 @@ def check_call(case: Case, expect: str, description: str) -> None:
 
 
 def _on_meta(result) -> bool:
-    return any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in _leaves(result))
+    return any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in leaves(result))
 
 
 def _summary(result) -> str:
     parts = []
-    for leaf in _leaves(result)[:6]:
+    for leaf in leaves(result)[:6]:
         if isinstance(leaf, torch.Tensor):
             parts.append(f"{leaf.dtype}{list(leaf.shape)}")
         else:

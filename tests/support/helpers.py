@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -65,3 +67,26 @@ def poison_like(tensor):
     if tensor.dtype == torch.bool:
         return torch.ones_like(tensor)
     return torch.full_like(tensor, -7)
+
+
+def leaves(result) -> list:
+    """An op's result flattened in order: tensors, None and other values, with the fields of
+    dataclasses and the items of tuples and lists expanded."""
+    if isinstance(result, torch.Tensor) or result is None:
+        return [result]
+    if dataclasses.is_dataclass(result):
+        return [x for f in dataclasses.fields(result) for x in leaves(getattr(result, f.name))]
+    if isinstance(result, (tuple, list)):
+        return [x for item in result for x in leaves(item)]
+    return [result]
+
+
+def strided_view(base, dim: int):
+    """A non-contiguous view of the 3-D ``base`` with ``dim`` strided: 1, every third entry of
+    dimension 1; 0, base's values in a transposed copy transposed back; -1, every second entry of
+    the last dimension (no longer unit-stride)."""
+    if dim == 1:
+        return base[:, ::3]
+    if dim == 0:
+        return base.transpose(0, 1).contiguous().transpose(0, 1)
+    return base[..., ::2]

@@ -1,6 +1,26 @@
-"""KV tensors like real keys, and packed-structure equality (the KV scheme tests)."""
+"""KV tensors like real keys, cache configurations, and packed-structure equality (the KV scheme
+tests)."""
 
 import torch
+
+from vidllm_ext import KVQuantConfig
+
+# Configurations of the cache issue (section 6) at group sizes small enough for tests: the ones
+# both the cache tests and the packed-attention tests run, each module adding its own.
+KV_CONFIGS = {
+    "kivi-2/2-token": KVQuantConfig(2, 2, group_size=8, residual_length=16, value_axis="token"),
+    "2/2-channel": KVQuantConfig(2, 2, group_size=8, residual_length=16),
+    "1.5/1.58": KVQuantConfig(1.5, 1.58, group_size=8, residual_length=16),
+    "1.5/2-hadamard": KVQuantConfig(
+        1.5, 2, group_size=8, residual_length=16, key_transform="hadamard"
+    ),
+    "1.5/2-none": KVQuantConfig(1.5, 2, group_size=8, residual_length=16, key_transform="none"),
+    "1.5/1.58-fp8": KVQuantConfig(
+        1.5, 1.58, group_size=8, residual_length=8, scale_dtype="float8_e4m3fn"
+    ),
+    "16/1.58": KVQuantConfig(16, 1.58, group_size=8, residual_length=16),
+    "1.5/16": KVQuantConfig(1.5, 16, group_size=8, residual_length=0),
+}
 
 
 def outlier_kv(batch=2, heads=3, tokens=70, dim=16, seed=0, dtype=torch.float32):

@@ -5,31 +5,20 @@ from __future__ import annotations
 import torch
 
 from support.helpers import assert_close_to_oracle
-from support.kv import outlier_kv
+from support.kv import KV_CONFIGS, outlier_kv
 from vidllm_ext import KVQuantConfig, PackedKVCache, reference
 
-# Every configuration of the cache issue (section 6), at group sizes small enough for tests.
+# The shared configurations, and group size 32, 1-bit keys, bfloat16 scales, salient tokens.
 CONFIGS = {
-    "kivi-2/2-token": KVQuantConfig(2, 2, group_size=8, residual_length=16, value_axis="token"),
-    "2/2-channel": KVQuantConfig(2, 2, group_size=8, residual_length=16),
-    "1.5/1.58": KVQuantConfig(1.5, 1.58, group_size=8, residual_length=16),
+    **KV_CONFIGS,
     "1.5/1.58-g32": KVQuantConfig(1.5, 1.58, group_size=32, residual_length=32),
-    "1.5/2-hadamard": KVQuantConfig(
-        1.5, 2, group_size=8, residual_length=16, key_transform="hadamard"
-    ),
-    "1.5/2-none": KVQuantConfig(1.5, 2, group_size=8, residual_length=16, key_transform="none"),
     "1/1.58": KVQuantConfig(1, 1.58, group_size=8, residual_length=8),
-    "1.5/1.58-fp8": KVQuantConfig(
-        1.5, 1.58, group_size=8, residual_length=8, scale_dtype="float8_e4m3fn"
-    ),
     "1.5/1.58-bf16": KVQuantConfig(
         1.5, 1.58, group_size=8, residual_length=8, scale_dtype="bfloat16"
     ),
     "1.5/1.58-salient": KVQuantConfig(
         1.5, 1.58, group_size=8, residual_length=8, salient_ratio=0.25
     ),
-    "16/1.58": KVQuantConfig(16, 1.58, group_size=8, residual_length=16),
-    "1.5/16": KVQuantConfig(1.5, 16, group_size=8, residual_length=0),
 }
 
 

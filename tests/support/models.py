@@ -57,40 +57,8 @@ LLAVA_IMAGE = 112  # 8 x 8 SigLIP patches, pooled to 4 x 4 = 16 tokens per frame
 def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
     import transformers
 
-    vision = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE)
-    vision.update(temporal_patch_size=TEMPORAL, in_channels=3)
-    if family == "qwen2_vl":
-        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
-        config = transformers.Qwen2VLConfig(
-            text_config=dict(TEXT, rope_parameters=MROPE),
-            vision_config=vision,
-            **IDS,
-            vision_end_token_id=END,
-        )
-        model_class = transformers.Qwen2VLForConditionalGeneration
-    elif family == "qwen2_5_vl":
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=56)
-        vision.update(fullatt_block_indexes=[1], tokens_per_second=2)
-        config = transformers.Qwen2_5_VLConfig(
-            text_config=dict(TEXT, rope_parameters=MROPE),
-            vision_config=vision,
-            **IDS,
-            vision_end_token_id=END,
-        )
-        model_class = transformers.Qwen2_5_VLForConditionalGeneration
-    elif family == "qwen3_vl":
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64)
-        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
-        rope = dict(MROPE, mrope_interleaved=True)
-        config = transformers.Qwen3VLConfig(
-            text_config=dict(TEXT, rope_parameters=rope),
-            vision_config=vision,
-            **IDS,
-            vision_end_token_id=END,
-        )
-        model_class = transformers.Qwen3VLForConditionalGeneration
-    elif family in NEW_FAMILIES:
-        config, model_class = _new_family_config(family, vision)
+    if family in QWEN_FAMILIES:
+        config, model_class = _qwen_config(family)
     elif family == "llava_onevision":
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2)
         vision.update(num_attention_heads=2, image_size=LLAVA_IMAGE, patch_size=PATCH)
@@ -112,28 +80,47 @@ def build_model(family: str, attn_implementation: str = "sdpa", seed: int = 0):
     return model_class(config).eval()
 
 
-def _new_family_config(family: str, vision: dict):
-    """Config and model class of a tiny Qwen3-VL-MoE, Qwen3.5 or Qwen3.5-MoE."""
+# transformers' class names of each Qwen family: {prefix}Config, {prefix}ForConditionalGeneration.
+QWEN_CLASS_PREFIX = {
+    "qwen2_vl": "Qwen2VL",
+    "qwen2_5_vl": "Qwen2_5_VL",
+    "qwen3_vl": "Qwen3VL",
+    "qwen3_vl_moe": "Qwen3VLMoe",
+    "qwen3_5": "Qwen3_5",
+    "qwen3_5_moe": "Qwen3_5Moe",
+}
+
+
+def _qwen_config(family: str):
+    """Config and model class of a tiny Qwen-VL model: each generation's vision tower and rope,
+    deepstack on Qwen3-VL (-MoE), experts on the MoE families, the hybrid decoder on Qwen3.5."""
     import transformers
 
-    vision = dict(vision, hidden_size=32, intermediate_size=64, out_hidden_size=64)
-    vision.update(num_position_embeddings=64)
-    ids = dict(IDS, vision_end_token_id=END)
-    if family == "qwen3_vl_moe":
-        text = dict(TEXT, rope_parameters=dict(MROPE, mrope_interleaved=True), **EXPERTS)
-        vision.update(deepstack_visual_indexes=[0, 1])
-        names = "Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"
+    vision = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE)
+    vision.update(temporal_patch_size=TEMPORAL, in_channels=3)
+    text = dict(TEXT, rope_parameters=MROPE)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
     else:
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64)
+    if family == "qwen2_5_vl":
+        vision.update(window_size=56, fullatt_block_indexes=[1], tokens_per_second=2)
+    if family.startswith("qwen3"):
+        vision.update(num_position_embeddings=64)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        text["rope_parameters"] = dict(MROPE, mrope_interleaved=True)
+        vision.update(deepstack_visual_indexes=[0, 1])
+    if family in HYBRID_FAMILIES:
         layers = max(TEXT["num_hidden_layers"], HYBRID_MIN_LAYERS)
-        text = dict(TEXT, num_hidden_layers=layers, rope_parameters=PARTIAL_MROPE)
-        text.update(LINEAR_ATTENTION)
-        if family == "qwen3_5":
-            names = "Qwen3_5Config", "Qwen3_5ForConditionalGeneration"
-        else:
-            text.update(EXPERTS, shared_expert_intermediate_size=32)
-            names = "Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration"
-    config_class, model_class = (getattr(transformers, name) for name in names)
-    return config_class(text_config=text, vision_config=vision, **ids), model_class
+        text.update(num_hidden_layers=layers, rope_parameters=PARTIAL_MROPE, **LINEAR_ATTENTION)
+    if family in MOE_FAMILIES:
+        text.update(EXPERTS)
+    if family == "qwen3_5_moe":
+        text.update(shared_expert_intermediate_size=32)
+    prefix = QWEN_CLASS_PREFIX[family]
+    config_class = getattr(transformers, f"{prefix}Config")
+    config = config_class(text_config=text, vision_config=vision, **IDS, vision_end_token_id=END)
+    return config, getattr(transformers, f"{prefix}ForConditionalGeneration")
 
 
 def text_only_model():

@@ -1,9 +1,13 @@
-"""By-hand references for the model tests: what the language model receives unpatched, and greedy
-decoding from reduced inputs."""
+"""By-hand references for the model tests: what the language model receives unpatched, the inputs
+DTD and token merging should leave it (from the reference ops), and greedy decoding from reduced
+inputs."""
 
 import torch
 
+from support.models import FEATURE_THRESHOLD, video_layout
+from vidllm_ext import reference
 from vidllm_ext.integration.compat import cache_kwargs
+from vidllm_ext.reference.token_merge import chunk_mean_metric, merge_schedule
 
 
 def language_model_inputs(model, inputs):
@@ -71,3 +75,50 @@ def reference_greedy(model, reduced, positions, new_tokens):
                 use_cache=True,
             ).last_hidden_state
     return torch.stack(tokens, dim=1)
+
+
+def dtd_reference_keep(family, embeds, columns, steps, tokens):
+    """DTD's keep decision (the reference op at the family's feature threshold) on the video
+    columns of the input embeddings ``embeds`` [1, length, dim]: bool [steps * tokens]."""
+    frames = embeds[0, columns].reshape(steps, tokens, -1)
+    return reference.dtd_keep_mask(frames, FEATURE_THRESHOLD[family]).flatten()
+
+
+def dtd_reduced_inputs(family, model, inputs):
+    """The spec: DTD's keep decision on each video's input embeddings (reference ops), then the
+    language model's inputs restricted to the kept columns, original position ids included.
+    Batch of one."""
+    captured = language_model_inputs(model, inputs)
+    embeds = captured["inputs_embeds"]
+    keep = torch.ones(embeds.shape[1], dtype=torch.bool)
+    columns, steps, tokens = video_layout(family, inputs)
+    keep[columns] = dtd_reference_keep(family, embeds, columns, steps, tokens)
+    return reduce_inputs(captured, keep)
+
+
+def merged_reference_inputs(family, model, inputs, config, dtd=False):
+    """The spec, segment by segment with the reference ops (batch of one): DTD's keep decision
+    (when on), then each segment's surviving tokens merged by rounds of bipartite soft matching
+    down to tokens_per_segment; merged features at their representatives' columns, which keep
+    their position ids. Returns (language model inputs, full positions, kept columns)."""
+    captured = language_model_inputs(model, inputs)
+    embeds = captured["inputs_embeds"].clone()
+    keep = torch.ones(embeds.shape[1], dtype=torch.bool)
+    columns, steps, tokens = video_layout(family, inputs)
+    present = torch.ones(steps * tokens, dtype=torch.bool)
+    if dtd:
+        present = dtd_reference_keep(family, embeds, columns, steps, tokens)
+    keep[columns] = False
+    span = config.frames_per_segment * tokens
+    for start in range(0, columns.numel(), span):
+        segment = columns[start : start + span][present[start : start + span]]
+        x, size, kept = embeds[:, segment], None, torch.arange(segment.numel())
+        for r in merge_schedule(segment.numel(), config.tokens_per_segment):
+            metric = chunk_mean_metric(x, config.metric_chunks)
+            plan = reference.bipartite_soft_matching(metric, r)
+            x, size = reference.merge_wavg(plan, x, size)
+            kept = kept[plan.kept_index[0]]
+        keep[segment[kept]] = True
+        embeds[0, segment[kept]] = x[0]
+    reduced, positions = reduce_inputs(captured, keep, embeds)
+    return reduced, positions, keep.nonzero().flatten()

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from support.caption_task import caption_batch
+import vidllm_ext
+from support.caption_task import caption_batch, routers, tiny_model
 
 STEPS = 30
 # Mean loss of the last 5 steps over the first 5. Measured on this task over 4 seeds and the 4
@@ -34,6 +35,30 @@ def assert_loss_falls(losses: list[float]) -> None:
     assert all(torch.isfinite(torch.tensor(losses))), losses
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < LOSS_RATIO * first, f"loss {first:.3f} -> {last:.3f}: {losses}"
+
+
+def routed_tiny_model(family: str):
+    """``tiny_model(family)`` with LAYERS decoder layers, patched with MoD at keep ratio 0.2."""
+    return vidllm_ext.patch(
+        tiny_model(family, layers=LAYERS), mod=vidllm_ext.MoDConfig(keep_ratio=0.2)
+    )
+
+
+def assert_routed_fine_tuning_learns(model, family: str, router_norm: float = ROUTER_NORM):
+    """``fine_tune`` a routed model: the loss falls, every router weight moves off zero and each
+    router's norm passes ``router_norm``, and the last step routed ROUTED_LAYERS, each keeping
+    some but not all video tokens. Returns that step's MoD stats."""
+    found = routers(model)
+    assert_loss_falls(fine_tune(model, family))
+    for name, router in found.items():
+        weight = router.weight.detach()
+        assert weight.abs().min() > 0, f"{name}: some weights never moved off zero"
+        assert weight.norm() > router_norm, f"{name}: moved only {weight.norm():.2e}"
+    stats = vidllm_ext.last_stats(model, "mod")
+    assert stats is not None
+    assert stats.routed_layers == ROUTED_LAYERS
+    assert all(0 < after < stats.video_tokens_before for after in stats.video_tokens_after)
+    return stats
 
 
 @pytest.fixture(autouse=True)
