@@ -25,7 +25,6 @@ class DTDStats(VideoTokenStats):
     """
 
     step_drop_ratios: list = field(default_factory=list)
-    samples: list = field(default_factory=list)
 
     @property
     def drop_ratio(self) -> float:

@@ -9,7 +9,7 @@ masks back onto it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,10 +41,12 @@ class VideoSegment:
 @dataclass
 class VideoTokenStats:
     """The video tokens of a batch before and after a stage that removes some (the base of
-    ``DTDStats`` and ``MergeStats``)."""
+    ``DTDStats`` and ``MergeStats``); ``samples`` holds the batch row of each video, in the order
+    of the stage's per-video lists."""
 
     video_tokens_before: int = 0
     video_tokens_after: int = 0
+    samples: list = field(default_factory=list)
 
     @property
     def removed_fraction(self) -> float:

@@ -35,7 +35,6 @@ class MergeStats(VideoTokenStats):
 
     segments: int = 0
     tokens_per_video: list = field(default_factory=list)
-    samples: list = field(default_factory=list)
 
     @property
     def merge_ratio(self) -> float:

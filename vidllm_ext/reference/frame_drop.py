@@ -92,15 +92,9 @@ def compact_tokens(
     return kept, kept_index, keep_mask.sum(-1, dtype=torch.int32)
 
 
-def drop_redundant_tokens(
-    frames: torch.Tensor,
-    threshold: float,
-    *,
-    method: str = "feature",
-    mode: str = "absolute",
-    prev: torch.Tensor | None = None,
-) -> DTDResult:
-    """dtd_keep_mask followed by compact_tokens."""
-    keep_mask = dtd_keep_mask(frames, threshold, method=method, mode=mode, prev=prev)
+def drop_redundant_tokens(frames: torch.Tensor, threshold: float, **options) -> DTDResult:
+    """:func:`dtd_keep_mask` (which takes the keyword ``options``) followed by
+    :func:`compact_tokens`."""
+    keep_mask = dtd_keep_mask(frames, threshold, **options)
     kept, kept_index, counts = compact_tokens(frames, keep_mask)
     return DTDResult(kept, kept_index, keep_mask, counts)

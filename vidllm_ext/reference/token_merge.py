@@ -152,23 +152,11 @@ def merge_schedule(tokens: int, target: int) -> list[int]:
     return rounds
 
 
-def hierarchical_merge(
-    tokens: torch.Tensor,
-    *,
-    frames_per_segment: int | None = None,
-    tokens_per_segment: int = 30,
-    metric_chunks: int = 16,
-    segment_offsets=None,
-) -> MergeResult:
+def hierarchical_merge(tokens: torch.Tensor, **options) -> MergeResult:
     """LongVLM's hierarchical merge of ``tokens [F, N, D]`` (or ``[T, D]`` cut by
-    ``segment_offsets``; see :func:`vidllm_ext.ops.hierarchical_merge`)."""
-    return hierarchical_merge_with_assignment(
-        tokens,
-        frames_per_segment=frames_per_segment,
-        tokens_per_segment=tokens_per_segment,
-        metric_chunks=metric_chunks,
-        segment_offsets=segment_offsets,
-    )[0]
+    ``segment_offsets``; see :func:`vidllm_ext.ops.hierarchical_merge`): the result of
+    :func:`hierarchical_merge_with_assignment`, which takes the keyword ``options``."""
+    return hierarchical_merge_with_assignment(tokens, **options)[0]
 
 
 def hierarchical_merge_with_assignment(
