@@ -26,8 +26,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
   const std::optional<TensorArg> index = optional_tensor(index_obj, "index");
   check_keep_ratio(keep_ratio);
   // devices
-  const Backend backend = select_backend(scores);
-  offsets.expect_same_device(scores);
+  const Launch launch = select_launch(scores, stream, {&offsets});
   // dtypes, layout, shapes
   scores.expect_ndim(1, "[tokens]");
   const DType score_dtype = scores.expect_float();
@@ -54,7 +53,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
     index->expect_dense();
   }
   // values (host memory only)
-  if (host_memory(backend)) {
+  if (host_memory(launch.backend)) {
     check_offset_values(static_cast<const int64_t*>(offsets.data()), offsets.size(0),
                         scores.size(0));
   }
@@ -71,10 +70,9 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
   params.total = static_cast<int64_t*>(total.data());
   params.index = index ? static_cast<int64_t*>(index->data()) : nullptr;
   params.capacity = index ? index->size(0) : 0;
-  params.device = scores.device_id();
-  VIDLLM_RUN_KERNEL(routing, topk_plan, params, backend, stream);
+  VIDLLM_RUN_KERNEL(routing, topk_plan, params, launch);
   if (index) {
-    VIDLLM_RUN_KERNEL(routing, topk_select, params, backend, stream);
+    VIDLLM_RUN_KERNEL(routing, topk_select, params, launch);
   }
 }
 
@@ -89,7 +87,7 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   const std::optional<TensorArg> out = optional_tensor(out_obj, "out");
   const TensorArg status(status_obj, "status");
   // devices
-  const Backend backend = select_backend(source);
+  const Launch launch = select_launch(source, stream);
   // dtypes, layout, shapes
   const RowType dtype = check_rows(source, "[rows, dim]");
   check_index(index, source);
@@ -118,7 +116,8 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   }
   // values (host memory only)
   const auto* entries = static_cast<const int64_t*>(index.data());
-  if (host_memory(backend)) check_index_values(entries, count, source.size(0), false, "source");
+  if (host_memory(launch.backend))
+    check_index_values(entries, count, source.size(0), false, "source");
 
   routing::GatherParams params;
   params.source = source.data();
@@ -134,8 +133,7 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   params.status = static_cast<int32_t*>(status.data());
   params.dim = dim;
   params.dtype = dtype;
-  params.device = source.device_id();
-  VIDLLM_RUN_KERNEL(routing, gather, params, backend, stream);
+  VIDLLM_RUN_KERNEL(routing, gather, params, launch);
 }
 
 void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_obj,
@@ -151,9 +149,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   const TensorArg next_update(next_update_obj, "next_update");
   const TensorArg status(status_obj, "status");
   // devices
-  const Backend backend = select_backend(y);
-  if (x) x->expect_same_device(y);
-  delta.expect_same_device(y);
+  const Launch launch = select_launch(y, stream, {if_given(x), &delta});
   // dtypes, layout, shapes
   const RowType dtype = check_rows(y, "[rows, dim]");
   y.expect_dense();
@@ -177,7 +173,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   check_status(status, y);
   // values (host memory only)
   const auto* entries = static_cast<const int64_t*>(index.data());
-  if (host_memory(backend)) check_index_values(entries, count, rows, check_unique, "x");
+  if (host_memory(launch.backend)) check_index_values(entries, count, rows, check_unique, "x");
 
   routing::ScatterParams params;
   params.x = x ? x->data() : nullptr;
@@ -194,8 +190,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   params.rows = rows;
   params.dim = dim;
   params.dtype = dtype;
-  params.device = y.device_id();
-  VIDLLM_RUN_KERNEL(routing, scatter, params, backend, stream);
+  VIDLLM_RUN_KERNEL(routing, scatter, params, launch);
 }
 
 }  // namespace
