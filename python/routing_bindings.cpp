@@ -16,6 +16,21 @@ namespace {
 
 using routing::RowType;
 
+// The fields GatherParams and ScatterParams share: the checked index entries, the optional
+// weights, the status flags and the [rows, dim] rows they address.
+template <typename Params>
+void fill_indexed(Params& params, const int64_t* entries, int64_t count,
+                  const std::optional<TensorArg>& weight, const TensorArg& status, int64_t rows,
+                  int64_t dim, RowType dtype) {
+  params.index = entries;
+  params.count = count;
+  params.weight = weight ? weight->data() : nullptr;
+  params.status = static_cast<int32_t*>(status.data());
+  params.rows = rows;
+  params.dim = dim;
+  params.dtype = dtype;
+}
+
 void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_ratio,
                   py::handle slot_start_obj, py::handle total_obj, py::handle index_obj,
                   uintptr_t stream) {
@@ -122,17 +137,11 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   routing::GatherParams params;
   params.source = source.data();
   params.source_stride = source.stride(0);
-  params.rows = source.size(0);
-  params.index = entries;
-  params.count = count;
-  params.weight = weight ? weight->data() : nullptr;
   params.other = other ? other->data() : nullptr;
   params.other_stride = other ? other->stride(0) : 0;
   params.dot = dot ? dot->data() : nullptr;
   params.out = out ? out->data() : nullptr;
-  params.status = static_cast<int32_t*>(status.data());
-  params.dim = dim;
-  params.dtype = dtype;
+  fill_indexed(params, entries, count, weight, status, source.size(0), dim, dtype);
   VIDLLM_RUN_KERNEL(routing, gather, params, launch);
 }
 
@@ -178,18 +187,12 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   routing::ScatterParams params;
   params.x = x ? x->data() : nullptr;
   params.x_stride = x ? x->stride(0) : 0;
-  params.index = entries;
-  params.count = count;
   params.delta = delta.data();
   params.delta_stride = delta.stride(0);
-  params.weight = weight ? weight->data() : nullptr;
   params.y = y.data();
   params.row_source = static_cast<int64_t*>(row_source.data());
   params.next_update = static_cast<int64_t*>(next_update.data());
-  params.status = static_cast<int32_t*>(status.data());
-  params.rows = rows;
-  params.dim = dim;
-  params.dtype = dtype;
+  fill_indexed(params, entries, count, weight, status, rows, dim, dtype);
   VIDLLM_RUN_KERNEL(routing, scatter, params, launch);
 }
 
