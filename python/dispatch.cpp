@@ -103,6 +103,14 @@ Backend select_backend(const TensorArg& primary) {
 #endif
 }
 
+Launch select_launch(const TensorArg& primary, uintptr_t stream,
+                     std::initializer_list<const TensorArg*> same_device) {
+  const Launch launch{select_backend(primary), primary.device_id(), stream};
+  for (const TensorArg* tensor : same_device)
+    if (tensor != nullptr) tensor->expect_same_device(primary);
+  return launch;
+}
+
 void throw_if_failed(const Status& status, const char* kernel) {
   switch (status.code) {
     case StatusCode::kOk:

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "common/status.h"
@@ -23,6 +24,19 @@ enum class Backend { kCpu, kCuda, kEmulatedCuda };
 // build has no CUDA kernels or none for that GPU (naming the compiled archs), and ValueError for
 // any other device type. For CUDA it also makes the device current in our runtime.
 Backend select_backend(const TensorArg& primary);
+
+// Where one call runs: the backend for its primary tensor, that tensor's device (every params
+// struct's `device` receives it) and the caller's CUDA stream.
+struct Launch {
+  Backend backend;
+  int device;
+  uintptr_t stream;
+};
+
+// select_backend(primary), with primary's device and the caller's `stream`; then each tensor of
+// `same_device` must be on primary's device (null entries, absent optional tensors, are skipped).
+Launch select_launch(const TensorArg& primary, uintptr_t stream,
+                     std::initializer_list<const TensorArg*> same_device = {});
 
 // Whether the tensors of a call on `backend` live in host memory (the binding may read them).
 inline bool host_memory(Backend backend) { return backend != Backend::kCuda; }
@@ -83,8 +97,10 @@ inline Status emulated_status(const emulated_launchers::Result& result) {
        ? VIDLLM_CUDA_LAUNCHER(family, name, params, stream)                   \
        : VIDLLM_EMULATED_LAUNCHER(family, name, params))
 
-// run_kernel for family::<name>_cpu, <name>_cuda or its emulated twin, as `backend` says; the
-// kernel is named <family>_<name>.
-#define VIDLLM_RUN_KERNEL(family, name, params, backend, stream) \
-  ::vidllm::binding::run_kernel(                                 \
-      #family "_" #name, [&] { return VIDLLM_LAUNCHER(family, name, params, backend, stream); })
+// run_kernel for family::<name>_cpu, <name>_cuda or its emulated twin, as the Launch `launch`
+// says, with params.device set to its device; the kernel is named <family>_<name>.
+#define VIDLLM_RUN_KERNEL(family, name, params, launch)                              \
+  ::vidllm::binding::run_kernel(#family "_" #name, [&] {                             \
+    (params).device = (launch).device;                                               \
+    return VIDLLM_LAUNCHER(family, name, params, (launch).backend, (launch).stream); \
+  })

@@ -23,16 +23,11 @@ void frame_drop_score(py::handle frames_obj, py::handle prev_obj, py::handle sco
   const TensorArg scores(scores_obj, "scores");
   const Method method = parse_method(method_name);
   // devices
-  const Backend backend = select_backend(frames);
-  scores.expect_same_device(frames);
-  if (prev) prev->expect_same_device(frames);
+  const Launch launch = select_launch(frames, stream, {&scores, if_given(prev)});
   // dtypes
   const DType dtype = check_frames(frames);
   scores.expect_dtype(kDLFloat, 32, "float32");
-  if (prev && prev->expect_float() != dtype) {
-    throw py::type_error("prev: expected dtype " + frames.dtype_string() + " like frames, got " +
-                         prev->dtype_string());
-  }
+  if (prev) prev->expect_float_like(frames);
   // layout and shapes
   scores.expect_dense();
   scores.expect_ndim(2, "[steps, tokens]");
@@ -57,9 +52,8 @@ void frame_drop_score(py::handle frames_obj, py::handle prev_obj, py::handle sco
   params.dim = frames.size(2);
   params.dtype = dtype;
   params.method = method;
-  params.device = frames.device_id();
 
-  VIDLLM_RUN_KERNEL(frame_drop, score, params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, score, params, launch);
 }
 
 void frame_drop_decide(py::handle scores_obj, py::handle keep_mask_obj, py::handle counts_obj,
@@ -71,7 +65,7 @@ void frame_drop_decide(py::handle scores_obj, py::handle keep_mask_obj, py::hand
   const Method method = parse_method(method_name);
   const Mode mode = parse_mode(mode_name);
   check_threshold(threshold, method, mode);
-  const Backend backend = select_backend(scores);
+  const Launch launch = select_launch(scores, stream);
   scores.expect_dtype(kDLFloat, 32, "float32");
   scores.expect_dense();
   scores.expect_ndim(2, "[steps, tokens]");
@@ -88,14 +82,13 @@ void frame_drop_decide(py::handle scores_obj, py::handle keep_mask_obj, py::hand
   params.threshold = static_cast<float>(threshold);
   params.drop_per_step =
       static_cast<int64_t>(std::floor(static_cast<double>(params.tokens) * threshold));
-  params.device = scores.device_id();
-  VIDLLM_RUN_KERNEL(frame_drop, decide, params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, params, launch);
 }
 
 void frame_drop_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t stream) {
   const TensorArg keep_mask(keep_mask_obj, "keep_mask");
   const TensorArg counts(counts_obj, "counts");
-  const Backend backend = select_backend(keep_mask);
+  const Launch launch = select_launch(keep_mask, stream);
   keep_mask.expect_ndim(2, "[steps, tokens]");
   check_mask_and_counts(keep_mask, counts, keep_mask, keep_mask.size(0), keep_mask.size(1));
 
@@ -104,8 +97,7 @@ void frame_drop_count(py::handle keep_mask_obj, py::handle counts_obj, uintptr_t
   params.counts = static_cast<int32_t*>(counts.data());
   params.steps = keep_mask.size(0);
   params.tokens = keep_mask.size(1);
-  params.device = keep_mask.device_id();
-  VIDLLM_RUN_KERNEL(frame_drop, decide, params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, params, launch);
 }
 
 void frame_drop_compact(py::handle frames_obj, py::handle keep_mask_obj, py::handle counts_obj,
@@ -119,18 +111,13 @@ void frame_drop_compact(py::handle frames_obj, py::handle keep_mask_obj, py::han
   const TensorArg kept_index(kept_index_obj, "kept_index");
   const TensorArg total(total_obj, "total");
   // devices
-  const Backend backend = select_backend(frames);
-  for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total})
-    arg->expect_same_device(frames);
+  const Launch launch = select_launch(frames, stream, {&offsets, &kept, &kept_index, &total});
   // dtypes, layout, shapes
   const DType dtype = check_frames(frames);
   const int64_t steps = frames.size(0);
   const int64_t tokens = frames.size(1);
   check_mask_and_counts(keep_mask, counts, frames, steps, tokens);
-  if (kept.expect_float() != dtype) {
-    throw py::type_error("kept: expected dtype " + frames.dtype_string() + " like frames, got " +
-                         kept.dtype_string());
-  }
+  kept.expect_float_like(frames);
   for (const TensorArg* arg : {&offsets, &kept_index, &total})
     arg->expect_dtype(kDLInt, 64, "int64");
   for (const TensorArg* arg : {&offsets, &kept, &kept_index, &total}) arg->expect_dense();
@@ -148,8 +135,7 @@ void frame_drop_compact(py::handle frames_obj, py::handle keep_mask_obj, py::han
   count_params.counts = static_cast<int32_t*>(counts.data());
   count_params.steps = steps;
   count_params.tokens = tokens;
-  count_params.device = frames.device_id();
-  VIDLLM_RUN_KERNEL(frame_drop, decide, count_params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, decide, count_params, launch);
 
   frame_drop::CompactParams params;
   params.frames = frames.data();
@@ -166,8 +152,7 @@ void frame_drop_compact(py::handle frames_obj, py::handle keep_mask_obj, py::han
   params.tokens = tokens;
   params.dim = frames.size(2);
   params.dtype = dtype;
-  params.device = frames.device_id();
-  VIDLLM_RUN_KERNEL(frame_drop, compact, params, backend, stream);
+  VIDLLM_RUN_KERNEL(frame_drop, compact, params, launch);
 }
 
 }  // namespace

@@ -79,6 +79,24 @@ struct QueryShape {
   int64_t batch, q_heads, q_len, head_dim;
 };
 
+// A full-precision keys or values tensor t [B, Hkv, tokens, D] on primary's device, float with a
+// contiguous last dimension (and, when `heads` is given, Hkv == heads): its dtype and strides
+// into `source`.
+template <typename Source>
+void fill_full(Source& source, const TensorArg& t, const TensorArg& primary, const QueryShape& s,
+               const char* layout, std::optional<int64_t> heads) {
+  t.expect_same_device(primary);
+  t.expect_ndim(4, layout);
+  source.dtype = t.expect_float();
+  t.expect_size(0, s.batch, layout);
+  if (heads) t.expect_size(1, *heads, (std::string(layout) + " (Hkv of the keys)").c_str());
+  t.expect_size(3, s.head_dim, layout);
+  t.expect_last_dim_contiguous();
+  source.stride_batch = t.stride(0);
+  source.stride_head = t.stride(1);
+  source.stride_token = t.stride(2);
+}
+
 void fill_keys(kv_attention::SegmentParams& p, const QueryShape& s, const TensorArg& primary,
                const std::string& format, const std::optional<TensorArg>& keys,
                const std::optional<TensorArg>& codes2, const std::optional<TensorArg>& scale2,
@@ -87,19 +105,11 @@ void fill_keys(kv_attention::SegmentParams& p, const QueryShape& s, const Tensor
   kv_attention::KeySource& k = p.keys;
   if (format == "full") {
     const TensorArg& t = required(keys, "keys", "for key_format 'full'");
-    t.expect_same_device(primary);
-    t.expect_ndim(4, "[B, Hkv, tokens, D]");
-    k.dtype = t.expect_float();
-    t.expect_size(0, s.batch, "[B, Hkv, tokens, D]");
-    t.expect_size(3, s.head_dim, "[B, Hkv, tokens, D]");
-    t.expect_last_dim_contiguous();
+    fill_full(k, t, primary, s, "[B, Hkv, tokens, D]", std::nullopt);
     p.q.kv_heads = t.size(1);
     k.format = KeyFormat::kFull;
     k.tokens = t.size(2);
     k.keys = t.data();
-    k.stride_batch = t.stride(0);
-    k.stride_head = t.stride(1);
-    k.stride_token = t.stride(2);
     return;
   }
   if (format != "packed")
@@ -153,18 +163,9 @@ int64_t fill_values(kv_attention::SegmentParams& p, const QueryShape& s, const T
   const int64_t heads = p.q.kv_heads;
   if (format == "full") {
     const TensorArg& t = required(values, "values", "for value_format 'full'");
-    t.expect_same_device(primary);
-    t.expect_ndim(4, "[B, Hkv, rows, D]");
-    v.dtype = t.expect_float();
-    t.expect_size(0, s.batch, "[B, Hkv, rows, D]");
-    t.expect_size(1, heads, "[B, Hkv, rows, D] (Hkv of the keys)");
-    t.expect_size(3, s.head_dim, "[B, Hkv, rows, D]");
-    t.expect_last_dim_contiguous();
+    fill_full(v, t, primary, s, "[B, Hkv, rows, D]", heads);
     v.format = ValueFormat::kFull;
     v.values = t.data();
-    v.stride_batch = t.stride(0);
-    v.stride_head = t.stride(1);
-    v.stride_token = t.stride(2);
     return t.size(2);
   }
   const bool trits = format == "trit";
@@ -246,7 +247,7 @@ void kv_attention_segment(py::handle q_full_obj, py::handle q_packed_obj, int64_
   const TensorArg part_sum(part_sum_obj, "part_sum");
   const TensorArg part_acc(part_acc_obj, "part_acc");
   const ScaleType scale_type = parse_scale_type(scale_type_name);
-  const Backend backend = select_backend(part_max);
+  const Launch launch = select_launch(part_max, stream);
   part_max.expect_ndim(4, "[B, Hq, Lq, splits]");
   part_acc.expect_ndim(5, "[B, Hq, Lq, splits, D]");
   const QueryShape s{part_max.size(0), part_max.size(1), part_max.size(2), part_acc.size(4)};
@@ -318,9 +319,8 @@ void kv_attention_segment(py::handle q_full_obj, py::handle q_packed_obj, int64_
   p.partials.sum = static_cast<float*>(part_sum.data());
   p.partials.acc = static_cast<float*>(part_acc.data());
   p.partials.splits = splits;
-  p.device = part_max.device_id();
   if (rows == 0 || s.batch == 0) return;
-  VIDLLM_RUN_KERNEL(kv_attention, segment_partials, p, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_attention, segment_partials, p, launch);
 }
 
 void kv_attention_combine(py::handle part_max_obj, py::handle part_sum_obj, py::handle part_acc_obj,
@@ -329,7 +329,7 @@ void kv_attention_combine(py::handle part_max_obj, py::handle part_sum_obj, py::
   const TensorArg part_sum(part_sum_obj, "part_sum");
   const TensorArg part_acc(part_acc_obj, "part_acc");
   const TensorArg out(out_obj, "out");
-  const Backend backend = select_backend(out);
+  const Launch launch = select_launch(out, stream);
   out.expect_ndim(4, "[B, Hq, Lq, D]");
   const DType out_dtype = out.expect_float();
   out.expect_dense();
@@ -350,9 +350,8 @@ void kv_attention_combine(py::handle part_max_obj, py::handle part_sum_obj, py::
   p.head_dim = d;
   p.out = out.data();
   p.out_dtype = out_dtype;
-  p.device = out.device_id();
   if (p.rows == 0 || d == 0) return;
-  VIDLLM_RUN_KERNEL(kv_attention, combine_partials, p, backend, stream);
+  VIDLLM_RUN_KERNEL(kv_attention, combine_partials, p, launch);
 }
 
 }  // namespace

@@ -16,6 +16,21 @@ namespace {
 
 using routing::RowType;
 
+// The fields GatherParams and ScatterParams share: the checked index entries, the optional
+// weights, the status flags and the [rows, dim] rows they address.
+template <typename Params>
+void fill_indexed(Params& params, const int64_t* entries, int64_t count,
+                  const std::optional<TensorArg>& weight, const TensorArg& status, int64_t rows,
+                  int64_t dim, RowType dtype) {
+  params.index = entries;
+  params.count = count;
+  params.weight = weight ? weight->data() : nullptr;
+  params.status = static_cast<int32_t*>(status.data());
+  params.rows = rows;
+  params.dim = dim;
+  params.dtype = dtype;
+}
+
 void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_ratio,
                   py::handle slot_start_obj, py::handle total_obj, py::handle index_obj,
                   uintptr_t stream) {
@@ -26,8 +41,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
   const std::optional<TensorArg> index = optional_tensor(index_obj, "index");
   check_keep_ratio(keep_ratio);
   // devices
-  const Backend backend = select_backend(scores);
-  offsets.expect_same_device(scores);
+  const Launch launch = select_launch(scores, stream, {&offsets});
   // dtypes, layout, shapes
   scores.expect_ndim(1, "[tokens]");
   const DType score_dtype = scores.expect_float();
@@ -54,7 +68,7 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
     index->expect_dense();
   }
   // values (host memory only)
-  if (host_memory(backend)) {
+  if (host_memory(launch.backend)) {
     check_offset_values(static_cast<const int64_t*>(offsets.data()), offsets.size(0),
                         scores.size(0));
   }
@@ -71,10 +85,9 @@ void routing_topk(py::handle scores_obj, py::handle offsets_obj, double keep_rat
   params.total = static_cast<int64_t*>(total.data());
   params.index = index ? static_cast<int64_t*>(index->data()) : nullptr;
   params.capacity = index ? index->size(0) : 0;
-  params.device = scores.device_id();
-  VIDLLM_RUN_KERNEL(routing, topk_plan, params, backend, stream);
+  VIDLLM_RUN_KERNEL(routing, topk_plan, params, launch);
   if (index) {
-    VIDLLM_RUN_KERNEL(routing, topk_select, params, backend, stream);
+    VIDLLM_RUN_KERNEL(routing, topk_select, params, launch);
   }
 }
 
@@ -89,7 +102,7 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   const std::optional<TensorArg> out = optional_tensor(out_obj, "out");
   const TensorArg status(status_obj, "status");
   // devices
-  const Backend backend = select_backend(source);
+  const Launch launch = select_launch(source, stream);
   // dtypes, layout, shapes
   const RowType dtype = check_rows(source, "[rows, dim]");
   check_index(index, source);
@@ -118,24 +131,18 @@ void routing_gather(py::handle source_obj, py::handle index_obj, py::handle weig
   }
   // values (host memory only)
   const auto* entries = static_cast<const int64_t*>(index.data());
-  if (host_memory(backend)) check_index_values(entries, count, source.size(0), false, "source");
+  if (host_memory(launch.backend))
+    check_index_values(entries, count, source.size(0), false, "source");
 
   routing::GatherParams params;
   params.source = source.data();
   params.source_stride = source.stride(0);
-  params.rows = source.size(0);
-  params.index = entries;
-  params.count = count;
-  params.weight = weight ? weight->data() : nullptr;
   params.other = other ? other->data() : nullptr;
   params.other_stride = other ? other->stride(0) : 0;
   params.dot = dot ? dot->data() : nullptr;
   params.out = out ? out->data() : nullptr;
-  params.status = static_cast<int32_t*>(status.data());
-  params.dim = dim;
-  params.dtype = dtype;
-  params.device = source.device_id();
-  VIDLLM_RUN_KERNEL(routing, gather, params, backend, stream);
+  fill_indexed(params, entries, count, weight, status, source.size(0), dim, dtype);
+  VIDLLM_RUN_KERNEL(routing, gather, params, launch);
 }
 
 void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_obj,
@@ -151,9 +158,7 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   const TensorArg next_update(next_update_obj, "next_update");
   const TensorArg status(status_obj, "status");
   // devices
-  const Backend backend = select_backend(y);
-  if (x) x->expect_same_device(y);
-  delta.expect_same_device(y);
+  const Launch launch = select_launch(y, stream, {if_given(x), &delta});
   // dtypes, layout, shapes
   const RowType dtype = check_rows(y, "[rows, dim]");
   y.expect_dense();
@@ -177,25 +182,18 @@ void routing_scatter(py::handle x_obj, py::handle index_obj, py::handle delta_ob
   check_status(status, y);
   // values (host memory only)
   const auto* entries = static_cast<const int64_t*>(index.data());
-  if (host_memory(backend)) check_index_values(entries, count, rows, check_unique, "x");
+  if (host_memory(launch.backend)) check_index_values(entries, count, rows, check_unique, "x");
 
   routing::ScatterParams params;
   params.x = x ? x->data() : nullptr;
   params.x_stride = x ? x->stride(0) : 0;
-  params.index = entries;
-  params.count = count;
   params.delta = delta.data();
   params.delta_stride = delta.stride(0);
-  params.weight = weight ? weight->data() : nullptr;
   params.y = y.data();
   params.row_source = static_cast<int64_t*>(row_source.data());
   params.next_update = static_cast<int64_t*>(next_update.data());
-  params.status = static_cast<int32_t*>(status.data());
-  params.rows = rows;
-  params.dim = dim;
-  params.dtype = dtype;
-  params.device = y.device_id();
-  VIDLLM_RUN_KERNEL(routing, scatter, params, backend, stream);
+  fill_indexed(params, entries, count, weight, status, rows, dim, dtype);
+  VIDLLM_RUN_KERNEL(routing, scatter, params, launch);
 }
 
 }  // namespace

@@ -203,6 +203,15 @@ void TensorArg::expect_same_device(const TensorArg& reference) const {
   }
 }
 
+DType TensorArg::expect_float_like(const TensorArg& reference) const {
+  const DType dtype = reference.expect_float();
+  if (expect_float() != dtype) {
+    throw py::type_error(std::string(name_) + ": expected dtype " + reference.dtype_string() +
+                         " like " + reference.name() + ", got " + dtype_string());
+  }
+  return dtype;
+}
+
 std::optional<TensorArg> optional_tensor(py::handle object, const char* name) {
   if (object.is_none()) return std::nullopt;
   return std::optional<TensorArg>(std::in_place, object, name);

@@ -49,6 +49,8 @@ class TensorArg {
   void expect_dense() const;  // contiguous unless empty (torch gives empty tensors any strides)
   void expect_last_dim_contiguous() const;
   void expect_same_device(const TensorArg& reference) const;
+  // A float tensor of reference's dtype (reference must be float too); returns that dtype.
+  DType expect_float_like(const TensorArg& reference) const;
 
  private:
   const char* name_;
@@ -59,6 +61,11 @@ class TensorArg {
 
 // None -> empty optional; anything else is imported as a tensor.
 std::optional<TensorArg> optional_tensor(py::handle object, const char* name);
+
+// The tensor of an optional argument, or null when it was None.
+inline const TensorArg* if_given(const std::optional<TensorArg>& tensor) {
+  return tensor ? &*tensor : nullptr;
+}
 
 // The value that `choices` pairs with `name`, for a string argument; otherwise raises ValueError
 // "<argument>: expected 'a' or 'b' or ..., got '<name>'".

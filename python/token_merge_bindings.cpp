@@ -22,8 +22,7 @@ void token_merge_metric(py::handle x_obj, py::handle metric_obj, int64_t rows, i
                         int64_t last_tokens, int64_t chunks, uintptr_t stream) {
   const TensorArg x(x_obj, "x");
   const TensorArg metric(metric_obj, "metric");
-  const Backend backend = select_backend(x);
-  metric.expect_same_device(x);
+  const Launch launch = select_launch(x, stream, {&metric});
   const DType dtype = x.expect_float();
   check_rows(rows, tokens, last_tokens);
   const Rows geometry{rows, tokens, last_tokens};
@@ -50,8 +49,7 @@ void token_merge_metric(py::handle x_obj, py::handle metric_obj, int64_t rows, i
   params.chunks = chunks;
   params.dtype = dtype;
   params.rows = geometry;
-  params.device = x.device_id();
-  VIDLLM_RUN_KERNEL(token_merge, metric, params, backend, stream);
+  VIDLLM_RUN_KERNEL(token_merge, metric, params, launch);
 }
 
 void token_merge_match(py::handle metric_obj, py::handle partner_obj, py::handle score_obj,
@@ -59,9 +57,7 @@ void token_merge_match(py::handle metric_obj, py::handle partner_obj, py::handle
   const TensorArg metric(metric_obj, "metric");
   const TensorArg partner(partner_obj, "partner");
   const TensorArg score(score_obj, "score");
-  const Backend backend = select_backend(metric);
-  partner.expect_same_device(metric);
-  score.expect_same_device(metric);
+  const Launch launch = select_launch(metric, stream, {&partner, &score});
   const DType dtype = metric.expect_float();
   metric.expect_ndim(3, "[rows, tokens, channels]");
   const int64_t channels = feature_dim(metric);
@@ -83,8 +79,7 @@ void token_merge_match(py::handle metric_obj, py::handle partner_obj, py::handle
   params.partner = static_cast<int64_t*>(partner.data());
   params.score = static_cast<float*>(score.data());
   params.rows = Rows{rows, tokens, last_tokens, protected_tokens};
-  params.device = metric.device_id();
-  VIDLLM_RUN_KERNEL(token_merge, match, params, backend, stream);
+  VIDLLM_RUN_KERNEL(token_merge, match, params, launch);
 }
 
 // Checks merges and last_merges against the caps and the output capacity.
@@ -115,10 +110,8 @@ void token_merge_plan(py::handle score_obj, py::handle partner_obj, py::handle s
   const TensorArg source_offsets(source_offsets_obj, "source_offsets");
   const TensorArg source_index(source_index_obj, "source_index");
   const TensorArg cursor(cursor_obj, "cursor");
-  const Backend backend = select_backend(slot);
-  for (const TensorArg* arg :
-       {&score, &partner, &kept_index, &source_offsets, &source_index, &cursor})
-    arg->expect_same_device(slot);
+  const Launch launch = select_launch(
+      slot, stream, {&score, &partner, &kept_index, &source_offsets, &source_index, &cursor});
   slot.expect_ndim(2, "[rows, tokens]");
   const Rows geometry =
       plan_geometry(slot.size(0), slot.size(1), last_tokens, protected_tokens, merges, last_merges);
@@ -143,8 +136,7 @@ void token_merge_plan(py::handle score_obj, py::handle partner_obj, py::handle s
   params.source_index = static_cast<int64_t*>(source_index.data());
   params.cursor = static_cast<int64_t*>(cursor.data());
   params.rows = geometry;
-  params.device = slot.device_id();
-  VIDLLM_RUN_KERNEL(token_merge, plan, params, backend, stream);
+  VIDLLM_RUN_KERNEL(token_merge, plan, params, launch);
 }
 
 }  // namespace

@@ -98,14 +98,4 @@ void check_table(const TensorArg& tensor, int64_t rows, int64_t columns, DLDataT
   tensor.expect_size(1, columns, layout);
 }
 
-DType check_same_float(const TensorArg& tensor, const TensorArg& reference) {
-  const DType dtype = tensor.expect_float();
-  if (dtype != reference.expect_float()) {
-    throw py::type_error(std::string(tensor.name()) + ": expected dtype " +
-                         reference.dtype_string() + " like " + reference.name() + ", got " +
-                         tensor.dtype_string());
-  }
-  return dtype;
-}
-
 }  // namespace vidllm::binding

@@ -42,7 +42,4 @@ void check_per_token(const TensorArg& tensor, const token_merge::Rows& rows, DLD
 void check_table(const TensorArg& tensor, int64_t rows, int64_t columns, DLDataTypeCode code,
                  int bits, const char* dtype_name, const char* layout);
 
-// The dtype of `tensor`, which must equal `reference`'s.
-DType check_same_float(const TensorArg& tensor, const TensorArg& reference);
-
 }  // namespace vidllm::binding

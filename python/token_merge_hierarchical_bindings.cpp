@@ -46,7 +46,7 @@ const int64_t* host_offsets(const TensorArg& offsets, int64_t total) {
 }
 
 // Checks tokens, the offsets and the merge's knobs; fills everything but the device offsets, the
-// outputs and the workspace.
+// outputs, the workspace and the device (VIDLLM_RUN_KERNEL sets it).
 token_merge::HierarchicalParams geometry(const TensorArg& tokens, const TensorArg& offsets_arg,
                                          int64_t chunks, int64_t target) {
   token_merge::HierarchicalParams params;
@@ -79,7 +79,6 @@ token_merge::HierarchicalParams geometry(const TensorArg& tokens, const TensorAr
   params.dim = dim;
   params.chunks = chunks;
   params.target = target;
-  params.device = tokens.device_id();
   return params;
 }
 
@@ -123,12 +122,11 @@ void token_merge_hierarchical(py::handle tokens_obj, py::handle offsets_obj,
   const TensorArg out(out_obj, "out");
   const TensorArg sizes(sizes_obj, "sizes");
   const TensorArg source_index(source_index_obj, "source_index");
-  const Backend backend = select_backend(tokens);
-  for (const TensorArg* arg : {&device_offsets, &workspace, &out, &sizes, &source_index})
-    arg->expect_same_device(tokens);
+  const Launch launch =
+      select_launch(tokens, stream, {&device_offsets, &workspace, &out, &sizes, &source_index});
   token_merge::HierarchicalParams params = geometry(tokens, offsets, chunks, target);
   check_device_offsets(device_offsets, offsets, params);
-  check_same_float(out, tokens);
+  out.expect_float_like(tokens);
   const token_merge::Rows out_rows{1, params.merged, params.merged};
   check_tokens(out, out_rows, params.dim, true);
   check_per_token(sizes, out_rows, kDLFloat, 32, "float32");
@@ -153,7 +151,7 @@ void token_merge_hierarchical(py::handle tokens_obj, py::handle offsets_obj,
   params.source_index = static_cast<int64_t*>(source_index.data());
   params.workspace = workspace.data();
   params.workspace_bytes = workspace.size(0);
-  VIDLLM_RUN_KERNEL(token_merge, hierarchical, params, backend, stream);
+  VIDLLM_RUN_KERNEL(token_merge, hierarchical, params, launch);
 }
 
 }  // namespace

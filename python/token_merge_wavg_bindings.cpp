@@ -28,16 +28,12 @@ void token_merge_wavg(py::handle x_obj, py::handle size_obj, py::handle index_ob
   const TensorArg out(out_obj, "out");
   const TensorArg size_out(size_out_obj, "size_out");
   const std::optional<TensorArg> index_out = optional_tensor(index_out_obj, "index_out");
-  const Backend backend = select_backend(x);
-  for (const TensorArg* arg : {&kept_index, &source_offsets, &source_index, &out, &size_out})
-    arg->expect_same_device(x);
-  if (size) size->expect_same_device(x);
-  if (index) index->expect_same_device(x);
-  if (index_out) index_out->expect_same_device(x);
+  const Launch launch = select_launch(x, stream,
+                                      {&kept_index, &source_offsets, &source_index, &out, &size_out,
+                                       if_given(size), if_given(index), if_given(index_out)});
   if (index && !index_out)
     throw py::value_error("index_out: expected a tensor when index is given");
-  const DType dtype = x.expect_float();
-  check_same_float(out, x);
+  const DType dtype = out.expect_float_like(x);
   kept_index.expect_ndim(2, "[rows, tokens - r]");
   source_index.expect_ndim(2, "[rows, r]");
   const int64_t rows = kept_index.size(0);
@@ -78,8 +74,7 @@ void token_merge_wavg(py::handle x_obj, py::handle size_obj, py::handle index_ob
   params.dim = dim;
   params.dtype = dtype;
   params.rows = geometry;
-  params.device = x.device_id();
-  VIDLLM_RUN_KERNEL(token_merge, wavg, params, backend, stream);
+  VIDLLM_RUN_KERNEL(token_merge, wavg, params, launch);
 }
 
 void token_merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle out_obj,
@@ -87,11 +82,8 @@ void token_merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle 
   const TensorArg merged(merged_obj, "x_merged");
   const TensorArg slot(slot_obj, "slot");
   const TensorArg out(out_obj, "out");
-  const Backend backend = select_backend(merged);
-  slot.expect_same_device(merged);
-  out.expect_same_device(merged);
-  const DType dtype = merged.expect_float();
-  check_same_float(out, merged);
+  const Launch launch = select_launch(merged, stream, {&slot, &out});
+  const DType dtype = out.expect_float_like(merged);
   slot.expect_ndim(2, "[rows, tokens]");
   merged.expect_ndim(3, "[rows, tokens - r, dim]");
   const int64_t rows = slot.size(0);
@@ -119,8 +111,7 @@ void token_merge_unmerge(py::handle merged_obj, py::handle slot_obj, py::handle 
   params.dim = dim;
   params.dtype = dtype;
   params.rows = geometry;
-  params.device = merged.device_id();
-  VIDLLM_RUN_KERNEL(token_merge, unmerge, params, backend, stream);
+  VIDLLM_RUN_KERNEL(token_merge, unmerge, params, launch);
 }
 
 }  // namespace

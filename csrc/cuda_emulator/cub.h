@@ -29,115 +29,120 @@ namespace detail {
 inline int linear_thread() {
   return static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
 }
-}  // namespace detail
 
-template <typename T, int BLOCK_DIM_X, BlockScanAlgorithm ALGORITHM = BLOCK_SCAN_RAKING,
-          int BLOCK_DIM_Y = 1, int BLOCK_DIM_Z = 1, int PTX_ARCH = 0>
-class BlockScan {
+// What BlockScan and BlockReduce share: one slot per thread of a block of THREADS threads,
+// filled before one barrier.
+template <typename T, int THREADS>
+class BlockSlots {
  public:
-  static constexpr int kThreads = BLOCK_DIM_X * BLOCK_DIM_Y * BLOCK_DIM_Z;
+  static constexpr int kThreads = THREADS;
   struct TempStorage {
     T partial[kThreads];
   };
 
-  explicit BlockScan(TempStorage& storage) : storage_(storage) {}
+  explicit BlockSlots(TempStorage& storage) : storage_(storage) {}
 
-  void ExclusiveSum(T input, T& output) {
-    T aggregate;
-    ExclusiveSum(input, output, aggregate);
+ protected:
+  // Stores `value` in the calling thread's slot and waits for the block; returns the thread's
+  // linear index. `collective` names the caller in the fault of a block of another size.
+  int publish(const char* collective, T value) {
+    cuda_emulator::require_block_threads(collective, kThreads);
+    const int self = linear_thread();
+    storage_.partial[self] = value;
+    __syncthreads();
+    return self;
   }
+
+  TempStorage& storage_;
+};
+}  // namespace detail
+
+template <typename T, int BLOCK_DIM_X, BlockScanAlgorithm ALGORITHM = BLOCK_SCAN_RAKING,
+          int BLOCK_DIM_Y = 1, int BLOCK_DIM_Z = 1, int PTX_ARCH = 0>
+class BlockScan : public detail::BlockSlots<T, BLOCK_DIM_X * BLOCK_DIM_Y * BLOCK_DIM_Z> {
+  using Slots = detail::BlockSlots<T, BLOCK_DIM_X * BLOCK_DIM_Y * BLOCK_DIM_Z>;
+
+ public:
+  using Slots::Slots;
+  using typename Slots::TempStorage;
+
+  // Prefix sums in thread order of one item, or ITEMS items, per thread; block_aggregate receives
+  // the block's total.
   void ExclusiveSum(T input, T& output, T& block_aggregate) {
     output = exclusive(input, block_aggregate);
-  }
-  void InclusiveSum(T input, T& output) {
-    T aggregate;
-    InclusiveSum(input, output, aggregate);
   }
   void InclusiveSum(T input, T& output, T& block_aggregate) {
     output = exclusive(input, block_aggregate) + input;
   }
   template <int ITEMS>
-  void ExclusiveSum(const T (&input)[ITEMS], T (&output)[ITEMS]) {
-    T aggregate;
-    ExclusiveSum(input, output, aggregate);
-  }
-  template <int ITEMS>
   void ExclusiveSum(const T (&input)[ITEMS], T (&output)[ITEMS], T& block_aggregate) {
-    T running = exclusive(thread_sum(input), block_aggregate);
-    for (int i = 0; i < ITEMS; ++i) {
-      const T item = input[i];
-      output[i] = running;
-      running = running + item;
-    }
-  }
-  template <int ITEMS>
-  void InclusiveSum(const T (&input)[ITEMS], T (&output)[ITEMS]) {
-    T aggregate;
-    InclusiveSum(input, output, aggregate);
+    scan_items(input, output, ITEMS, /*inclusive=*/false, block_aggregate);
   }
   template <int ITEMS>
   void InclusiveSum(const T (&input)[ITEMS], T (&output)[ITEMS], T& block_aggregate) {
-    T running = exclusive(thread_sum(input), block_aggregate);
-    for (int i = 0; i < ITEMS; ++i) {
-      running = running + input[i];
-      output[i] = running;
-    }
+    scan_items(input, output, ITEMS, /*inclusive=*/true, block_aggregate);
+  }
+  // The same without the block's total, for one item or an array of them.
+  template <typename Input, typename Output>
+  void ExclusiveSum(const Input& input, Output& output) {
+    T aggregate;
+    ExclusiveSum(input, output, aggregate);
+  }
+  template <typename Input, typename Output>
+  void InclusiveSum(const Input& input, Output& output) {
+    T aggregate;
+    InclusiveSum(input, output, aggregate);
   }
 
  private:
-  template <int ITEMS>
-  static T thread_sum(const T (&input)[ITEMS]) {
-    T sum = T();
-    for (int i = 0; i < ITEMS; ++i) sum = sum + input[i];
-    return sum;
+  // The prefix sums of a thread's `items` items, after the sums of the threads before it. output
+  // may alias input.
+  void scan_items(const T* input, T* output, int items, bool inclusive, T& aggregate) {
+    T thread_total = T();
+    for (int i = 0; i < items; ++i) thread_total = thread_total + input[i];
+    T running = exclusive(thread_total, aggregate);
+    for (int i = 0; i < items; ++i) {
+      const T item = input[i];
+      if (inclusive) running = running + item;
+      output[i] = running;
+      if (!inclusive) running = running + item;
+    }
   }
 
   // Publishes `value`, waits for the block, then reads every thread's value in thread order.
   T exclusive(T value, T& aggregate) {
-    cuda_emulator::require_block_threads("cub::BlockScan", kThreads);
-    const int self = detail::linear_thread();
-    storage_.partial[self] = value;
-    __syncthreads();
+    const int self = this->publish("cub::BlockScan", value);
     T prefix = T();
     T total = T();
-    for (int t = 0; t < kThreads; ++t) {
+    for (int t = 0; t < Slots::kThreads; ++t) {
       if (t == self) prefix = total;
-      total = total + storage_.partial[t];
+      total = total + this->storage_.partial[t];
     }
     aggregate = total;
     return prefix;
   }
-
-  TempStorage& storage_;
 };
 
 template <typename T, int BLOCK_DIM_X,
           BlockReduceAlgorithm ALGORITHM = BLOCK_REDUCE_WARP_REDUCTIONS, int BLOCK_DIM_Y = 1,
           int BLOCK_DIM_Z = 1, int PTX_ARCH = 0>
-class BlockReduce {
- public:
-  static constexpr int kThreads = BLOCK_DIM_X * BLOCK_DIM_Y * BLOCK_DIM_Z;
-  struct TempStorage {
-    T partial[kThreads];
-  };
+class BlockReduce : public detail::BlockSlots<T, BLOCK_DIM_X * BLOCK_DIM_Y * BLOCK_DIM_Z> {
+  using Slots = detail::BlockSlots<T, BLOCK_DIM_X * BLOCK_DIM_Y * BLOCK_DIM_Z>;
 
-  explicit BlockReduce(TempStorage& storage) : storage_(storage) {}
+ public:
+  using Slots::Slots;
+  using typename Slots::TempStorage;
 
   // The block's sum in thread 0; a poison value elsewhere.
-  T Sum(T input) { return Sum(input, kThreads); }
+  T Sum(T input) { return Sum(input, Slots::kThreads); }
   T Sum(T input, int num_valid) {
-    cuda_emulator::require_block_threads("cub::BlockReduce", kThreads);
-    const int self = detail::linear_thread();
-    storage_.partial[self] = input;
-    __syncthreads();
+    const int self = this->publish("cub::BlockReduce", input);
     if (self != 0) return std::numeric_limits<T>::max();
     T total = T();
-    for (int t = 0; t < num_valid && t < kThreads; ++t) total = total + storage_.partial[t];
+    for (int t = 0; t < num_valid && t < Slots::kThreads; ++t)
+      total = total + this->storage_.partial[t];
     return total;
   }
-
- private:
-  TempStorage& storage_;
 };
 
 }  // namespace cub

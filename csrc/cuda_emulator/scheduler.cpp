@@ -4,7 +4,9 @@
 // or, when none can complete, reports the fault. One launch at a time in the process.
 #include <algorithm>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -84,23 +86,13 @@ Emulator& emulator() {
 }
 
 const char* op_name(WarpOp op) {
-  switch (op) {
-    case WarpOp::kSync:
-      return "__syncwarp";
-    case WarpOp::kShfl:
-      return "__shfl_sync";
-    case WarpOp::kShflXor:
-      return "__shfl_xor_sync";
-    case WarpOp::kShflDown:
-      return "__shfl_down_sync";
-    case WarpOp::kShflUp:
-      return "__shfl_up_sync";
-    case WarpOp::kBallot:
-      return "__ballot_sync";
-    case WarpOp::kMatchAny:
-      return "__match_any_sync";
-  }
-  return "warp collective";
+  // In WarpOp's order.
+  static constexpr const char* kNames[] = {"__syncwarp",       "__shfl_sync",    "__shfl_xor_sync",
+                                           "__shfl_down_sync", "__shfl_up_sync", "__ballot_sync",
+                                           "__match_any_sync"};
+  static_assert(std::size(kNames) == static_cast<std::size_t>(WarpOp::kMatchAny) + 1);
+  const auto index = static_cast<std::size_t>(op);
+  return index < std::size(kNames) ? kNames[index] : "warp collective";
 }
 
 std::string format(const char* pattern, ...) __attribute__((format(printf, 1, 2)));
@@ -502,28 +494,32 @@ unsigned char* dynamic_shared_memory() {
   return e.shared_aligned;
 }
 
+// Suspends the calling thread, which has recorded what it waits for, in `state` until the
+// scheduler completes it; returns the result the scheduler left.
+std::uint64_t wait_in(Thread& self, State state) {
+  self.state = state;
+  suspend(self);
+  return self.result;
+}
+
 int block_barrier(BarrierKind kind, int predicate, const char* file, int line) {
   Thread& self = current_thread();
-  self.state = State::kBarrier;
   self.barrier_kind = kind;
   self.predicate = predicate;
   self.file = file;
   self.line = line;
-  suspend(self);
-  return static_cast<int>(self.result);
+  return static_cast<int>(wait_in(self, State::kBarrier));
 }
 
 std::uint64_t warp_collective(WarpOp op, unsigned int mask, std::uint64_t value, int argument,
                               int width) {
   Thread& self = current_thread();
-  self.state = State::kWarp;
   self.op = op;
   self.mask = mask;
   self.value = value;
   self.argument = argument;
   self.width = width;
-  suspend(self);
-  return self.result;
+  return wait_in(self, State::kWarp);
 }
 
 void require_block_threads(const char* collective, int threads) {

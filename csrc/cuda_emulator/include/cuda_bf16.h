@@ -2,13 +2,10 @@
 // bit-exact with the device (round to nearest even; NaN becomes the canonical 0x7FFF).
 #pragma once
 #include "cuda_emulator/cuda_emulator.h"
+#include "cuda_emulator/float16_storage.h"
 
-struct __nv_bfloat16 {
-  unsigned short __x;
-};
+CUDA_EMULATOR_16_BIT_FLOAT(__nv_bfloat16, bfloat16)
 
-inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short bits) { return __nv_bfloat16{bits}; }
-inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 value) { return value.__x; }
 inline float __bfloat162float(__nv_bfloat16 value) {
   return __uint_as_float(static_cast<unsigned int>(value.__x) << 16);
 }
@@ -18,4 +15,3 @@ inline __nv_bfloat16 __float2bfloat16_rn(float value) {
   const unsigned int round_bias = 0x7fffu + ((bits >> 16) & 1u);
   return __nv_bfloat16{static_cast<unsigned short>((bits + round_bias) >> 16)};
 }
-inline __nv_bfloat16 __float2bfloat16(float value) { return __float2bfloat16_rn(value); }

@@ -2,13 +2,9 @@
 // bit-exact with the device (round to nearest even; NaN becomes the canonical 0x7FFF).
 #pragma once
 #include "cuda_emulator/cuda_emulator.h"
+#include "cuda_emulator/float16_storage.h"
 
-struct __half {
-  unsigned short __x;
-};
-
-inline __half __ushort_as_half(unsigned short bits) { return __half{bits}; }
-inline unsigned short __half_as_ushort(__half value) { return value.__x; }
+CUDA_EMULATOR_16_BIT_FLOAT(__half, half)
 
 inline float __half2float(__half value) {
   const unsigned int sign = static_cast<unsigned int>(value.__x & 0x8000u) << 16;
@@ -42,4 +38,3 @@ inline __half __float2half_rn(float value) {
   const float units = std::nearbyint(__uint_as_float(magnitude) * 16777216.0f);
   return __half{static_cast<unsigned short>(sign | static_cast<unsigned short>(units))};
 }
-inline __half __float2half(float value) { return __float2half_rn(value); }
