@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/dtype.h"
 #include "common/status.h"
@@ -57,23 +58,14 @@ inline bool aligned16(const void* ptr) {
 template <typename T>
 constexpr int kVectorWidth = kVectorBytes / static_cast<int>(sizeof(T));
 
+// The unsigned type of one access of kBytes bytes.
 template <int kBytes>
-struct RawBytes;
-template <>
-struct RawBytes<2> {
-  using type = uint16_t;
-};
-template <>
-struct RawBytes<4> {
-  using type = uint32_t;
-};
-template <>
-struct RawBytes<8> {
-  using type = uint2;
-};
-template <>
-struct RawBytes<16> {
-  using type = uint4;
+struct RawBytes {
+  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16,
+                "accesses are 2, 4, 8 or 16 bytes");
+  using type = std::conditional_t<
+      kBytes == 2, uint16_t,
+      std::conditional_t<kBytes == 4, uint32_t, std::conditional_t<kBytes == 8, uint2, uint4>>>;
 };
 
 // VEC consecutive elements moved with a single access of VEC * sizeof(T) bytes; the pointer must
