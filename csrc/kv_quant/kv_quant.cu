@@ -263,14 +263,12 @@ __global__ void __launch_bounds__(kColumnThreads)
   for (int64_t item = blockIdx.y; item < p.rows * groups; item += gridDim.y) {
     const int64_t row = item / groups;
     const int64_t group = item - row * groups;
-    const int64_t* map = p.channels == nullptr ? nullptr : p.channels + (row % p.heads) * count;
+    const int64_t* map = head_channel_map(p.channels, p.heads, count, row);
     int64_t offset[kPerByte];
     bool readable[kPerByte];
 #pragma unroll
     for (int k = 0; k < kPerByte; ++k) {
-      const int64_t channel = k >= in_byte     ? 0
-                              : map == nullptr ? first_channel + k
-                                               : map[first_channel + k];
+      const int64_t channel = k >= in_byte ? 0 : mapped_channel(map, first_channel + k);
       readable[k] = k < in_byte && channel >= 0 && channel < p.x_channels;
       offset[k] = readable[k] ? channel : 0;
     }
@@ -392,7 +390,6 @@ struct DequantArgs {
 template <typename T, Mode kMode, bool kVector>
 __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs a) {
   constexpr Packing kPacking = ModeTraits<kMode>::kPacking;
-  constexpr int kPerByte = PackingTraits<kPacking>::kPerByte;
   constexpr int kWidth = cuda::kVectorWidth<T>;
   constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));  // outputs per 32-bit word
   constexpr int kWordShift = 8 * static_cast<int>(sizeof(T));
@@ -406,8 +403,7 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs 
     const int64_t t = q - row * a.tokens;
     const uint8_t* codes = a.codes + q * bytes_per_token;
     const auto value_of = [&](int64_t c) {
-      const unsigned int digit =
-          digit_at<kPacking>(codes[c / kPerByte], static_cast<int>(c % kPerByte));
+      const unsigned int digit = digit_in_row<kPacking>(codes, c);
       const int64_t stats = a.token_groups ? q * a.groups + c / a.group_size
                                            : (row * a.groups + t / a.group_size) * a.count + c;
       return decode<kMode>(digit, a.scale[stats], a.zero == nullptr ? 0.0f : a.zero[stats]);
@@ -422,11 +418,11 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs 
       }
       *reinterpret_cast<uint4*>(out + first) = make_uint4(words[0], words[1], words[2], words[3]);
     } else {
-      const int64_t* map = a.channels == nullptr ? nullptr : a.channels + (row % a.heads) * a.count;
+      const int64_t* map = head_channel_map(a.channels, a.heads, a.count, row);
 #pragma unroll
       for (int k = 0; k < kWidth; ++k) {
         const int64_t c = first + k;
-        const int64_t channel = c >= a.count ? -1 : map == nullptr ? c : map[c];
+        const int64_t channel = c >= a.count ? -1 : mapped_channel(map, c);
         if (channel >= 0 && channel < a.out_channels)
           out[channel * a.out_stride_channel] = from_float<T>(value_of(c));
       }

@@ -123,6 +123,18 @@ VIDLLM_HOST_DEVICE int64_t ceil_groups(int64_t count, int64_t group_size) {
   return (count + group_size - 1) / group_size;
 }
 
+// The channel map of row `row`'s head (row % heads): `count` channel indices, or null when the
+// channels are not mapped.
+VIDLLM_HOST_DEVICE const int64_t* head_channel_map(const int64_t* channels, int64_t heads,
+                                                   int64_t count, int64_t row) {
+  return channels == nullptr ? nullptr : channels + (row % heads) * count;
+}
+
+// Quantized channel c's channel through a head's map (null: channel c itself).
+VIDLLM_HOST_DEVICE int64_t mapped_channel(const int64_t* map, int64_t c) {
+  return map == nullptr ? c : map[c];
+}
+
 VIDLLM_LAUNCHERS(pack, PackParams);
 VIDLLM_LAUNCHERS(unpack, UnpackParams);
 VIDLLM_LAUNCHERS(quantize_channel_groups, ChannelGroupQuantParams);

@@ -119,6 +119,13 @@ VIDLLM_HOST_DEVICE unsigned int digit_at(uint8_t byte, int slot) {
   }
 }
 
+// The digit of code `index` of a packed row of codes.
+template <Packing kPacking>
+VIDLLM_HOST_DEVICE unsigned int digit_in_row(const uint8_t* packed, int64_t index) {
+  constexpr int kPerByte = PackingTraits<kPacking>::kPerByte;
+  return digit_at<kPacking>(packed[index / kPerByte], static_cast<int>(index % kPerByte));
+}
+
 // ---- quantizers --------------------------------------------------------------------------
 
 // Statistics and codes of a group of values (float32 math, IEEE rounding, no FMA):
