@@ -386,10 +386,8 @@ Status score_cuda(const ScoreParams& params, void* stream) {
   if (params.steps == 0 || params.tokens == 0) return Status::ok();
   if (params.tokens > kMaxGridX)
     return Status::invalid("frame_drop score: tokens must be at most 2^31 - 1");
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = dispatch_score<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return dispatch_score<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 // Empty steps: nothing to write. Zero tokens still launches, so counts become 0 as on the CPU.

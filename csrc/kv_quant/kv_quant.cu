@@ -453,11 +453,9 @@ Status launch_dequantize(const DequantArgs& a, int device, cudaStream_t stream) 
 Status dequantize(const DequantArgs& a, DType dtype, Mode mode, int device, void* stream) {
   if (a.rows == 0 || a.tokens == 0 || a.count == 0) return Status::ok();
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
       dtype, VIDLLM_KV_DISPATCH_MODE(
-                 mode, status = launch_dequantize<scalar_t, kMode>(a, device, cuda_stream)));
-  return status;
+                 mode, return launch_dequantize<scalar_t, kMode>(a, device, cuda_stream)));
 }
 
 }  // namespace
@@ -470,10 +468,8 @@ Status pack_cuda(const PackParams& p, void* stream) {
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(p.invalid, 0, sizeof(int64_t), cuda_stream));
   const int64_t bytes_per_row = packed_bytes(p.n, p.packing);
   if (p.rows == 0 || bytes_per_row == 0) return Status::ok();
-  Status status;
   VIDLLM_KV_DISPATCH_PACKING(p.packing,
-                             status = launch_pack<kPacking>(p, bytes_per_row, cuda_stream));
-  return status;
+                             return launch_pack<kPacking>(p, bytes_per_row, cuda_stream));
 }
 
 Status unpack_cuda(const UnpackParams& p, void* stream) {
@@ -482,10 +478,8 @@ Status unpack_cuda(const UnpackParams& p, void* stream) {
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(p.invalid, 0, sizeof(int64_t), cuda_stream));
   const int64_t bytes_per_row = packed_bytes(p.n, p.packing);
   if (p.rows == 0 || bytes_per_row == 0) return Status::ok();
-  Status status;
   VIDLLM_KV_DISPATCH_PACKING(p.packing,
-                             status = launch_unpack<kPacking>(p, bytes_per_row, cuda_stream));
-  return status;
+                             return launch_unpack<kPacking>(p, bytes_per_row, cuda_stream));
 }
 
 Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& p, void* stream) {

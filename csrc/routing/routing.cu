@@ -471,10 +471,8 @@ Status topk_select_cuda(const TopkParams& params, void* stream) {
   if (params.segments == 0 || params.capacity <= 0) return Status::ok();
   if (params.tokens > kMaxGridX)
     return Status::invalid("routing topk: at most 2^31 - 1 tokens are supported");
-  Status status;
-  VIDLLM_DISPATCH_FLOAT_TYPES(params.score_dtype, status = launch_topk_select<scalar_t>(
+  VIDLLM_DISPATCH_FLOAT_TYPES(params.score_dtype, return launch_topk_select<scalar_t>(
                                                       params, static_cast<cudaStream_t>(stream)));
-  return status;
 }
 
 Status gather_cuda(const GatherParams& params, void* stream) {
@@ -482,9 +480,7 @@ Status gather_cuda(const GatherParams& params, void* stream) {
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(params.status, 0, sizeof(int32_t), cuda_stream));
   if (params.count == 0) return Status::ok();
-  Status status;
-  VIDLLM_DISPATCH_ROW_TYPES(params.dtype, status = launch_gather<scalar_t>(params, cuda_stream));
-  return status;
+  VIDLLM_DISPATCH_ROW_TYPES(params.dtype, return launch_gather<scalar_t>(params, cuda_stream));
 }
 
 Status scatter_cuda(const ScatterParams& params, void* stream) {
@@ -506,10 +502,8 @@ Status scatter_cuda(const ScatterParams& params, void* stream) {
     VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
   }
   if (params.rows == 0 || params.dim == 0) return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_ROW_TYPES(params.dtype,
-                            status = launch_scatter_rows<scalar_t>(params, cuda_stream));
-  return status;
+                            return launch_scatter_rows<scalar_t>(params, cuda_stream));
 }
 
 }  // namespace vidllm::routing

@@ -352,19 +352,15 @@ Status plan_cuda(const PlanParams& params, void* stream) {
 Status wavg_cuda(const MergeParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0 || params.rows.tokens - params.rows.merges == 0) return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = launch_merge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return launch_merge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 Status unmerge_cuda(const UnmergeParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0 || params.rows.tokens == 0) return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = launch_unmerge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return launch_unmerge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 }  // namespace vidllm::token_merge

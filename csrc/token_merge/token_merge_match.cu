@@ -194,10 +194,8 @@ Status match_cuda(const MatchParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (set_a_size(params.rows.tokens, params.rows.protected_tokens) == 0 || params.rows.count == 0)
     return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = launch_match<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return launch_match<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 }  // namespace vidllm::token_merge
