@@ -179,6 +179,19 @@ __device__ __forceinline__ int64_t warp_count() {
   return static_cast<int64_t>(gridDim.x) * kRowWarps;
 }
 
+// This lane's kRowUnroll vectors first, first + 32, ... of a row (vector v at row + v * VEC) into
+// `out`; those at or past `vectors` are left as they are. A null row reads as zeros.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_lane_vectors(Vec<T, VEC> (&out)[kRowUnroll], const T* row,
+                                                  int64_t first, int64_t vectors) {
+#pragma unroll
+  for (int u = 0; u < kRowUnroll; ++u) {
+    const int64_t v = first + u * 32;
+    if (v >= vectors) continue;
+    out[u] = row == nullptr ? Vec<T, VEC>{} : Vec<T, VEC>::load(row + v * VEC);
+  }
+}
+
 // Plain gather: rows copied as raw Units (16-byte vectors when every row start allows, else
 // one element at a time).
 template <typename T, typename Unit>
@@ -227,13 +240,8 @@ __global__ void __launch_bounds__(kRowThreads) gather_scaled_kernel(const Gather
     for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
       V sources[kRowUnroll];
       V others[kRowUnroll];
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        const int64_t v = first + u * 32;
-        if (v >= vectors) continue;
-        sources[u] = V::load(source + v * VEC);
-        if constexpr (kDot) others[u] = V::load(other + v * VEC);
-      }
+      load_lane_vectors(sources, source, first, vectors);
+      if constexpr (kDot) load_lane_vectors(others, other, first, vectors);
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) {
         const int64_t v = first + u * 32;
@@ -372,13 +380,8 @@ __global__ void __launch_bounds__(kRowThreads) scatter_rows_kernel(const Scatter
     for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
       V bases[kRowUnroll];
       V updates[kRowUnroll];
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        const int64_t v = first + u * 32;
-        if (v >= vectors) continue;
-        bases[u] = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
-        if (delta != nullptr) updates[u] = V::load(delta + v * VEC);
-      }
+      load_lane_vectors(bases, x, first, vectors);  // null x: zeros
+      if (delta != nullptr) load_lane_vectors(updates, delta, first, vectors);
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) {
         const int64_t v = first + u * 32;
