@@ -160,3 +160,15 @@ class BlockSum {
 };
 
 }  // namespace vidllm::cuda
+
+// Runs the statement with `kVec` bound to kVectorWidth<T> when `vectorized`, else to 1: picks a
+// kernel's vector or scalar instantiation, e.g.
+//   VIDLLM_VECTOR_SWITCH(ok, T, kVec, VIDLLM_LAUNCH(grid, block, 0, stream, kernel<T, kVec>)(p));
+#define VIDLLM_VECTOR_SWITCH(vectorized, T, kVec, ...)    \
+  if (vectorized) {                                       \
+    constexpr int kVec = ::vidllm::cuda::kVectorWidth<T>; \
+    __VA_ARGS__;                                          \
+  } else {                                                \
+    constexpr int kVec = 1;                               \
+    __VA_ARGS__;                                          \
+  }

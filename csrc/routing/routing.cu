@@ -450,10 +450,9 @@ template <typename T>
 Status launch_scatter_rows(const ScatterParams& p, cudaStream_t stream) {
   const dim3 grid(
       static_cast<unsigned int>(grid_size(p.rows, kRowWarps, kRowBlocksPerSm, p.device)));
-  if (scatter_vectorizable<T>(p))
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, cuda::kVectorWidth<T>>)(p);
-  else
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, 1>)(p);
+  VIDLLM_VECTOR_SWITCH(
+      scatter_vectorizable<T>(p), T, kVec,
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, kVec>)(p));
   return cuda::launch_status();
 }
 

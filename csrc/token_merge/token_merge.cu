@@ -302,11 +302,11 @@ Status launch_merge(const MergeParams& p, cudaStream_t stream) {
   const int64_t out_capacity = p.rows.tokens - p.rows.merges;
   const dim3 grid(static_cast<unsigned int>(
       grid_for(ceil_div(p.rows.count * out_capacity, int64_t{kRowWarps}), p.device)));
-  if (rows_vectorizable<T>(p.x, p.x_row_stride, p.x_token_stride, p.dim, p.rows) &&
-      aligned16(p.out))
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, cuda::kVectorWidth<T>>)(p);
-  else
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, 1>)(p);
+  const bool vectorized =
+      rows_vectorizable<T>(p.x, p.x_row_stride, p.x_token_stride, p.dim, p.rows) &&
+      aligned16(p.out);
+  VIDLLM_VECTOR_SWITCH(vectorized, T, kVec,
+                       VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, kVec>)(p));
   return cuda::launch_status();
 }
 
@@ -316,12 +316,11 @@ Status launch_unmerge(const UnmergeParams& p, cudaStream_t stream) {
       grid_for(ceil_div(p.rows.count * p.rows.tokens, int64_t{kRowWarps}), p.device)));
   Rows merged_rows = p.rows;
   merged_rows.tokens = p.rows.tokens - p.rows.merges;
-  if (rows_vectorizable<T>(p.merged, p.merged_row_stride, p.merged_token_stride, p.dim,
-                           merged_rows) &&
-      aligned16(p.out))
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, cuda::kVectorWidth<T>>)(p);
-  else
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, 1>)(p);
+  const bool vectorized = rows_vectorizable<T>(p.merged, p.merged_row_stride, p.merged_token_stride,
+                                               p.dim, merged_rows) &&
+                          aligned16(p.out);
+  VIDLLM_VECTOR_SWITCH(vectorized, T, kVec,
+                       VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, kVec>)(p));
   return cuda::launch_status();
 }
 
