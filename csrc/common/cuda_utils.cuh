@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "common/dtype.h"
@@ -48,6 +49,10 @@ VIDLLM_HOST_DEVICE constexpr T ceil_div(T a, T b) {
 
 // Widest access a thread issues: one 128-bit load or store.
 constexpr int kVectorBytes = 16;
+
+// The largest grid a launch may ask for: 2^31 - 1 blocks along x, 65535 along y.
+constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxGridY = 65535;
 
 // Whether `ptr` allows one 16-byte access.
 inline bool aligned16(const void* ptr) {

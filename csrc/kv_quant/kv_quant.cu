@@ -14,7 +14,6 @@
 // are integer atomics (order-free).
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "common/cuda_device.h"
 #include "common/cuda_launch.cuh"
@@ -29,7 +28,6 @@ using cuda::aligned16;
 using cuda::ceil_div;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kBlocksPerSm = 16;  // cap of grid-stride launches: enough to fill every SM
 
 // Blocks of kThreads for a grid-stride loop over `items`.
@@ -491,10 +489,10 @@ Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& p, void* stre
   const int64_t threads =
       std::min<int64_t>(kColumnThreads, ceil_div(bytes_per_token, int64_t{32}) * 32);
   const int64_t column_tiles = ceil_div(bytes_per_token, threads);
-  if (column_tiles > std::numeric_limits<int32_t>::max())
+  if (column_tiles > cuda::kMaxGridX)
     return Status::invalid("kv_quant: too many quantized channels per row");
   const dim3 grid(static_cast<unsigned int>(column_tiles),
-                  static_cast<unsigned int>(std::min(p.rows * groups, kMaxGridY)));
+                  static_cast<unsigned int>(std::min(p.rows * groups, cuda::kMaxGridY)));
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_DISPATCH_FLOAT_TYPES(
       p.dtype, VIDLLM_KV_DISPATCH_MODE(

@@ -26,7 +26,6 @@ using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
-constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr unsigned int kFullWarp = 0xffffffffu;
 
 // Blocks for a grid-stride loop over `work` items handled `per_block` at a time: enough to fill
@@ -471,7 +470,7 @@ Status topk_plan_cuda(const TopkParams& params, void* stream) {
 Status topk_select_cuda(const TopkParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.segments == 0 || params.capacity <= 0) return Status::ok();
-  if (params.tokens > kMaxGridX)
+  if (params.tokens > cuda::kMaxGridX)
     return Status::invalid("routing topk: at most 2^31 - 1 tokens are supported");
   VIDLLM_DISPATCH_FLOAT_TYPES(params.score_dtype, return launch_topk_select<scalar_t>(
                                                       params, static_cast<cudaStream_t>(stream)));

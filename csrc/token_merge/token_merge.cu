@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "common/block_select.cuh"
 #include "common/cuda_device.h"
@@ -27,13 +26,12 @@ using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
-constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();
 constexpr int kBlocksPerSm = 8;
 
 // Enough blocks to fill the device `kBlocksPerSm` deep, fewer when there is less work.
 int64_t grid_for(int64_t work_blocks, int device) {
   const int64_t sms = std::max(cuda::multiprocessor_count(device), 1);
-  return std::max<int64_t>(1, std::min({work_blocks, sms * kBlocksPerSm, kMaxBlocks}));
+  return std::max<int64_t>(1, std::min({work_blocks, sms * kBlocksPerSm, cuda::kMaxGridX}));
 }
 
 // =============================== metric ===============================
@@ -343,7 +341,8 @@ Status metric_cuda(const MetricParams& params, void* stream) {
 Status plan_cuda(const PlanParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0) return Status::ok();
-  const unsigned int blocks = static_cast<unsigned int>(std::min(params.rows.count, kMaxBlocks));
+  const unsigned int blocks =
+      static_cast<unsigned int>(std::min(params.rows.count, cuda::kMaxGridX));
   VIDLLM_LAUNCH(blocks, kPlanThreads, 0, static_cast<cudaStream_t>(stream), plan_kernel)(params);
   return cuda::launch_status();
 }
