@@ -5,6 +5,8 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include "common/dtype.h"
 #include "common/status.h"
@@ -48,6 +50,10 @@ VIDLLM_HOST_DEVICE constexpr T ceil_div(T a, T b) {
 // Widest access a thread issues: one 128-bit load or store.
 constexpr int kVectorBytes = 16;
 
+// The largest grid a launch may ask for: 2^31 - 1 blocks along x, 65535 along y.
+constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxGridY = 65535;
+
 // Whether `ptr` allows one 16-byte access.
 inline bool aligned16(const void* ptr) {
   return reinterpret_cast<uintptr_t>(ptr) % kVectorBytes == 0;
@@ -57,23 +63,14 @@ inline bool aligned16(const void* ptr) {
 template <typename T>
 constexpr int kVectorWidth = kVectorBytes / static_cast<int>(sizeof(T));
 
+// The unsigned type of one access of kBytes bytes.
 template <int kBytes>
-struct RawBytes;
-template <>
-struct RawBytes<2> {
-  using type = uint16_t;
-};
-template <>
-struct RawBytes<4> {
-  using type = uint32_t;
-};
-template <>
-struct RawBytes<8> {
-  using type = uint2;
-};
-template <>
-struct RawBytes<16> {
-  using type = uint4;
+struct RawBytes {
+  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16,
+                "accesses are 2, 4, 8 or 16 bytes");
+  using type = std::conditional_t<
+      kBytes == 2, uint16_t,
+      std::conditional_t<kBytes == 4, uint32_t, std::conditional_t<kBytes == 8, uint2, uint4>>>;
 };
 
 // VEC consecutive elements moved with a single access of VEC * sizeof(T) bytes; the pointer must
@@ -168,3 +165,15 @@ class BlockSum {
 };
 
 }  // namespace vidllm::cuda
+
+// Runs the statement with `kVec` bound to kVectorWidth<T> when `vectorized`, else to 1: picks a
+// kernel's vector or scalar instantiation, e.g.
+//   VIDLLM_VECTOR_SWITCH(ok, T, kVec, VIDLLM_LAUNCH(grid, block, 0, stream, kernel<T, kVec>)(p));
+#define VIDLLM_VECTOR_SWITCH(vectorized, T, kVec, ...)    \
+  if (vectorized) {                                       \
+    constexpr int kVec = ::vidllm::cuda::kVectorWidth<T>; \
+    __VA_ARGS__;                                          \
+  } else {                                                \
+    constexpr int kVec = 1;                               \
+    __VA_ARGS__;                                          \
+  }

@@ -24,25 +24,19 @@ struct BFloat16 {
   uint16_t bits;
 };
 
-VIDLLM_HOST_DEVICE float bits_to_float(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
-#else
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-#endif
+// The bits of `value` read as a To of the same size (memcpy: no aliasing violation; host and
+// device compilers both turn it into a register move).
+template <typename To, typename From>
+VIDLLM_HOST_DEVICE To bit_cast(From value) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of one size");
+  To result;
+  memcpy(&result, &value, sizeof(result));
+  return result;
 }
 
-VIDLLM_HOST_DEVICE uint32_t float_to_bits(float value) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(value);
-#else
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return bits;
-#endif
-}
+VIDLLM_HOST_DEVICE float bits_to_float(uint32_t bits) { return bit_cast<float>(bits); }
+
+VIDLLM_HOST_DEVICE uint32_t float_to_bits(float value) { return bit_cast<uint32_t>(value); }
 
 VIDLLM_HOST_DEVICE float to_float(float value) { return value; }
 

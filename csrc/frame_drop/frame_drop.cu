@@ -26,9 +26,6 @@ using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
-constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
-constexpr int64_t kMaxGridY = 65535;
-
 // =============================== score ===============================
 
 constexpr int kScoreThreads = 128;
@@ -199,7 +196,7 @@ Status launch_score(const ScoreParams& p, cudaStream_t stream) {
   const int64_t steps_per_chunk = choose_steps_per_chunk(p.steps, p.tokens, resident);
   const int64_t chunks = ceil_div(p.steps, steps_per_chunk);
   const dim3 grid(static_cast<unsigned int>(p.tokens),
-                  static_cast<unsigned int>(std::min(chunks, kMaxGridY)));
+                  static_cast<unsigned int>(std::min(chunks, cuda::kMaxGridY)));
   VIDLLM_LAUNCH(grid, kScoreThreads, static_cast<size_t>(row_bytes), stream, kernel)(
       p, steps_per_chunk, chunks);
   return cuda::launch_status();
@@ -384,19 +381,17 @@ bool known_dtype(DType dtype) {
 Status score_cuda(const ScoreParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.steps == 0 || params.tokens == 0) return Status::ok();
-  if (params.tokens > kMaxGridX)
+  if (params.tokens > cuda::kMaxGridX)
     return Status::invalid("frame_drop score: tokens must be at most 2^31 - 1");
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = dispatch_score<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return dispatch_score<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 // Empty steps: nothing to write. Zero tokens still launches, so counts become 0 as on the CPU.
 Status decide_cuda(const DecideParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.steps == 0) return Status::ok();
-  if (params.steps > kMaxGridX || params.tokens > kMaxGridX)
+  if (params.steps > cuda::kMaxGridX || params.tokens > cuda::kMaxGridX)
     return Status::invalid("frame_drop decide: steps and tokens must be at most 2^31 - 1");
   VIDLLM_LAUNCH(static_cast<unsigned int>(params.steps), kDecideThreads, 0,
                 static_cast<cudaStream_t>(stream), decide_kernel)(params);
@@ -408,7 +403,7 @@ Status decide_cuda(const DecideParams& params, void* stream) {
 Status compact_cuda(const CompactParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (!known_dtype(params.dtype)) return Status::invalid("frame_drop compact: unsupported dtype");
-  if (params.steps > kMaxGridX || params.tokens > kMaxGridX)
+  if (params.steps > cuda::kMaxGridX || params.tokens > cuda::kMaxGridX)
     return Status::invalid("frame_drop compact: steps and tokens must be at most 2^31 - 1");
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_LAUNCH(1, kScanThreads, 0, cuda_stream, offsets_kernel)(params.counts, params.offsets,

@@ -24,7 +24,6 @@
 // No float atomics: every sum runs in a fixed order, so results are reproducible bit for bit.
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "common/cuda_device.h"
 #include "common/cuda_launch.cuh"
@@ -41,7 +40,6 @@ namespace {
 using cuda::ceil_div;
 using namespace detail;
 
-constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kDefaultSharedBytes = 48 * 1024;  // dynamic shared memory without opting in
 constexpr int64_t kMaxHeadDim =
     1 << 16;  // keeps the layout's int offsets safe; shared memory binds first
@@ -288,7 +286,7 @@ Status segment_partials_cuda(const SegmentParams& p, void* stream) {
   const int qt = rows <= 8 || q.head_dim > 256 ? 8 : 16;
   Shape shape = make_shape(p, qt, splits);
   const int64_t shared_bytes = lay_out_shared(p, qt, shape);
-  if (shape.query_tiles * splits * q.kv_heads * q.batch > kMaxGridX)
+  if (shape.query_tiles * splits * q.kv_heads * q.batch > cuda::kMaxGridX)
     return Status::invalid("packed attention: too many blocks; raise split_rows");
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   return qt == 8 ? dispatch_keys<8>(p, shape, shared_bytes, cuda_stream)
@@ -301,7 +299,7 @@ Status combine_partials_cuda(const CombineParams& p, void* stream) {
   if (p.rows == 0) return Status::ok();
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(p.device));
   const int64_t blocks = ceil_div(p.rows, int64_t{kCombineWarps});
-  if (blocks > kMaxGridX) return Status::invalid("combine_partials: too many rows");
+  if (blocks > cuda::kMaxGridX) return Status::invalid("combine_partials: too many rows");
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_DISPATCH_FLOAT_TYPES(
       p.out_dtype, VIDLLM_LAUNCH(static_cast<unsigned int>(blocks), kCombineThreads, 0, cuda_stream,

@@ -40,20 +40,32 @@ struct Queries {
   int64_t query_start = 0;
 };
 
-// Keys of the tokens a segment reads. Token t of the source holds absolute position
-// position_start + t. Packed tensors are contiguous: codes2 uint8 [B, Hkv, tokens, ceil(D2/4)],
-// codes1 uint8 [B, Hkv, tokens, ceil(D1/8)], scale2/zero2 [B, Hkv, NG, D2] and alpha1
-// [B, Hkv, NG, D1] in scale_type, NG = ceil(tokens / group_size).
-struct KeySource {
-  KeyFormat format = KeyFormat::kFull;
-  int64_t tokens = 0;
-  int64_t position_start = 0;
-  // kFull: [B, Hkv, tokens, D] with a contiguous last dimension.
-  const void* keys = nullptr;
+// Element type and strides of a full-precision [B, Hkv, rows, D] tensor whose last dimension is
+// contiguous: the kFull keys and values.
+struct FullLayout {
   DType dtype = DType::kFloat32;
   int64_t stride_batch = 0;
   int64_t stride_head = 0;
   int64_t stride_token = 0;
+};
+
+// Row `row` of (batch, kv_head) in the full-precision tensor `data` laid out as `layout`.
+template <typename T>
+VIDLLM_HOST_DEVICE const T* full_row(const FullLayout& layout, const void* data, int64_t batch,
+                                     int64_t kv_head, int64_t row) {
+  return static_cast<const T*>(data) + batch * layout.stride_batch + kv_head * layout.stride_head +
+         row * layout.stride_token;
+}
+
+// Keys of the tokens a segment reads. Token t of the source holds absolute position
+// position_start + t. Packed tensors are contiguous: codes2 uint8 [B, Hkv, tokens, ceil(D2/4)],
+// codes1 uint8 [B, Hkv, tokens, ceil(D1/8)], scale2/zero2 [B, Hkv, NG, D2] and alpha1
+// [B, Hkv, NG, D1] in scale_type, NG = ceil(tokens / group_size).
+struct KeySource : FullLayout {
+  KeyFormat format = KeyFormat::kFull;
+  int64_t tokens = 0;
+  int64_t position_start = 0;
+  const void* keys = nullptr;  // kFull: [B, Hkv, tokens, D], laid out as the FullLayout
   // kPacked
   const uint8_t* codes2 = nullptr;
   const void* scale2 = nullptr;
@@ -70,14 +82,9 @@ struct KeySource {
 // Packed tensors are contiguous: codes uint8 [B, Hkv, rows, bytes], bytes = ceil(D/4) (2-bit) or
 // ceil(D/5) (trits); kChannel2/kTrit stats [B, Hkv, ceil(rows / group_size), D]; kToken2 stats
 // [B, Hkv, rows, ceil(D / group_size)]; zero is null for kTrit.
-struct ValueSource {
+struct ValueSource : FullLayout {
   ValueFormat format = ValueFormat::kFull;
-  // kFull: [B, Hkv, rows, D] with a contiguous last dimension.
-  const void* values = nullptr;
-  DType dtype = DType::kFloat32;
-  int64_t stride_batch = 0;
-  int64_t stride_head = 0;
-  int64_t stride_token = 0;
+  const void* values = nullptr;  // kFull: [B, Hkv, rows, D], laid out as the FullLayout
   const uint8_t* codes = nullptr;
   const void* scale = nullptr;
   const void* zero = nullptr;

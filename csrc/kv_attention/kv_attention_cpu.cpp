@@ -39,6 +39,7 @@ struct Scratch {
 struct Item {
   int64_t batch, kv_head, split;
   int64_t group;  // query heads per KV head
+  int64_t head;   // batch * Hkv + kv_head: the KV head's index in the packed [B, Hkv, ...] tensors
 };
 
 int64_t query_row_offset(const Queries& q, const Item& item, int64_t row) {
@@ -60,7 +61,7 @@ void prepare_queries(const SegmentParams& p, const Item& item, int64_t key_group
     return;
   }
   const int64_t groups = (k.tokens + k.group_size - 1) / k.group_size;
-  const int64_t head_index = (item.batch * q.kv_heads + item.kv_head) * groups + key_group;
+  const int64_t head_index = item.head * groups + key_group;
   const int64_t base2 = head_index * k.two_bit;
   const int64_t base1 = head_index * k.one_bit;
   for (int64_t r = 0; r < rows; ++r) {
@@ -85,19 +86,17 @@ void decode_keys(const SegmentParams& p, const Item& item, int64_t start, int64_
                  Scratch& s) {
   const KeySource& k = p.keys;
   const int64_t dim = p.q.head_dim;
-  const int64_t head = item.batch * p.q.kv_heads + item.kv_head;
   for (int64_t t = 0; t < count; ++t) {
     const int64_t token = key_token(p.segment, item.batch, start + t);
     if (k.format == KeyFormat::kFull) {
-      const KeyT* row = static_cast<const KeyT*>(k.keys) + item.batch * k.stride_batch +
-                        item.kv_head * k.stride_head + token * k.stride_token;
+      const KeyT* row = full_row<KeyT>(k, k.keys, item.batch, item.kv_head, token);
       for (int64_t c = 0; c < dim; ++c) s.keys[c * kMaxTile + t] = to_float(row[c]);
       continue;
     }
     const int64_t bytes2 = (k.two_bit + 3) / 4;
     const int64_t bytes1 = (k.one_bit + 7) / 8;
-    const uint8_t* row2 = k.codes2 + (head * k.tokens + token) * bytes2;
-    const uint8_t* row1 = k.codes1 + (head * k.tokens + token) * bytes1;
+    const uint8_t* row2 = k.codes2 + (item.head * k.tokens + token) * bytes2;
+    const uint8_t* row1 = k.codes1 + (item.head * k.tokens + token) * bytes1;
     for (int64_t c = 0; c < k.two_bit; ++c) s.keys[c * kMaxTile + t] = centered_code2_at(row2, c);
     for (int64_t c = 0; c < k.one_bit; ++c)
       s.keys[(k.two_bit + c) * kMaxTile + t] = bit_at(row1, c) ? 1.0f : -1.0f;
@@ -163,7 +162,6 @@ void decode_values(const SegmentParams& p, const Item& item, int64_t start, int6
                    Scratch& s) {
   const ValueSource& v = p.values;
   const int64_t dim = p.q.head_dim;
-  const int64_t head = item.batch * p.q.kv_heads + item.kv_head;
   const int64_t rows = p.segment.rows;
   const bool trits = v.format == ValueFormat::kTrit;
   const int64_t bytes = value_code_bytes(dim, trits);
@@ -171,19 +169,18 @@ void decode_values(const SegmentParams& p, const Item& item, int64_t start, int6
     float* out = &s.values[t * dim];
     const int64_t row = start + t;
     if (v.format == ValueFormat::kFull) {
-      const ValueT* in = static_cast<const ValueT*>(v.values) + item.batch * v.stride_batch +
-                         item.kv_head * v.stride_head + row * v.stride_token;
+      const ValueT* in = full_row<ValueT>(v, v.values, item.batch, item.kv_head, row);
       for (int64_t c = 0; c < dim; ++c) out[c] = to_float(in[c]);
       continue;
     }
-    const uint8_t* codes = v.codes + (head * rows + row) * bytes;
+    const uint8_t* codes = v.codes + (item.head * rows + row) * bytes;
     if (trits) {
       for (int64_t c = 0; c < dim; ++c) out[c] = trit_at(codes, c);
     } else if (v.format == ValueFormat::kChannel2) {
       for (int64_t c = 0; c < dim; ++c) out[c] = code2_at(codes, c);
     } else {  // kToken2: per-token statistics, dequantized here
       const int64_t groups = (dim + v.group_size - 1) / v.group_size;
-      const int64_t stats = (head * rows + row) * groups;
+      const int64_t stats = (item.head * rows + row) * groups;
       for (int64_t c = 0; c < dim; ++c) {
         const int64_t index = stats + c / v.group_size;
         out[c] = code2_at(codes, c) * load_stat(v.scale, index, v.scale_type) +
@@ -203,8 +200,7 @@ void accumulate_values(const SegmentParams& p, const Item& item, int64_t start, 
   int64_t stats = 0;
   if (channel_stats) {
     const int64_t groups = (p.segment.rows + v.group_size - 1) / v.group_size;
-    const int64_t head = item.batch * p.q.kv_heads + item.kv_head;
-    stats = (head * groups + start / v.group_size) * dim;
+    stats = (item.head * groups + start / v.group_size) * dim;
   }
   for (int64_t r = 0; r < rows; ++r) {
     const float* prob = &s.scores[r * kMaxTile];
@@ -297,7 +293,8 @@ Status segment_partials_cpu(const SegmentParams& p) {
   const int64_t group = q.q_heads / q.kv_heads;
   const int64_t items = q.batch * q.kv_heads * splits;
   const auto item_at = [&](int64_t i) {
-    return Item{i / (q.kv_heads * splits), (i / splits) % q.kv_heads, i % splits, group};
+    return Item{i / (q.kv_heads * splits), (i / splits) % q.kv_heads, i % splits, group,
+                i / splits};
   };
   // Key and value element types matter only for full-precision sources.
   const DType key_dtype = p.keys.format == KeyFormat::kFull ? p.keys.dtype : DType::kFloat32;

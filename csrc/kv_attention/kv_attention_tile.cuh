@@ -328,8 +328,7 @@ __device__ void score_full(const SegmentParams& p, const Shape& shape, const Ite
   const int dim = static_cast<int>(p.q.head_dim);
   const int lane = threadIdx.x % 32;
   const int64_t token = lane < count ? s.token[lane] : 0;
-  const KeyT* row = static_cast<const KeyT*>(k.keys) + item.batch * k.stride_batch +
-                    item.kv_head * k.stride_head + token * k.stride_token;
+  const KeyT* row = full_row<KeyT>(k, k.keys, item.batch, item.kv_head, token);
   score_quads<QT>(shape, shape.query_stride / 4, count, s, [&](int u, float (&key)[4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) key[i] = 4 * u + i < dim ? to_float(row[4 * u + i]) : 0.0f;
@@ -449,8 +448,7 @@ __device__ void accumulate_tile(const SegmentParams& p, const Shape& shape, cons
                load_stat(v.zero, index, v.scale_type);
       });
     } else {
-      const ValueT* values = static_cast<const ValueT*>(v.values) + item.batch * v.stride_batch +
-                             item.kv_head * v.stride_head + tile * v.stride_token + c;
+      const ValueT* values = full_row<ValueT>(v, v.values, item.batch, item.kv_head, tile) + c;
       weigh_values<QT>(s, count, sum, [&](int t) { return to_float(values[t * v.stride_token]); });
     }
     float scale = 1.0f;

@@ -14,7 +14,6 @@
 // are integer atomics (order-free).
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "common/cuda_device.h"
 #include "common/cuda_launch.cuh"
@@ -29,7 +28,6 @@ using cuda::aligned16;
 using cuda::ceil_div;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kBlocksPerSm = 16;  // cap of grid-stride launches: enough to fill every SM
 
 // Blocks of kThreads for a grid-stride loop over `items`.
@@ -263,14 +261,12 @@ __global__ void __launch_bounds__(kColumnThreads)
   for (int64_t item = blockIdx.y; item < p.rows * groups; item += gridDim.y) {
     const int64_t row = item / groups;
     const int64_t group = item - row * groups;
-    const int64_t* map = p.channels == nullptr ? nullptr : p.channels + (row % p.heads) * count;
+    const int64_t* map = head_channel_map(p.channels, p.heads, count, row);
     int64_t offset[kPerByte];
     bool readable[kPerByte];
 #pragma unroll
     for (int k = 0; k < kPerByte; ++k) {
-      const int64_t channel = k >= in_byte     ? 0
-                              : map == nullptr ? first_channel + k
-                                               : map[first_channel + k];
+      const int64_t channel = k >= in_byte ? 0 : mapped_channel(map, first_channel + k);
       readable[k] = k < in_byte && channel >= 0 && channel < p.x_channels;
       offset[k] = readable[k] ? channel : 0;
     }
@@ -392,7 +388,6 @@ struct DequantArgs {
 template <typename T, Mode kMode, bool kVector>
 __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs a) {
   constexpr Packing kPacking = ModeTraits<kMode>::kPacking;
-  constexpr int kPerByte = PackingTraits<kPacking>::kPerByte;
   constexpr int kWidth = cuda::kVectorWidth<T>;
   constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));  // outputs per 32-bit word
   constexpr int kWordShift = 8 * static_cast<int>(sizeof(T));
@@ -406,8 +401,7 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs 
     const int64_t t = q - row * a.tokens;
     const uint8_t* codes = a.codes + q * bytes_per_token;
     const auto value_of = [&](int64_t c) {
-      const unsigned int digit =
-          digit_at<kPacking>(codes[c / kPerByte], static_cast<int>(c % kPerByte));
+      const unsigned int digit = digit_in_row<kPacking>(codes, c);
       const int64_t stats = a.token_groups ? q * a.groups + c / a.group_size
                                            : (row * a.groups + t / a.group_size) * a.count + c;
       return decode<kMode>(digit, a.scale[stats], a.zero == nullptr ? 0.0f : a.zero[stats]);
@@ -422,11 +416,11 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const DequantArgs 
       }
       *reinterpret_cast<uint4*>(out + first) = make_uint4(words[0], words[1], words[2], words[3]);
     } else {
-      const int64_t* map = a.channels == nullptr ? nullptr : a.channels + (row % a.heads) * a.count;
+      const int64_t* map = head_channel_map(a.channels, a.heads, a.count, row);
 #pragma unroll
       for (int k = 0; k < kWidth; ++k) {
         const int64_t c = first + k;
-        const int64_t channel = c >= a.count ? -1 : map == nullptr ? c : map[c];
+        const int64_t channel = c >= a.count ? -1 : mapped_channel(map, c);
         if (channel >= 0 && channel < a.out_channels)
           out[channel * a.out_stride_channel] = from_float<T>(value_of(c));
       }
@@ -457,11 +451,9 @@ Status launch_dequantize(const DequantArgs& a, int device, cudaStream_t stream) 
 Status dequantize(const DequantArgs& a, DType dtype, Mode mode, int device, void* stream) {
   if (a.rows == 0 || a.tokens == 0 || a.count == 0) return Status::ok();
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
       dtype, VIDLLM_KV_DISPATCH_MODE(
-                 mode, status = launch_dequantize<scalar_t, kMode>(a, device, cuda_stream)));
-  return status;
+                 mode, return launch_dequantize<scalar_t, kMode>(a, device, cuda_stream)));
 }
 
 }  // namespace
@@ -474,10 +466,8 @@ Status pack_cuda(const PackParams& p, void* stream) {
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(p.invalid, 0, sizeof(int64_t), cuda_stream));
   const int64_t bytes_per_row = packed_bytes(p.n, p.packing);
   if (p.rows == 0 || bytes_per_row == 0) return Status::ok();
-  Status status;
   VIDLLM_KV_DISPATCH_PACKING(p.packing,
-                             status = launch_pack<kPacking>(p, bytes_per_row, cuda_stream));
-  return status;
+                             return launch_pack<kPacking>(p, bytes_per_row, cuda_stream));
 }
 
 Status unpack_cuda(const UnpackParams& p, void* stream) {
@@ -486,10 +476,8 @@ Status unpack_cuda(const UnpackParams& p, void* stream) {
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(p.invalid, 0, sizeof(int64_t), cuda_stream));
   const int64_t bytes_per_row = packed_bytes(p.n, p.packing);
   if (p.rows == 0 || bytes_per_row == 0) return Status::ok();
-  Status status;
   VIDLLM_KV_DISPATCH_PACKING(p.packing,
-                             status = launch_unpack<kPacking>(p, bytes_per_row, cuda_stream));
-  return status;
+                             return launch_unpack<kPacking>(p, bytes_per_row, cuda_stream));
 }
 
 Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& p, void* stream) {
@@ -501,10 +489,10 @@ Status quantize_channel_groups_cuda(const ChannelGroupQuantParams& p, void* stre
   const int64_t threads =
       std::min<int64_t>(kColumnThreads, ceil_div(bytes_per_token, int64_t{32}) * 32);
   const int64_t column_tiles = ceil_div(bytes_per_token, threads);
-  if (column_tiles > std::numeric_limits<int32_t>::max())
+  if (column_tiles > cuda::kMaxGridX)
     return Status::invalid("kv_quant: too many quantized channels per row");
   const dim3 grid(static_cast<unsigned int>(column_tiles),
-                  static_cast<unsigned int>(std::min(p.rows * groups, kMaxGridY)));
+                  static_cast<unsigned int>(std::min(p.rows * groups, cuda::kMaxGridY)));
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_DISPATCH_FLOAT_TYPES(
       p.dtype, VIDLLM_KV_DISPATCH_MODE(

@@ -23,104 +23,108 @@ namespace vidllm::kv_quant {
 
 // Strides are in elements. `invalid` receives a count (overwritten, never accumulated), so the
 // caller can validate with one read after the launch.
-struct PackParams {
-  const void* codes = nullptr;  // [rows, n]: uint8 codes, or int8 trits for kTrits; stride 1 in n
-  int64_t codes_row_stride = 0;
-  uint8_t* packed = nullptr;   // [rows, packed_bytes(n)], contiguous
-  int64_t* invalid = nullptr;  // [1]: codes >= 2^bits, or trits outside {-1, 0, 1}
+struct PackShape {
+  // [1]: pack: codes >= 2^bits, or trits outside {-1, 0, 1}; unpack: bytes with non-zero
+  // padding, or trit bytes above 242
+  int64_t* invalid = nullptr;
   int64_t rows = 0;
   int64_t n = 0;
   Packing packing = Packing::kBits2;
   int device = 0;  // CUDA only: the device that owns every pointer
 };
 
-struct UnpackParams {
+struct PackParams : PackShape {
+  const void* codes = nullptr;  // [rows, n]: uint8 codes, or int8 trits for kTrits; stride 1 in n
+  int64_t codes_row_stride = 0;
+  uint8_t* packed = nullptr;  // [rows, packed_bytes(n)], contiguous
+};
+
+struct UnpackParams : PackShape {
   const uint8_t* packed = nullptr;  // [rows, packed_bytes(n)], stride 1 along a row
   int64_t packed_row_stride = 0;
-  void* codes = nullptr;       // [rows, n], contiguous: uint8 codes, or int8 trits for kTrits
-  int64_t* invalid = nullptr;  // [1]: bytes with non-zero padding, or trit bytes above 242
+  void* codes = nullptr;  // [rows, n], contiguous: uint8 codes, or int8 trits for kTrits
+};
+
+// What the four group kernels share: rows of `tokens` tokens, groups of group_size.
+struct GroupShape {
   int64_t rows = 0;
-  int64_t n = 0;
-  Packing packing = Packing::kBits2;
+  int64_t tokens = 0;
+  int64_t group_size = 1;
   int device = 0;
 };
 
-// Row r quantizes C channels of x: channel channels[r % heads][c] for c < C, or channel c when
-// channels is null (then C == x_channels). Every listed channel must lie in [0, x_channels): the
-// CPU twin checks and returns an invalid Status before writing anything; the CUDA twin treats an
-// out-of-range channel as NaN input (NaN statistics, code 0) and never reads it.
-struct ChannelGroupQuantParams {
-  const void* x = nullptr;  // [rows, tokens, x_channels], channels contiguous
+// A quantizer's input x [rows, tokens, channels] (channels contiguous) and its outputs: codes
+// [rows, tokens, packed bytes] and scale/zero, all contiguous.
+struct QuantizeIO {
+  const void* x = nullptr;
   int64_t x_stride_row = 0;
   int64_t x_stride_token = 0;
   DType dtype = DType::kFloat32;
-  const int64_t* channels = nullptr;  // [heads, C], contiguous, or null
-  int64_t heads = 1;
-  uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(C)], contiguous
-  float* scale = nullptr;    // [rows, groups, C], contiguous
-  float* zero = nullptr;     // [rows, groups, C], contiguous; minmax2 only (null otherwise)
-  int64_t rows = 0;
-  int64_t tokens = 0;
-  int64_t x_channels = 0;
-  int64_t quantized_channels = 0;  // C
-  int64_t group_size = 1;
-  Mode mode = Mode::kMinMax2;
-  int device = 0;
+  uint8_t* codes = nullptr;
+  float* scale = nullptr;
+  float* zero = nullptr;
 };
 
-// Writes out[r, t, channel(r, c)] for c < C and nothing else. Listed channels must be in range
-// and distinct within a row of `channels` (CPU: checked; CUDA: out-of-range ones are skipped).
-struct ChannelGroupDequantParams {
-  const uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(C)], contiguous
-  const float* scale = nullptr;    // [rows, groups, C], contiguous
-  const float* zero = nullptr;     // [rows, groups, C], contiguous; minmax2 only
-  const int64_t* channels = nullptr;
+// A dequantizer's inputs, as a quantizer wrote them, and its output out [rows, tokens, channels].
+struct DequantizeIO {
+  const uint8_t* codes = nullptr;
+  const float* scale = nullptr;
+  const float* zero = nullptr;
+  void* out = nullptr;
+  DType out_dtype = DType::kFloat32;
+};
+
+// Channel groups: row r quantizes C channels, channel channels[r % heads][c] for c < C, or
+// channel c when channels is null (then C == x_channels, or out_channels). scale and zero are
+// [rows, groups, C]; zero is for minmax2 only (null otherwise).
+struct ChannelGroupShape : GroupShape {
+  const int64_t* channels = nullptr;  // [heads, C], contiguous, or null
   int64_t heads = 1;
-  void* out = nullptr;  // [rows, tokens, out_channels], any strides
+  int64_t quantized_channels = 0;  // C
+  Mode mode = Mode::kMinMax2;
+};
+
+// Every listed channel must lie in [0, x_channels): the CPU twin checks and returns an invalid
+// Status before writing anything; the CUDA twin treats an out-of-range channel as NaN input (NaN
+// statistics, code 0) and never reads it.
+struct ChannelGroupQuantParams : ChannelGroupShape, QuantizeIO {
+  int64_t x_channels = 0;
+};
+
+// Writes out[r, t, channel(r, c)] for c < C and nothing else (out has any strides). Listed
+// channels must be in range and distinct within a row of `channels` (CPU: checked; CUDA:
+// out-of-range ones are skipped).
+struct ChannelGroupDequantParams : ChannelGroupShape, DequantizeIO {
   int64_t out_stride_row = 0;
   int64_t out_stride_token = 0;
   int64_t out_stride_channel = 1;
-  DType out_dtype = DType::kFloat32;
-  int64_t rows = 0;
-  int64_t tokens = 0;
   int64_t out_channels = 0;
-  int64_t quantized_channels = 0;  // C
-  int64_t group_size = 1;
-  Mode mode = Mode::kMinMax2;
-  int device = 0;
 };
 
-// KIVI's token-wise 2-bit quantization (minmax2 over group_size consecutive channels of a token).
-struct TokenGroupQuantParams {
-  const void* x = nullptr;  // [rows, tokens, channels], channels contiguous
-  int64_t x_stride_row = 0;
-  int64_t x_stride_token = 0;
-  DType dtype = DType::kFloat32;
-  uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(channels)], contiguous
-  float* scale = nullptr;    // [rows, tokens, groups], contiguous
-  float* zero = nullptr;     // [rows, tokens, groups], contiguous
-  int64_t rows = 0;
-  int64_t tokens = 0;
+// KIVI's token-wise 2-bit quantization (minmax2 over group_size consecutive channels of a token):
+// scale and zero are [rows, tokens, groups]; out is contiguous.
+struct TokenGroupShape : GroupShape {
   int64_t channels = 0;
-  int64_t group_size = 1;
-  int device = 0;
 };
 
-struct TokenGroupDequantParams {
-  const uint8_t* codes = nullptr;  // [rows, tokens, packed_bytes(channels)], contiguous
-  const float* scale = nullptr;    // [rows, tokens, groups], contiguous
-  const float* zero = nullptr;     // [rows, tokens, groups], contiguous
-  void* out = nullptr;             // [rows, tokens, channels], contiguous
-  DType out_dtype = DType::kFloat32;
-  int64_t rows = 0;
-  int64_t tokens = 0;
-  int64_t channels = 0;
-  int64_t group_size = 1;
-  int device = 0;
-};
+struct TokenGroupQuantParams : TokenGroupShape, QuantizeIO {};
+
+struct TokenGroupDequantParams : TokenGroupShape, DequantizeIO {};
 
 VIDLLM_HOST_DEVICE int64_t ceil_groups(int64_t count, int64_t group_size) {
   return (count + group_size - 1) / group_size;
+}
+
+// The channel map of row `row`'s head (row % heads): `count` channel indices, or null when the
+// channels are not mapped.
+VIDLLM_HOST_DEVICE const int64_t* head_channel_map(const int64_t* channels, int64_t heads,
+                                                   int64_t count, int64_t row) {
+  return channels == nullptr ? nullptr : channels + (row % heads) * count;
+}
+
+// Quantized channel c's channel through a head's map (null: channel c itself).
+VIDLLM_HOST_DEVICE int64_t mapped_channel(const int64_t* map, int64_t c) {
+  return map == nullptr ? c : map[c];
 }
 
 VIDLLM_LAUNCHERS(pack, PackParams);
@@ -141,23 +145,24 @@ VIDLLM_LAUNCHERS(dequantize_token_groups, TokenGroupDequantParams);
     break;                                                                     \
   }
 
-// Runs the statement with `kMode` bound to `mode` as a compile-time constant; returns an invalid
-// Status from the enclosing function for a mode it does not know.
-#define VIDLLM_KV_DISPATCH_MODE(mode, ...)                           \
-  switch (mode) {                                                    \
-    VIDLLM_KV_CASE(Mode, kMinMax2, kMode, __VA_ARGS__)               \
-    VIDLLM_KV_CASE(Mode, kSign1, kMode, __VA_ARGS__)                 \
-    VIDLLM_KV_CASE(Mode, kTrit, kMode, __VA_ARGS__)                  \
-    default:                                                         \
-      return ::vidllm::Status::invalid("unknown quantization mode"); \
+// A switch over the three enumerators of Enum: the statement with `name` bound to `value` as a
+// compile-time constant; returns an invalid Status with `unknown` from the enclosing function for
+// any other value.
+#define VIDLLM_KV_SWITCH(Enum, value, name, first, second, third, unknown, ...) \
+  switch (value) {                                                              \
+    VIDLLM_KV_CASE(Enum, first, name, __VA_ARGS__)                              \
+    VIDLLM_KV_CASE(Enum, second, name, __VA_ARGS__)                             \
+    VIDLLM_KV_CASE(Enum, third, name, __VA_ARGS__)                              \
+    default:                                                                    \
+      return ::vidllm::Status::invalid(unknown);                                \
   }
 
+// Runs the statement with `kMode` bound to `mode` as a compile-time constant.
+#define VIDLLM_KV_DISPATCH_MODE(mode, ...)                                                  \
+  VIDLLM_KV_SWITCH(Mode, mode, kMode, kMinMax2, kSign1, kTrit, "unknown quantization mode", \
+                   __VA_ARGS__)
+
 // The same for `kPacking` bound to `packing`.
-#define VIDLLM_KV_DISPATCH_PACKING(packing, ...)           \
-  switch (packing) {                                       \
-    VIDLLM_KV_CASE(Packing, kBits1, kPacking, __VA_ARGS__) \
-    VIDLLM_KV_CASE(Packing, kBits2, kPacking, __VA_ARGS__) \
-    VIDLLM_KV_CASE(Packing, kTrits, kPacking, __VA_ARGS__) \
-    default:                                               \
-      return ::vidllm::Status::invalid("unknown packing"); \
-  }
+#define VIDLLM_KV_DISPATCH_PACKING(packing, ...)                                          \
+  VIDLLM_KV_SWITCH(Packing, packing, kPacking, kBits1, kBits2, kTrits, "unknown packing", \
+                   __VA_ARGS__)

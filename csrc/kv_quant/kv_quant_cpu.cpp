@@ -135,7 +135,7 @@ void quantize_channel_group(const ChannelGroupQuantParams& p, int64_t groups, in
   constexpr Packing kPacking = ModeTraits<kMode>::kPacking;
   constexpr int kPerByte = PackingTraits<kPacking>::kPerByte;
   const int64_t count = p.quantized_channels;
-  const int64_t* map = p.channels == nullptr ? nullptr : p.channels + (row % p.heads) * count;
+  const int64_t* map = head_channel_map(p.channels, p.heads, count, row);
   const T* x = static_cast<const T*>(p.x) + row * p.x_stride_row;
   const int64_t first_token = group * p.group_size;
   const int64_t end_token = std::min(first_token + p.group_size, p.tokens);
@@ -170,7 +170,7 @@ void quantize_channel_group(const ChannelGroupQuantParams& p, int64_t groups, in
           in_byte,
           [&](int k) {
             const int64_t c = first + k;
-            const float value = to_float(token[map == nullptr ? c : map[c]]);
+            const float value = to_float(token[mapped_channel(map, c)]);
             return encode<kMode>(value, scale[c], zero == nullptr ? 0.0f : zero[c]);
           },
           unused);
@@ -182,18 +182,16 @@ template <typename T, Mode kMode>
 void dequantize_channel_token(const ChannelGroupDequantParams& p, int64_t groups, int64_t row,
                               int64_t t) {
   constexpr Packing kPacking = ModeTraits<kMode>::kPacking;
-  constexpr int kPerByte = PackingTraits<kPacking>::kPerByte;
   const int64_t count = p.quantized_channels;
-  const int64_t* map = p.channels == nullptr ? nullptr : p.channels + (row % p.heads) * count;
+  const int64_t* map = head_channel_map(p.channels, p.heads, count, row);
   const uint8_t* codes = p.codes + (row * p.tokens + t) * packed_bytes(count, kPacking);
   const int64_t stats = (row * groups + t / p.group_size) * count;
   T* out = static_cast<T*>(p.out) + row * p.out_stride_row + t * p.out_stride_token;
   for (int64_t c = 0; c < count; ++c) {
-    const unsigned int digit =
-        digit_at<kPacking>(codes[c / kPerByte], static_cast<int>(c % kPerByte));
+    const unsigned int digit = digit_in_row<kPacking>(codes, c);
     const float zero = p.zero == nullptr ? 0.0f : p.zero[stats + c];
     const float value = decode<kMode>(digit, p.scale[stats + c], zero);
-    out[(map == nullptr ? c : map[c]) * p.out_stride_channel] = from_float<T>(value);
+    out[mapped_channel(map, c) * p.out_stride_channel] = from_float<T>(value);
   }
 }
 
@@ -231,7 +229,7 @@ void dequantize_token(const TokenGroupDequantParams& p, int64_t groups, int64_t 
   const float* zero = p.zero + token * groups;
   T* out = static_cast<T*>(p.out) + token * p.channels;
   for (int64_t c = 0; c < p.channels; ++c) {
-    const unsigned int digit = digit_at<Packing::kBits2>(codes[c / 4], static_cast<int>(c % 4));
+    const unsigned int digit = digit_in_row<Packing::kBits2>(codes, c);
     const int64_t g = c / p.group_size;
     out[c] = from_float<T>(decode<Mode::kMinMax2>(digit, scale[g], zero[g]));
   }

@@ -26,29 +26,23 @@ enum class Packing : int {
   kTrits = 2,  // 5 trits in {-1, 0, 1} per byte; bytes above 242 = 3^5 - 1 are invalid
 };
 
+// A packing's code type, radix, codes per byte, and the offset from code to digit.
+template <typename CodeType, unsigned int kRadixValue, int kPerByteValue, int kCodeOffsetValue>
+struct PackingTraitsOf {
+  using Code = CodeType;
+  static constexpr unsigned int kRadix = kRadixValue;
+  static constexpr int kPerByte = kPerByteValue;
+  static constexpr int kCodeOffset = kCodeOffsetValue;  // digit = code + offset
+};
+
 template <Packing kPacking>
 struct PackingTraits;
 template <>
-struct PackingTraits<Packing::kBits1> {
-  using Code = uint8_t;
-  static constexpr unsigned int kRadix = 2;
-  static constexpr int kPerByte = 8;
-  static constexpr int kCodeOffset = 0;  // digit = code + offset
-};
+struct PackingTraits<Packing::kBits1> : PackingTraitsOf<uint8_t, 2, 8, 0> {};
 template <>
-struct PackingTraits<Packing::kBits2> {
-  using Code = uint8_t;
-  static constexpr unsigned int kRadix = 4;
-  static constexpr int kPerByte = 4;
-  static constexpr int kCodeOffset = 0;
-};
+struct PackingTraits<Packing::kBits2> : PackingTraitsOf<uint8_t, 4, 4, 0> {};
 template <>
-struct PackingTraits<Packing::kTrits> {
-  using Code = int8_t;
-  static constexpr unsigned int kRadix = 3;
-  static constexpr int kPerByte = 5;
-  static constexpr int kCodeOffset = 1;
-};
+struct PackingTraits<Packing::kTrits> : PackingTraitsOf<int8_t, 3, 5, 1> {};
 
 VIDLLM_HOST_DEVICE int codes_per_byte(Packing packing) {
   return packing == Packing::kBits1 ? 8 : packing == Packing::kBits2 ? 4 : 5;
@@ -123,6 +117,13 @@ VIDLLM_HOST_DEVICE unsigned int digit_at(uint8_t byte, int slot) {
     constexpr int kBits = kPacking == Packing::kBits1 ? 1 : 2;
     return (static_cast<unsigned int>(byte) >> (kBits * slot)) & ((1u << kBits) - 1u);
   }
+}
+
+// The digit of code `index` of a packed row of codes.
+template <Packing kPacking>
+VIDLLM_HOST_DEVICE unsigned int digit_in_row(const uint8_t* packed, int64_t index) {
+  constexpr int kPerByte = PackingTraits<kPacking>::kPerByte;
+  return digit_at<kPacking>(packed[index / kPerByte], static_cast<int>(index % kPerByte));
 }
 
 // ---- quantizers --------------------------------------------------------------------------

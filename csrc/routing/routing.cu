@@ -26,7 +26,6 @@ using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
-constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr unsigned int kFullWarp = 0xffffffffu;
 
 // Blocks for a grid-stride loop over `work` items handled `per_block` at a time: enough to fill
@@ -179,6 +178,19 @@ __device__ __forceinline__ int64_t warp_count() {
   return static_cast<int64_t>(gridDim.x) * kRowWarps;
 }
 
+// This lane's kRowUnroll vectors first, first + 32, ... of a row (vector v at row + v * VEC) into
+// `out`; those at or past `vectors` are left as they are. A null row reads as zeros.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_lane_vectors(Vec<T, VEC> (&out)[kRowUnroll], const T* row,
+                                                  int64_t first, int64_t vectors) {
+#pragma unroll
+  for (int u = 0; u < kRowUnroll; ++u) {
+    const int64_t v = first + u * 32;
+    if (v >= vectors) continue;
+    out[u] = row == nullptr ? Vec<T, VEC>{} : Vec<T, VEC>::load(row + v * VEC);
+  }
+}
+
 // Plain gather: rows copied as raw Units (16-byte vectors when every row start allows, else
 // one element at a time).
 template <typename T, typename Unit>
@@ -227,13 +239,8 @@ __global__ void __launch_bounds__(kRowThreads) gather_scaled_kernel(const Gather
     for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
       V sources[kRowUnroll];
       V others[kRowUnroll];
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        const int64_t v = first + u * 32;
-        if (v >= vectors) continue;
-        sources[u] = V::load(source + v * VEC);
-        if constexpr (kDot) others[u] = V::load(other + v * VEC);
-      }
+      load_lane_vectors(sources, source, first, vectors);
+      if constexpr (kDot) load_lane_vectors(others, other, first, vectors);
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) {
         const int64_t v = first + u * 32;
@@ -372,13 +379,8 @@ __global__ void __launch_bounds__(kRowThreads) scatter_rows_kernel(const Scatter
     for (int64_t first = lane; first < vectors; first += 32 * kRowUnroll) {
       V bases[kRowUnroll];
       V updates[kRowUnroll];
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        const int64_t v = first + u * 32;
-        if (v >= vectors) continue;
-        bases[u] = x == nullptr ? V{} : V::load(x + v * VEC);  // V{}: zeros
-        if (delta != nullptr) updates[u] = V::load(delta + v * VEC);
-      }
+      load_lane_vectors(bases, x, first, vectors);  // null x: zeros
+      if (delta != nullptr) load_lane_vectors(updates, delta, first, vectors);
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) {
         const int64_t v = first + u * 32;
@@ -447,10 +449,9 @@ template <typename T>
 Status launch_scatter_rows(const ScatterParams& p, cudaStream_t stream) {
   const dim3 grid(
       static_cast<unsigned int>(grid_size(p.rows, kRowWarps, kRowBlocksPerSm, p.device)));
-  if (scatter_vectorizable<T>(p))
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, cuda::kVectorWidth<T>>)(p);
-  else
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, 1>)(p);
+  VIDLLM_VECTOR_SWITCH(
+      scatter_vectorizable<T>(p), T, kVec,
+      VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, scatter_rows_kernel<T, kVec>)(p));
   return cuda::launch_status();
 }
 
@@ -469,12 +470,10 @@ Status topk_plan_cuda(const TopkParams& params, void* stream) {
 Status topk_select_cuda(const TopkParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.segments == 0 || params.capacity <= 0) return Status::ok();
-  if (params.tokens > kMaxGridX)
+  if (params.tokens > cuda::kMaxGridX)
     return Status::invalid("routing topk: at most 2^31 - 1 tokens are supported");
-  Status status;
-  VIDLLM_DISPATCH_FLOAT_TYPES(params.score_dtype, status = launch_topk_select<scalar_t>(
+  VIDLLM_DISPATCH_FLOAT_TYPES(params.score_dtype, return launch_topk_select<scalar_t>(
                                                       params, static_cast<cudaStream_t>(stream)));
-  return status;
 }
 
 Status gather_cuda(const GatherParams& params, void* stream) {
@@ -482,9 +481,7 @@ Status gather_cuda(const GatherParams& params, void* stream) {
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   VIDLLM_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(params.status, 0, sizeof(int32_t), cuda_stream));
   if (params.count == 0) return Status::ok();
-  Status status;
-  VIDLLM_DISPATCH_ROW_TYPES(params.dtype, status = launch_gather<scalar_t>(params, cuda_stream));
-  return status;
+  VIDLLM_DISPATCH_ROW_TYPES(params.dtype, return launch_gather<scalar_t>(params, cuda_stream));
 }
 
 Status scatter_cuda(const ScatterParams& params, void* stream) {
@@ -506,10 +503,8 @@ Status scatter_cuda(const ScatterParams& params, void* stream) {
     VIDLLM_RETURN_IF_ERROR(cuda::launch_status());
   }
   if (params.rows == 0 || params.dim == 0) return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_ROW_TYPES(params.dtype,
-                            status = launch_scatter_rows<scalar_t>(params, cuda_stream));
-  return status;
+                            return launch_scatter_rows<scalar_t>(params, cuda_stream));
 }
 
 }  // namespace vidllm::routing

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "common/dtype.h"
 #include "common/macros.h"
@@ -170,19 +171,16 @@ VIDLLM_HOST_DEVICE BFloat16 narrow<BFloat16>(float value) {
   return ::vidllm::bfloat16_from_float(value);
 }
 
-// base + weight * value with the product rounded before the sum (no FMA), as torch computes
-// x + w * delta with two kernels. The CPU twin is compiled without contraction as well.
-VIDLLM_HOST_DEVICE float add_scaled(float base, float weight, float value) {
+// base + weight * value in the accumulation type (float or double) with the product rounded
+// before the sum (no FMA), as torch computes x + w * delta with two kernels. The CPU twin is
+// compiled without contraction as well.
+template <typename Acc>
+VIDLLM_HOST_DEVICE Acc add_scaled(Acc base, Acc weight, Acc value) {
 #if defined(__CUDA_ARCH__)
-  return __fadd_rn(base, __fmul_rn(weight, value));
-#else
-  return base + weight * value;
-#endif
-}
-
-VIDLLM_HOST_DEVICE double add_scaled(double base, double weight, double value) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(base, __dmul_rn(weight, value));
+  if constexpr (std::is_same_v<Acc, double>)
+    return __dadd_rn(base, __dmul_rn(weight, value));
+  else
+    return __fadd_rn(base, __fmul_rn(weight, value));
 #else
   return base + weight * value;
 #endif

@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "common/block_select.cuh"
 #include "common/cuda_device.h"
@@ -27,13 +26,12 @@ using cuda::aligned16;
 using cuda::ceil_div;
 using cuda::Vec;
 
-constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();
 constexpr int kBlocksPerSm = 8;
 
 // Enough blocks to fill the device `kBlocksPerSm` deep, fewer when there is less work.
 int64_t grid_for(int64_t work_blocks, int device) {
   const int64_t sms = std::max(cuda::multiprocessor_count(device), 1);
-  return std::max<int64_t>(1, std::min({work_blocks, sms * kBlocksPerSm, kMaxBlocks}));
+  return std::max<int64_t>(1, std::min({work_blocks, sms * kBlocksPerSm, cuda::kMaxGridX}));
 }
 
 // =============================== metric ===============================
@@ -302,11 +300,11 @@ Status launch_merge(const MergeParams& p, cudaStream_t stream) {
   const int64_t out_capacity = p.rows.tokens - p.rows.merges;
   const dim3 grid(static_cast<unsigned int>(
       grid_for(ceil_div(p.rows.count * out_capacity, int64_t{kRowWarps}), p.device)));
-  if (rows_vectorizable<T>(p.x, p.x_row_stride, p.x_token_stride, p.dim, p.rows) &&
-      aligned16(p.out))
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, cuda::kVectorWidth<T>>)(p);
-  else
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, 1>)(p);
+  const bool vectorized =
+      rows_vectorizable<T>(p.x, p.x_row_stride, p.x_token_stride, p.dim, p.rows) &&
+      aligned16(p.out);
+  VIDLLM_VECTOR_SWITCH(vectorized, T, kVec,
+                       VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, merge_kernel<T, kVec>)(p));
   return cuda::launch_status();
 }
 
@@ -316,12 +314,11 @@ Status launch_unmerge(const UnmergeParams& p, cudaStream_t stream) {
       grid_for(ceil_div(p.rows.count * p.rows.tokens, int64_t{kRowWarps}), p.device)));
   Rows merged_rows = p.rows;
   merged_rows.tokens = p.rows.tokens - p.rows.merges;
-  if (rows_vectorizable<T>(p.merged, p.merged_row_stride, p.merged_token_stride, p.dim,
-                           merged_rows) &&
-      aligned16(p.out))
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, cuda::kVectorWidth<T>>)(p);
-  else
-    VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, 1>)(p);
+  const bool vectorized = rows_vectorizable<T>(p.merged, p.merged_row_stride, p.merged_token_stride,
+                                               p.dim, merged_rows) &&
+                          aligned16(p.out);
+  VIDLLM_VECTOR_SWITCH(vectorized, T, kVec,
+                       VIDLLM_LAUNCH(grid, kRowThreads, 0, stream, unmerge_kernel<T, kVec>)(p));
   return cuda::launch_status();
 }
 
@@ -344,7 +341,8 @@ Status metric_cuda(const MetricParams& params, void* stream) {
 Status plan_cuda(const PlanParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0) return Status::ok();
-  const unsigned int blocks = static_cast<unsigned int>(std::min(params.rows.count, kMaxBlocks));
+  const unsigned int blocks =
+      static_cast<unsigned int>(std::min(params.rows.count, cuda::kMaxGridX));
   VIDLLM_LAUNCH(blocks, kPlanThreads, 0, static_cast<cudaStream_t>(stream), plan_kernel)(params);
   return cuda::launch_status();
 }
@@ -352,19 +350,15 @@ Status plan_cuda(const PlanParams& params, void* stream) {
 Status wavg_cuda(const MergeParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0 || params.rows.tokens - params.rows.merges == 0) return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = launch_merge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return launch_merge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 Status unmerge_cuda(const UnmergeParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (params.rows.count == 0 || params.rows.tokens == 0) return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = launch_unmerge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return launch_unmerge<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 }  // namespace vidllm::token_merge

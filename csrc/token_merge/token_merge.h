@@ -56,19 +56,25 @@ struct Rows {
 };
 
 // Strides are in elements. Every tensor's innermost dimension is contiguous.
-struct MetricParams {
+
+// The features that metric and merge read, and the rows they work on.
+struct FeatureInput {
   const void* x = nullptr;  // [rows, tokens, dim] features
   int64_t x_row_stride = 0;
   int64_t x_token_stride = 0;
-  float* metric = nullptr;  // [rows, tokens, dim / chunks], contiguous
-  int64_t dim = 0;
-  int64_t chunks = 1;  // divides dim
-  DType dtype = DType::kFloat32;
-  Rows rows;  // count, tokens, last_tokens
   // x holds the rows back to back at rows.uneven.offsets (the flat input of the hierarchical
   // merge's first round): x_row_stride is unused.
   bool x_flat = false;
+  int64_t dim = 0;
+  DType dtype = DType::kFloat32;
+  Rows rows;
   int device = 0;
+};
+
+// Reads rows.count, tokens and last_tokens.
+struct MetricParams : FeatureInput {
+  float* metric = nullptr;  // [rows, tokens, dim / chunks], contiguous
+  int64_t chunks = 1;       // divides dim
 };
 
 struct MatchParams {
@@ -96,10 +102,8 @@ struct PlanParams {
   int device = 0;
 };
 
-struct MergeParams {
-  const void* x = nullptr;  // [rows, tokens, dim]
-  int64_t x_row_stride = 0;
-  int64_t x_token_stride = 0;
+// With x_flat, a null index carries the flat position.
+struct MergeParams : FeatureInput {
   const float* size = nullptr;  // [rows, tokens] token sizes; null: every size is 1
   int64_t size_row_stride = 0;
   // [rows, tokens] carried to index_out (the hierarchical merge's representatives). Null: the
@@ -112,14 +116,9 @@ struct MergeParams {
   void* out = nullptr;                      // [rows, out_capacity, dim], contiguous
   float* size_out = nullptr;                // [rows, out_capacity], contiguous
   int64_t* index_out = nullptr;             // [rows, out_capacity], contiguous; may be null
-  int64_t dim = 0;
-  DType dtype = DType::kFloat32;
-  Rows rows;
-  bool x_flat = false;  // as in MetricParams; a null index then carries the flat position
   // out, size_out and index_out hold the rows back to back at rows.uneven.merged_offsets (the
   // hierarchical merge's last round) instead of out_capacity apart.
   bool out_flat = false;
-  int device = 0;
 };
 
 struct UnmergeParams {

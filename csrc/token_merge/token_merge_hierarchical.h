@@ -61,18 +61,21 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
     float* metric = static_cast<float*>(at(layout.metric));
     int64_t* partner = static_cast<int64_t*>(at(layout.partner));
     float* score = static_cast<float*>(at(layout.score));
+    const auto read_features = [&](FeatureInput& input) {
+      input.x = x;
+      input.x_row_stride = row_stride;
+      input.x_token_stride = token_stride;
+      input.x_flat = first_round;
+      input.dim = p.dim;
+      input.dtype = p.dtype;
+      input.rows = rows;
+      input.device = p.device;
+    };
     if (rows.merges > 0) {
       MetricParams metric_params;
-      metric_params.x = x;
-      metric_params.x_row_stride = row_stride;
-      metric_params.x_token_stride = token_stride;
-      metric_params.x_flat = first_round;
+      read_features(metric_params);
       metric_params.metric = metric;
-      metric_params.dim = p.dim;
       metric_params.chunks = p.chunks;
-      metric_params.dtype = p.dtype;
-      metric_params.rows = rows;
-      metric_params.device = p.device;
       if (const Status status = stages.metric(metric_params); !status.is_ok()) return status;
       MatchParams match_params;
       match_params.metric = metric;
@@ -99,10 +102,7 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
     if (const Status status = stages.plan(plan); !status.is_ok()) return status;
 
     MergeParams merge;
-    merge.x = x;
-    merge.x_row_stride = row_stride;
-    merge.x_token_stride = token_stride;
-    merge.x_flat = first_round;
+    read_features(merge);
     merge.out_flat = last_round;
     merge.size = size;
     merge.size_row_stride = rows.tokens;
@@ -114,10 +114,6 @@ Status run_hierarchical(const HierarchicalParams& p, const Stages& stages) {
     merge.out = last_round ? p.out : at(layout.x[k % 2]);
     merge.size_out = last_round ? p.sizes : static_cast<float*>(at(layout.size[k % 2]));
     merge.index_out = last_round ? p.source_index : static_cast<int64_t*>(at(layout.index[k % 2]));
-    merge.dim = p.dim;
-    merge.dtype = p.dtype;
-    merge.rows = rows;
-    merge.device = p.device;
     if (const Status status = stages.wavg(merge); !status.is_ok()) return status;
     x = merge.out;
     token_stride = p.dim;

@@ -6,7 +6,6 @@
 // best per A token keyed by rank_key, so the result is the CPU's bit for bit.
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "common/cuda_device.h"
 #include "common/cuda_launch.cuh"
@@ -26,7 +25,6 @@ constexpr int kTileB = 64;
 constexpr int kChunk = 32;                  // channels per shared-memory stage
 constexpr int kMicro = 4;                   // A tokens and B tokens per thread
 constexpr int kThreadsB = kTileB / kMicro;  // 16 threads across B, 16 across A
-constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();
 static_assert(kThreadsB * (kTileA / kMicro) == kMatchThreads, "one thread per 4 x 4 tile");
 static_assert(kTileA + kTileB <= kMatchThreads, "one thread per norm");
 
@@ -182,7 +180,7 @@ template <typename T>
 Status launch_match(const MatchParams& p, cudaStream_t stream) {
   const int64_t a_capacity = set_a_size(p.rows.tokens, p.rows.protected_tokens);
   const int64_t a_tiles = ceil_div(a_capacity, int64_t{kTileA});
-  const int64_t blocks = std::min(p.rows.count * a_tiles, kMaxBlocks);
+  const int64_t blocks = std::min(p.rows.count * a_tiles, cuda::kMaxGridX);
   VIDLLM_LAUNCH(static_cast<unsigned int>(blocks), kMatchThreads, 0, stream, match_kernel<T>)(
       p, a_tiles);
   return cuda::launch_status();
@@ -194,10 +192,8 @@ Status match_cuda(const MatchParams& params, void* stream) {
   VIDLLM_RETURN_IF_ERROR(cuda::set_device(params.device));
   if (set_a_size(params.rows.tokens, params.rows.protected_tokens) == 0 || params.rows.count == 0)
     return Status::ok();
-  Status status;
   VIDLLM_DISPATCH_FLOAT_TYPES(
-      params.dtype, status = launch_match<scalar_t>(params, static_cast<cudaStream_t>(stream)));
-  return status;
+      params.dtype, return launch_match<scalar_t>(params, static_cast<cudaStream_t>(stream)));
 }
 
 }  // namespace vidllm::token_merge
